@@ -1,0 +1,1 @@
+"""invariance.causal (methods land here)."""

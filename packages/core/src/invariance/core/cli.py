@@ -1,0 +1,505 @@
+"""Command-line interfaces: ``build_cli(domain)`` for each package and the umbrella ``invariance``.
+
+``invariance-<domain>`` has the subcommands::
+
+    list                                   registered methods of the package
+    train <method> [--size tiny|full] [--cfg.<field> V] [--config run/config.yaml] [--resume]
+    eval <method> --ckpt RUN_DIR           metrics of a trained run on the test split
+    check <method> [--ckpt RUN_DIR]        the declared symmetry checks, as a table (exit 1 on failure)
+    reproduce <method> [--quick]           the paper-analog experiment: method vs baseline
+    bench <name> [--<arg> V]               a registered benchmark
+
+with the global flags ``--seed``, ``--device auto|cpu|cuda``, ``--out`` and ``--quiet``. Every run
+writes its resolved ``config.yaml``; ``--config <run>/config.yaml`` replays it. Bad arguments exit
+with code 2 and a usage line. The CLI holds no logic: it turns arguments into library calls.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["build_cli", "umbrella_main"]
+
+COMMANDS = ("list", "train", "eval", "check", "reproduce", "bench")
+log = logging.getLogger("invariance")
+
+
+class UsageError(Exception):
+    """Bad command line: printed with a usage line, exit code 2."""
+
+
+def _usage(prog: str) -> str:
+    return (
+        f"usage: {prog} {{list,train,eval,check,reproduce,bench}} [METHOD] [options]\n"
+        f"  {prog} list\n"
+        f"  {prog} train METHOD [--size tiny|full] [--cfg.FIELD VALUE] [--config FILE] [--resume]\n"
+        f"  {prog} eval METHOD --ckpt RUN_DIR\n"
+        f"  {prog} check METHOD [--ckpt RUN_DIR]\n"
+        f"  {prog} reproduce METHOD [--quick] [--out DIR]\n"
+        f"  {prog} bench NAME [--ARG VALUE]\n"
+        f"  global options: --seed N --device auto|cpu|cuda --out DIR --quiet"
+    )
+
+
+def _presize(argv: list[str]) -> str:
+    for i, a in enumerate(argv):
+        if a == "--size" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--size="):
+            return a.split("=", 1)[1]
+    return "tiny"
+
+
+def _method_parser(prog: str, command: str, info: Any, size: str):
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    recipe_cls = info.recipe
+    presets = getattr(recipe_cls, "presets", {"tiny": {}})
+    sizes = sorted(set(presets) | {"tiny"})
+    if size not in sizes:
+        raise UsageError(f"unknown --size {size!r} for {info.name}; choose from {sizes}")
+    p = ArgumentParser(prog=f"{prog} {command} {info.name}",
+                       description=f"{command} {info.name}: {info.paper}")
+    p.add_argument("--config", action=ActionConfigFile, help="replay a saved config.yaml")
+    p.add_argument("--size", type=str, default="tiny", help=f"preset: {', '.join(sizes)}")
+    p.add_class_arguments(recipe_cls.Config, "cfg")
+    p.set_defaults({f"cfg.{k}": v for k, v in presets.get(size, {}).items()})
+    p.add_argument("--seed", type=int | None, default=None, help="overrides cfg.seed")
+    p.add_argument("--device", type=str, default="auto", help="auto, cpu or cuda[:N]")
+    p.add_argument("--out", type=str | None, default=None, help="run directory")
+    p.add_argument("--quiet", type=bool, default=False, help="no progress bar")
+    if command == "train":
+        p.add_argument("--resume", type=bool, default=False, help="continue from --out's checkpoint")
+    if command in ("eval", "check"):
+        p.add_argument("--ckpt", type=str | None, default=None, help="run or checkpoint directory")
+    if command == "reproduce":
+        p.add_argument("--quick", type=bool, default=False, help="the tiny analog (< ~1 min)")
+    return p
+
+
+def _flagify(argv: list[str], flags: Sequence[str]) -> list[str]:
+    """Allow bare boolean flags (``--quick``) as well as ``--quick true``."""
+    out = []
+    for i, a in enumerate(argv):
+        out.append(a)
+        if a in flags and (i + 1 == len(argv) or argv[i + 1].startswith("--")):
+            out.append("true")
+    return out
+
+
+def _print(quiet: bool, *a: Any) -> None:
+    """Results tables are always printed (``--quiet`` only silences logs and progress bars)."""
+    print(*a, flush=True)
+
+
+def _load_ckpt_model(recipe: Any, cfg: Any, ckpt: str | None):
+    import torch  # noqa: F401
+
+    from invariance.core.checkpoint import load_checkpoint
+
+    model = recipe.build(cfg)
+    if ckpt:
+        path = Path(ckpt)
+        if (path / "checkpoint").is_dir():
+            path = path / "checkpoint"
+        if not (path / "model.safetensors").exists():
+            raise UsageError(f"--ckpt {ckpt}: no model.safetensors there")
+        load_checkpoint(path, model)
+    return model
+
+
+def _config_from_ns(info: Any, ns: Any):
+    cfg_dict = ns.cfg.as_dict() if hasattr(ns.cfg, "as_dict") else dict(vars(ns.cfg))
+    if ns.seed is not None:
+        cfg_dict["seed"] = ns.seed
+    return info.recipe.Config(**cfg_dict)
+
+
+def _check_table(rows: list[tuple]) -> str:
+    from invariance.core._table import format_table
+
+    return format_table(rows, ["method", "check", "error", "tol", "kind", "status"])
+
+
+def _check_rows(name: str, results: list) -> list[tuple]:
+    return [
+        (name, r.name, r.error, r.tol, "negative control" if r.negative_control else "symmetry",
+         "ok" if r.passed else "FAIL")
+        for r in results
+    ]
+
+
+def _run_method_command(domain: str, prog: str, command: str, method: str, rest: list[str]) -> int:
+    from invariance.core.dist import Runtime
+    from invariance.core.io import make_run_dir
+    from invariance.core.registry import get_method, list_methods
+    from invariance.core.seed import seed_everything
+
+    known = [m.name for m in list_methods(domain)]
+    if method not in known:
+        raise UsageError(f"unknown method {method!r} for {domain}; known: {', '.join(known)}")
+    info = get_method(method)
+    parser = _method_parser(prog, command, info, _presize(rest))
+    ns = parser.parse_args(_flagify(rest, ("--quiet", "--resume", "--quick")))
+    cfg = _config_from_ns(info, ns)
+    recipe = info.recipe()
+    logging.basicConfig(level=logging.WARNING if ns.quiet else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+    if command == "train":
+        from invariance.core.train import evaluate, fit_recipe
+
+        rt = Runtime.from_env(ns.device)
+        try:
+            run = make_run_dir(domain, method, ns.out, enabled=rt.is_main)
+            if rt.is_main:
+                saved = parser.dump(ns)
+                (run.path / "config.yaml").write_text(_strip_config_key(saved))
+            model, res = fit_recipe(recipe, cfg, runtime=rt, run=run, resume=ns.resume,
+                                    progress=not ns.quiet)
+            metrics = evaluate(recipe, model, cfg, "test")
+            run.log_metrics({"step": res.step, "split": "test", **metrics})
+            run.write_results({"method": method, "step": res.step, "train": res.last,
+                               "test": metrics, "seconds": res.seconds})
+            if rt.is_main:
+                from invariance.core._table import format_table
+
+                _print(ns.quiet, format_table([(k, v) for k, v in metrics.items()],
+                                              ["test metric", "value"]))
+                _print(ns.quiet, f"run directory: {run.path}")
+        finally:
+            rt.close()
+        return 0
+
+    if command == "eval":
+        from invariance.core.train import evaluate
+
+        if not ns.ckpt:
+            raise UsageError("eval needs --ckpt RUN_DIR")
+        seed_everything(cfg.seed)
+        model = _load_ckpt_model(recipe, cfg, ns.ckpt)
+        metrics = evaluate(recipe, model, cfg, "test")
+        from invariance.core._table import format_table
+
+        _print(ns.quiet, format_table([(k, v) for k, v in metrics.items()], ["test metric", "value"]))
+        if ns.out:
+            run = make_run_dir(domain, method, ns.out)
+            run.write_results({"method": method, "test": metrics})
+        return 0
+
+    if command == "check":
+        seed_everything(cfg.seed)
+        model = _load_ckpt_model(recipe, cfg, ns.ckpt)
+        model.eval()
+        results = recipe.check(model, cfg)
+        _print(ns.quiet, _check_table(_check_rows(method, results)))
+        if not results:
+            _print(ns.quiet, f"{method}: declares no symmetry checks")
+        return 0 if all(r.passed for r in results) else 1
+
+    if command == "reproduce":
+        run = make_run_dir(domain, f"{method}-reproduce", ns.out)
+        (run.path / "config.yaml").write_text(_strip_config_key(parser.dump(ns)))
+        seed_everything(cfg.seed)
+        t0 = time.perf_counter()
+        res = recipe.reproduce(cfg, run, quick=ns.quick)
+        if not res.seconds:
+            res.seconds = time.perf_counter() - t0
+        _write_reproduce(run, [(domain, method, res)], title=f"{domain} / {method}")
+        _print(ns.quiet, _reproduce_table([(domain, method, res)]))
+        _print(ns.quiet, f"report: {run.path / 'REPORT.md'}")
+        return 0
+    raise UsageError(f"unknown command {command!r}")
+
+
+def _strip_config_key(yaml_text: str) -> str:
+    import yaml
+
+    d = yaml.safe_load(yaml_text) or {}
+    d.pop("config", None)
+    return yaml.safe_dump(d, sort_keys=False)
+
+
+def _reproduce_rows(items: list[tuple]) -> list[tuple]:
+    rows = []
+    for domain, method, res in items:
+        if isinstance(res, BaseException):
+            rows.append((domain, method, "ERROR", "", "", "", "", "", f"{type(res).__name__}: {res}"))
+            continue
+        arrow = "↑" if res.higher_is_better else "↓"
+        rows.append((domain, method, res.task, f"{res.metric} {arrow}",
+                     f"{res.baseline}: {_f(res.baseline_value)}",
+                     f"{res.method}: {_f(res.method_value)}",
+                     res.invariance_error, res.seconds, "wins" if res.method_wins else "loses"))
+    return rows
+
+
+def _f(v: float) -> str:
+    from invariance.core._table import fmt
+
+    return fmt(float(v))
+
+
+_REPRO_HEAD = ["domain", "method", "task", "metric", "baseline", "method", "inv. error", "s", "result"]
+
+
+def _reproduce_table(items: list[tuple]) -> str:
+    from invariance.core._table import format_table
+
+    return format_table(_reproduce_rows(items), _REPRO_HEAD)
+
+
+def _write_reproduce(run: Any, items: list[tuple], *, title: str) -> None:
+    from invariance.core._table import markdown_table
+
+    md = [f"# Reproduce: {title}", "", time.strftime("%Y-%m-%d %H:%M:%S"), "",
+          markdown_table(_reproduce_rows(items), _REPRO_HEAD), ""]
+    results = []
+    for domain, method, res in items:
+        if isinstance(res, BaseException):
+            results.append({"domain": domain, "method": method, "error": repr(res)})
+            continue
+        results.append({"domain": domain, "method": method, **res.to_dict()})
+        if res.details:
+            md += [f"## {domain} / {method}", ""]
+            for k, v in res.details.items():
+                md.append(f"- **{k}**: {v}")
+            md.append("")
+        for p in res.plots:
+            md.append(f"![{Path(p).stem}]({Path(p).name})")
+    run.write_results(results)
+    run.write_report("\n".join(md) + "\n")
+
+
+def _run_bench(domain: str, prog: str, rest: list[str]) -> int:
+    from jsonargparse import ArgumentParser
+
+    from invariance.core._table import format_table
+    from invariance.core.bench import get_bench, list_benches
+    from invariance.core.io import make_run_dir, to_jsonable
+
+    if not rest or rest[0].startswith("-"):
+        names = ", ".join(n for _, n in list_benches(domain)) or "none"
+        raise UsageError(f"bench needs a NAME; known: {names}")
+    name, rest = rest[0], rest[1:]
+    try:
+        fn = get_bench(domain, name)
+    except KeyError as e:
+        raise UsageError(str(e.args[0])) from None
+    p = ArgumentParser(prog=f"{prog} bench {name}", description=(fn.__doc__ or "").strip())
+    p.add_function_arguments(fn, as_group=False)
+    p.add_argument("--out", type=str | None, default=None)
+    bool_flags = [f"--{k}" for k, v in _signature_defaults(fn).items() if isinstance(v, bool)]
+    ns = p.parse_args(_flagify(rest, bool_flags))
+    kwargs = {k: v for k, v in ns.as_dict().items() if k not in ("out", "config")}
+    result = fn(**kwargs)
+    rows = result.get("rows") if isinstance(result, dict) else None
+    if rows and isinstance(rows, list) and isinstance(rows[0], dict):
+        heads = list(rows[0])
+        print(format_table([[r.get(h) for h in heads] for r in rows], heads))
+        for k, v in result.items():
+            if k != "rows":
+                print(f"{k}: {v}")
+    else:
+        print(format_table([(k, v) for k, v in (result or {}).items()], ["key", "value"]))
+    if ns.out:
+        make_run_dir(domain, f"bench-{name}", ns.out).write_results(to_jsonable(result))
+    return 0
+
+
+def _signature_defaults(fn: Callable) -> dict:
+    import inspect
+
+    return {k: p.default for k, p in inspect.signature(fn).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+
+
+def _list(domain: str | None) -> str:
+    from invariance.core._table import format_table
+    from invariance.core.registry import list_methods
+
+    rows = [(m.domain, m.name, f"{m.paper} ({m.year})", m.symmetry, m.baseline)
+            for m in list_methods(domain)]
+    return format_table(rows, ["domain", "method", "paper", "declared symmetry", "baseline"])
+
+
+def build_cli(domain: str) -> Callable[[Sequence[str] | None], int]:
+    """The ``invariance-<domain>`` entry point (returns ``main(argv=None) -> exit code``)."""
+    prog = f"invariance-{domain}"
+
+    def main(argv: Sequence[str] | None = None) -> int:
+        args = list(sys.argv[1:] if argv is None else argv)
+        try:
+            if not args or args[0] in ("-h", "--help"):
+                print(_usage(prog))
+                return 0 if args else 2
+            cmd, rest = args[0], args[1:]
+            if cmd not in COMMANDS:
+                raise UsageError(f"unknown command {cmd!r}; choose from {', '.join(COMMANDS)}")
+            from invariance.core.registry import load_plugins
+
+            load_plugins(domain)
+            if cmd == "list":
+                print(_list(domain))
+                return 0
+            if cmd == "bench":
+                return _run_bench(domain, prog, rest)
+            if not rest or rest[0].startswith("-"):
+                if rest and rest[0] in ("-h", "--help"):
+                    print(_usage(prog))
+                    return 0
+                raise UsageError(f"{cmd} needs a METHOD (see `{prog} list`)")
+            return _run_method_command(domain, prog, cmd, rest[0], rest[1:])
+        except UsageError as e:
+            print(_usage(prog), file=sys.stderr)
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+
+    def entry() -> None:
+        sys.exit(main())
+
+    main.entry = entry  # type: ignore[attr-defined]
+    return main
+
+
+# --------------------------------------------------------------------------- umbrella
+
+
+def _umbrella_usage() -> str:
+    return (
+        "usage: invariance {list,check,reproduce,DOMAIN} [options]\n"
+        "  invariance list                      every method of every installed package\n"
+        "  invariance check [--domain D] [--method M]\n"
+        "                                       run every declared symmetry check (exit 1 on failure)\n"
+        "  invariance reproduce --quick [--domain D] [--method M] [--out DIR]\n"
+        "                                       every method's tiny analog: baseline vs method\n"
+        "  invariance DOMAIN ...                the same as invariance-DOMAIN ..."
+    )
+
+
+def _selected(domain: str | None, method: str | None) -> list:
+    from invariance.core.registry import list_methods
+
+    ms = list_methods(domain)
+    if method is not None:
+        ms = [m for m in ms if m.name == method]
+        if not ms:
+            raise UsageError(f"no registered method {method!r}")
+    if not ms:
+        raise UsageError("no registered methods found (is any invariance-* package installed?)")
+    return ms
+
+
+def _umbrella_check(domain, method, quiet) -> int:
+    from tqdm.auto import tqdm
+
+    from invariance.core.recipe import make_config
+    from invariance.core.seed import seed_everything
+
+    rows: list[tuple] = []
+    failed = False
+    for info in tqdm(_selected(domain, method), desc="check", disable=None if not quiet else True):
+        try:
+            recipe = info.recipe()
+            cfg = make_config(recipe, "tiny")
+            seed_everything(cfg.seed)
+            model = recipe.build(cfg)
+            model.eval()
+            results = recipe.check(model, cfg)
+            rows += _check_rows(f"{info.domain}/{info.name}", results)
+            failed |= not all(r.passed for r in results)
+            if not results:
+                rows.append((f"{info.domain}/{info.name}", "(no checks declared)", None, None, "",
+                             "FAIL"))
+                failed = True
+        except Exception as e:  # report and continue; the exit code says it failed
+            rows.append((f"{info.domain}/{info.name}", f"ERROR {type(e).__name__}: {e}", None,
+                         None, "", "FAIL"))
+            failed = True
+    print(_check_table(rows))
+    print(f"\n{sum(r[-1] == 'ok' for r in rows)} ok, {sum(r[-1] != 'ok' for r in rows)} failed")
+    return 1 if failed else 0
+
+
+def _umbrella_reproduce(domain, method, quick, out, quiet) -> int:
+    from tqdm.auto import tqdm
+
+    from invariance.core.io import make_run_dir
+    from invariance.core.recipe import make_config
+    from invariance.core.seed import seed_everything
+
+    tag = "quick" if quick else "full"
+    root = make_run_dir("all", f"reproduce-{tag}", out)
+    items: list[tuple] = []
+    bar = tqdm(_selected(domain, method), desc="reproduce", disable=None if not quiet else True)
+    for info in bar:
+        bar.set_postfix_str(f"{info.domain}/{info.name}")
+        sub = make_run_dir(info.domain, info.name, root.path / f"{info.domain}-{info.name}")
+        t0 = time.perf_counter()
+        try:
+            recipe = info.recipe()
+            cfg = make_config(recipe, "tiny")
+            seed_everything(cfg.seed)
+            res = recipe.reproduce(cfg, sub, quick=quick)
+            if not res.seconds:
+                res.seconds = time.perf_counter() - t0
+            res.plots = [str(Path(sub.path.name) / Path(p).name) for p in res.plots]
+            items.append((info.domain, info.name, res))
+        except Exception as e:  # keep going; reported as an ERROR row and a non-zero exit
+            log.exception("reproduce failed for %s", info.name)
+            items.append((info.domain, info.name, e))
+    _write_reproduce(root, items, title=f"every method ({tag})")
+    print(_reproduce_table(items))
+    print(f"\nreport: {root.path / 'REPORT.md'}")
+    return 1 if any(isinstance(r, BaseException) for _, _, r in items) else 0
+
+
+def umbrella_main(argv: Sequence[str] | None = None) -> int:
+    """The ``invariance`` command."""
+    from jsonargparse import ArgumentParser
+
+    from invariance.core.registry import domains, load_plugins
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if not args or args[0] in ("-h", "--help"):
+            print(_umbrella_usage())
+            return 0 if args else 2
+        cmd, rest = args[0], args[1:]
+        if cmd in domains():
+            from importlib.metadata import entry_points
+
+            (ep,) = [e for e in entry_points(group="invariance.cli") if e.name == cmd]
+            return int(ep.load()(rest) or 0)
+        if cmd not in ("list", "check", "reproduce"):
+            raise UsageError(
+                f"unknown command {cmd!r}; choose list, check, reproduce or a domain "
+                f"({', '.join(domains()) or 'none installed'})"
+            )
+        p = ArgumentParser(prog=f"invariance {cmd}")
+        p.add_argument("--domain", type=str | None, default=None)
+        p.add_argument("--method", type=str | None, default=None)
+        p.add_argument("--quiet", type=bool, default=False)
+        if cmd == "reproduce":
+            p.add_argument("--quick", type=bool, default=False)
+            p.add_argument("--out", type=str | None, default=None)
+        ns = p.parse_args(_flagify(rest, ("--quick", "--quiet")))
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        if ns.domain is not None and ns.domain not in domains():
+            raise UsageError(f"unknown domain {ns.domain!r}; installed: {', '.join(domains())}")
+        load_plugins(ns.domain)
+        if cmd == "list":
+            print(_list(ns.domain))
+            return 0
+        if cmd == "check":
+            return _umbrella_check(ns.domain, ns.method, ns.quiet)
+        return _umbrella_reproduce(ns.domain, ns.method, ns.quick, ns.out, ns.quiet)
+    except UsageError as e:
+        print(_umbrella_usage(), file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr)
+        return 2

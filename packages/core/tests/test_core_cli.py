@@ -1,0 +1,48 @@
+import yaml
+
+from invariance.core._toy import register_toy
+from invariance.core.cli import build_cli, umbrella_main
+
+
+def test_cli_train_replay_check_eval_reproduce(tmp_path, capsys):
+    register_toy()
+    main = build_cli("coretoy")
+    assert main(["list"]) == 0
+    assert "toy_norm" in capsys.readouterr().out
+    r1, r2 = tmp_path / "r1", tmp_path / "r2"
+    assert main(["train", "toy_norm", "--out", str(r1), "--quiet", "--cfg.steps", "20"]) == 0
+    cfg = yaml.safe_load((r1 / "config.yaml").read_text())
+    assert cfg["cfg"]["steps"] == 20 and "config" not in cfg
+    assert main(["train", "toy_norm", "--config", str(r1 / "config.yaml"), "--out", str(r2),
+                 "--quiet"]) == 0
+    assert (r1 / "metrics.jsonl").read_text() == (r2 / "metrics.jsonl").read_text()
+    capsys.readouterr()
+    assert main(["check", "toy_norm", "--ckpt", str(r1)]) == 0
+    out = capsys.readouterr().out
+    assert "negative control" in out and "FAIL" not in out
+    assert main(["eval", "toy_norm", "--ckpt", str(r1)]) == 0
+    assert main(["reproduce", "toy_norm", "--quick", "--out", str(tmp_path / "rep")]) == 0
+    assert (tmp_path / "rep" / "REPORT.md").exists() and (tmp_path / "rep" / "results.json").exists()
+
+
+def test_cli_bad_arguments_exit_2_with_usage(capsys):
+    register_toy()
+    main = build_cli("coretoy")
+    assert main(["frobnicate"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage:") and "unknown command" in err
+    assert main(["train", "nope"]) == 2
+    assert "unknown method 'nope'" in capsys.readouterr().err
+    assert main(["train"]) == 2
+    assert main([]) == 2
+    try:
+        main(["train", "toy_norm", "--cfg.lr", "abc"])
+    except SystemExit as e:
+        assert e.code == 2
+    assert "cfg.lr" in capsys.readouterr().err
+
+
+def test_umbrella_usage_errors(capsys):
+    assert umbrella_main(["nope"]) == 2
+    assert "usage: invariance" in capsys.readouterr().err
+    assert umbrella_main(["check", "--domain", "nodomain"]) == 2

@@ -1,0 +1,1 @@
+"""invariance.geometry (methods land here)."""

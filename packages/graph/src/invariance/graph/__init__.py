@@ -1,0 +1,1 @@
+"""invariance.graph (methods land here)."""

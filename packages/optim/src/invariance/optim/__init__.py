@@ -1,0 +1,1 @@
+"""invariance.optim (methods land here)."""

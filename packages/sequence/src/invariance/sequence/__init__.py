@@ -1,0 +1,1 @@
+"""invariance.sequence (methods land here)."""

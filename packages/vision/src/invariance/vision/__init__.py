@@ -1,0 +1,1 @@
+"""invariance.vision (methods land here)."""

@@ -1,0 +1,60 @@
+"""Regenerate the methods table of the root README from the registry.
+
+usage: uv run python scripts/methods_table.py [RESULTS_JSON]
+
+With RESULTS_JSON (the ``results.json`` written by ``invariance reproduce --quick``) the table gets
+the measured quick-analog figures; without it, that column keeps what the README already says.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+from invariance.core._table import fmt, markdown_table
+from invariance.core.registry import list_methods
+
+ROOT = Path(__file__).resolve().parents[1]
+START, END = "<!-- methods-table", "<!-- /methods-table -->"
+
+
+def main() -> int:
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    old = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 7 and cells[1] and not set(cells[1]) <= {"-"}:
+            old[cells[1].strip("`")] = cells[6]
+    measured = {}
+    if len(sys.argv) > 1:
+        for r in json.loads(Path(sys.argv[1]).read_text()):
+            if "error" in r:
+                measured[r["method"]] = f"error: {r['error'][:60]}"
+            else:
+                arrow = "↑" if r["higher_is_better"] else "↓"
+                measured[r["method"]] = (
+                    f"{r['metric']} {arrow}: {r['baseline']} {fmt(r['baseline_value'])} → "
+                    f"{r['method']} {fmt(r['method_value'])} ({fmt(r['seconds'])} s)"
+                )
+    rows = []
+    for m in list_methods():
+        if m.domain == "coretoy":
+            continue
+        paper = f"[{m.paper}]({m.arxiv_url}) ({m.year})" if m.arxiv else f"{m.paper} ({m.year})"
+        rows.append((f"invariance-{m.domain}", f"`{m.name}`", paper, m.symmetry, m.baseline,
+                     measured.get(m.name, old.get(m.name, "not measured yet"))))
+    table = markdown_table(rows, ["package", "method", "paper", "declared symmetry", "baseline",
+                                  "quick reproduce (measured)"])
+    new = re.sub(rf"{re.escape(START)}.*?\n.*?{re.escape(END)}",
+                 f"{START}: regenerate with `uv run python scripts/methods_table.py` -->\n{table}\n"
+                 f"{END}", text, flags=re.S)
+    readme.write_text(new)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
