@@ -33,11 +33,10 @@ def test_train_config_replay_gives_identical_metrics(tmp_path):
 
 
 def _domains_with_cli():
-    from importlib.metadata import entry_points
-    from importlib.util import find_spec
-
-    return sorted(e.name for e in entry_points(group="invariance.cli")
-                  if find_spec(e.value.split(":")[0]) is not None)
+    # look at files, not imports: collection must not import every package
+    root = Path(__file__).parents[1] / "packages"
+    return sorted(p.parents[3].name for p in root.glob("*/src/invariance/*/cli.py")
+                  if p.parent.name != "core")
 
 
 @pytest.mark.skipif(shutil.which("invariance", path=str(BIN)) is None, reason="not installed")
