@@ -1,5 +1,7 @@
-"""Root test hygiene (applies to every package's tests): seed everything before each test and fail
-a test that leaves the global default dtype changed."""
+"""Root test hygiene (applies to every package's tests): seed everything before each test, run torch
+single-threaded (the suite is many tiny problems; with pytest-xdist on 2 cores intra-op threads only
+oversubscribe the CPU: measured 5-30x slower under load), and fail a test that leaves the global
+default dtype changed. Each setting is restored after the test."""
 
 import random
 
@@ -9,12 +11,15 @@ import torch
 
 
 @pytest.fixture(autouse=True)
-def _seed_and_guard_dtype():
+def _seed_threads_and_guard_dtype():
     random.seed(0)
     np.random.seed(0)
     torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     before = torch.get_default_dtype()
     yield
+    torch.set_num_threads(threads)
     after = torch.get_default_dtype()
     if after != before:
         torch.set_default_dtype(before)

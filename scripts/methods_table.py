@@ -44,13 +44,33 @@ def main() -> int:
         if m.domain == "coretoy":
             continue
         paper = f"[{m.paper}]({m.arxiv_url}) ({m.year})" if m.arxiv else f"{m.paper} ({m.year})"
-        rows.append((f"invariance-{m.domain}", f"`{m.name}`", paper, m.symmetry, m.baseline,
-                     measured.get(m.name, old.get(m.name, "not measured yet"))))
-    table = markdown_table(rows, ["package", "method", "paper", "declared symmetry", "baseline",
-                                  "quick reproduce (measured)"])
-    new = re.sub(rf"{re.escape(START)}.*?\n.*?{re.escape(END)}",
-                 f"{START}: regenerate with `uv run python scripts/methods_table.py` -->\n{table}\n"
-                 f"{END}", text, flags=re.S)
+        rows.append(
+            (
+                f"invariance-{m.domain}",
+                f"`{m.name}`",
+                paper,
+                m.symmetry,
+                m.baseline,
+                measured.get(m.name, old.get(m.name, "not measured yet")),
+            )
+        )
+    table = markdown_table(
+        rows,
+        [
+            "package",
+            "method",
+            "paper",
+            "declared symmetry",
+            "baseline",
+            "quick reproduce (measured)",
+        ],
+    )
+    new = re.sub(
+        rf"{re.escape(START)}.*?\n.*?{re.escape(END)}",
+        f"{START}: regenerate with `uv run python scripts/methods_table.py` -->\n{table}\n{END}",
+        text,
+        flags=re.S,
+    )
     readme.write_text(new)
     print(table)
     return 0

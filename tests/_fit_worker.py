@@ -39,11 +39,25 @@ def main() -> None:
         if event == "checkpoint" and s == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    res = fit(model, opt, TensorDataset(x, y), step, steps=steps, batch_size=32, runtime=rt,
-              run=RunDir(out, enabled=rt.is_main), ckpt_every=5, log_every=5, resume=resume,
-              callbacks=[killer], progress=False)
-    save_file({k: v.contiguous() for k, v in res.model.state_dict().items()},
-              str(out / f"weights-rank{rt.rank}.safetensors"))
+    res = fit(
+        model,
+        opt,
+        TensorDataset(x, y),
+        step,
+        steps=steps,
+        batch_size=32,
+        runtime=rt,
+        run=RunDir(out, enabled=rt.is_main),
+        ckpt_every=5,
+        log_every=5,
+        resume=resume,
+        callbacks=[killer],
+        progress=False,
+    )
+    save_file(
+        {k: v.contiguous() for k, v in res.model.state_dict().items()},
+        str(out / f"weights-rank{rt.rank}.safetensors"),
+    )
     rt.close()
 
 

@@ -61,15 +61,21 @@ def test_member_layout(pkg):
 
 def test_nothing_unpickles():
     pat = re.compile(r"\bpickle\.loads?\(|torch\.load\((?![^)]*weights_only\s*=\s*True)")
-    offenders = [str(p.relative_to(ROOT)) for pkg in PACKAGES for p in _sources(pkg)
-                 if pat.search(p.read_text())]
+    offenders = [
+        str(p.relative_to(ROOT))
+        for pkg in PACKAGES
+        for p in _sources(pkg)
+        if pat.search(p.read_text())
+    ]
     assert not offenders, offenders
 
 
 def test_import_core_stays_light():
-    code = ("import sys, invariance.core; heavy = [m for m in ('torch_geometric', 'transformers', "
-            "'diffusers', 'torchaudio', 'torchvision', 'scanpy', 'rdkit', 'matplotlib', "
-            "'jsonargparse') if m in sys.modules]; print(','.join(heavy))")
+    code = (
+        "import sys, invariance.core; heavy = [m for m in ('torch_geometric', 'transformers', "
+        "'diffusers', 'torchaudio', 'torchvision', 'scanpy', 'rdkit', 'matplotlib', "
+        "'jsonargparse') if m in sys.modules]; print(','.join(heavy))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "", f"import invariance.core pulled in {out.stdout.strip()}"

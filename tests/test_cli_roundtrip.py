@@ -22,11 +22,37 @@ def _run(args, **kw):
 
 def test_train_config_replay_gives_identical_metrics(tmp_path):
     r1, r2 = tmp_path / "r1", tmp_path / "r2"
-    a = _run([sys.executable, "-c", TOY, "train", "toy_norm", "--out", str(r1), "--quiet",
-              "--cfg.steps", "30", "--seed", "3"])
+    a = _run(
+        [
+            sys.executable,
+            "-c",
+            TOY,
+            "train",
+            "toy_norm",
+            "--out",
+            str(r1),
+            "--quiet",
+            "--cfg.steps",
+            "30",
+            "--seed",
+            "3",
+        ]
+    )
     assert a.returncode == 0, a.stderr
-    b = _run([sys.executable, "-c", TOY, "train", "toy_norm", "--config", str(r1 / "config.yaml"),
-              "--out", str(r2), "--quiet"])
+    b = _run(
+        [
+            sys.executable,
+            "-c",
+            TOY,
+            "train",
+            "toy_norm",
+            "--config",
+            str(r1 / "config.yaml"),
+            "--out",
+            str(r2),
+            "--quiet",
+        ]
+    )
     assert b.returncode == 0, b.stderr
     m1, m2 = (r1 / "metrics.jsonl").read_text(), (r2 / "metrics.jsonl").read_text()
     assert m1 == m2 and m1.count("\n") >= 3
@@ -35,19 +61,17 @@ def test_train_config_replay_gives_identical_metrics(tmp_path):
 def _domains_with_cli():
     # look at files, not imports: collection must not import every package
     root = Path(__file__).parents[1] / "packages"
-    return sorted(p.parents[3].name for p in root.glob("*/src/invariance/*/cli.py")
-                  if p.parent.name != "core")
+    return sorted(
+        p.parents[3].name for p in root.glob("*/src/invariance/*/cli.py") if p.parent.name != "core"
+    )
 
 
 @pytest.mark.skipif(shutil.which("invariance", path=str(BIN)) is None, reason="not installed")
 @pytest.mark.parametrize("domain", _domains_with_cli())
 def test_domain_console_script_usage_errors(domain):
+    # one process per domain (each pays the package's import): a bad argument exits 2 with usage
     bad = _run([str(BIN / f"invariance-{domain}"), "train", "--no-such-flag"])
     assert bad.returncode == 2 and "usage:" in bad.stderr and "Traceback" not in bad.stderr
-    bad = _run([str(BIN / f"invariance-{domain}"), "frobnicate"])
-    assert bad.returncode == 2 and "Traceback" not in bad.stderr
-    ok = _run([str(BIN / f"invariance-{domain}"), "list"])
-    assert ok.returncode == 0, ok.stderr
 
 
 @pytest.mark.skipif(shutil.which("invariance", path=str(BIN)) is None, reason="not installed")

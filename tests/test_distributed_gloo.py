@@ -14,8 +14,11 @@ WORKER = Path(__file__).with_name("_fit_worker.py")
 
 
 def _env():
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    }
     env["OMP_NUM_THREADS"] = "1"
     return env
 
@@ -23,11 +26,28 @@ def _env():
 @pytest.mark.dist
 def test_two_rank_fit_matches_one_rank(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
-    subprocess.run([sys.executable, str(WORKER), str(one), "20", "--no-dropout"], check=True,
-                   env=_env(), timeout=300)
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                    "--nproc_per_node=2", str(WORKER), str(two), "20", "--no-dropout"],
-                   check=True, env=_env(), timeout=300)
+    subprocess.run(
+        [sys.executable, str(WORKER), str(one), "20", "--no-dropout"],
+        check=True,
+        env=_env(),
+        timeout=300,
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(WORKER),
+            str(two),
+            "20",
+            "--no-dropout",
+        ],
+        check=True,
+        env=_env(),
+        timeout=300,
+    )
     ref = load_file(str(one / "weights-rank0.safetensors"))
     r0 = load_file(str(two / "weights-rank0.safetensors"))
     r1 = load_file(str(two / "weights-rank1.safetensors"))

@@ -17,12 +17,14 @@ def test_killed_and_resumed_run_is_bit_identical(tmp_path):
     env.pop("WORLD_SIZE", None)
     full, cut = tmp_path / "full", tmp_path / "cut"
     subprocess.run([sys.executable, str(WORKER), str(full), "25"], check=True, env=env, timeout=300)
-    killed = subprocess.run([sys.executable, str(WORKER), str(cut), "25", "--kill-at", "10"],
-                            env=env, timeout=300)
+    killed = subprocess.run(
+        [sys.executable, str(WORKER), str(cut), "25", "--kill-at", "10"], env=env, timeout=300
+    )
     assert killed.returncode != 0, "the worker should have been killed"
     assert not (cut / "weights-rank0.safetensors").exists()
-    subprocess.run([sys.executable, str(WORKER), str(cut), "25", "--resume"], check=True, env=env,
-                   timeout=300)
+    subprocess.run(
+        [sys.executable, str(WORKER), str(cut), "25", "--resume"], check=True, env=env, timeout=300
+    )
     a = load_file(str(full / "weights-rank0.safetensors"))
     b = load_file(str(cut / "weights-rank0.safetensors"))
     for k in a:

@@ -13,8 +13,12 @@ def test_cli_train_replay_check_eval_reproduce(tmp_path, capsys):
     assert main(["train", "toy_norm", "--out", str(r1), "--quiet", "--cfg.steps", "20"]) == 0
     cfg = yaml.safe_load((r1 / "config.yaml").read_text())
     assert cfg["cfg"]["steps"] == 20 and "config" not in cfg
-    assert main(["train", "toy_norm", "--config", str(r1 / "config.yaml"), "--out", str(r2),
-                 "--quiet"]) == 0
+    assert (
+        main(
+            ["train", "toy_norm", "--config", str(r1 / "config.yaml"), "--out", str(r2), "--quiet"]
+        )
+        == 0
+    )
     assert (r1 / "metrics.jsonl").read_text() == (r2 / "metrics.jsonl").read_text()
     capsys.readouterr()
     assert main(["check", "toy_norm", "--ckpt", str(r1)]) == 0
@@ -22,7 +26,9 @@ def test_cli_train_replay_check_eval_reproduce(tmp_path, capsys):
     assert "negative control" in out and "FAIL" not in out
     assert main(["eval", "toy_norm", "--ckpt", str(r1)]) == 0
     assert main(["reproduce", "toy_norm", "--quick", "--out", str(tmp_path / "rep")]) == 0
-    assert (tmp_path / "rep" / "REPORT.md").exists() and (tmp_path / "rep" / "results.json").exists()
+    assert (tmp_path / "rep" / "REPORT.md").exists() and (
+        tmp_path / "rep" / "results.json"
+    ).exists()
 
 
 def test_cli_bad_arguments_exit_2_with_usage(capsys):

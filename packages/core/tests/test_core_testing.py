@@ -41,8 +41,9 @@ def test_equivariance_with_structured_outputs_and_kwargs():
     def f(*, pos):
         return {"centroid": pos.mean(0), "norms": pos.norm(dim=-1)}
 
-    T.assert_equivariant(f, {"pos": x}, G.SO3(), {"pos": "points"},
-                         {"centroid": "points", "norms": None})
+    T.assert_equivariant(
+        f, {"pos": x}, G.SO3(), {"pos": "points"}, {"centroid": "points", "norms": None}
+    )
     with pytest.raises(ValueError, match="unknown keys"):
         T.equivariance_error(f, {"pos": x}, G.SO3(), {"posx": "points"})
 

@@ -32,8 +32,18 @@ def model_and_opt(seed=0):
 def test_fit_learns_and_logs(tmp_path):
     m, opt, sched = model_and_opt()
     run = RunDir(tmp_path / "run")
-    res = fit(m, opt, regression(), mse, steps=60, batch_size=16, scheduler=sched, run=run,
-              log_every=10, progress=False)
+    res = fit(
+        m,
+        opt,
+        regression(),
+        mse,
+        steps=60,
+        batch_size=16,
+        scheduler=sched,
+        run=run,
+        log_every=10,
+        progress=False,
+    )
     hist = run.read_metrics()
     assert [h["step"] for h in hist] == [10, 20, 30, 40, 50, 60]
     assert hist[-1]["loss"] < 0.5 * hist[0]["loss"]
@@ -52,8 +62,18 @@ def test_resume_in_process_is_bit_identical(tmp_path):
     # pretend the process died: fresh objects, global RNG disturbed
     torch.manual_seed(999)
     m3, o3, s3 = model_and_opt(seed=5)
-    fit(m3, o3, data, mse, steps=30, batch_size=16, scheduler=s3, run=run, resume=True,
-        progress=False)
+    fit(
+        m3,
+        o3,
+        data,
+        mse,
+        steps=30,
+        batch_size=16,
+        scheduler=s3,
+        run=run,
+        resume=True,
+        progress=False,
+    )
     for a, b in zip(m1.state_dict().values(), m3.state_dict().values()):
         assert torch.equal(a, b)
 
@@ -63,7 +83,10 @@ def test_checkpoint_round_trip_is_safetensors_and_json(tmp_path):
     fit(m, opt, regression(), mse, steps=5, batch_size=16, scheduler=sched, progress=False)
     save_checkpoint(tmp_path / "ck", m, opt, sched, step=5, extra={"note": "x"})
     assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == [
-        "model.safetensors", "trainer.json", "trainer.safetensors"]
+        "model.safetensors",
+        "trainer.json",
+        "trainer.safetensors",
+    ]
     json.loads((tmp_path / "ck" / "trainer.json").read_text())  # plain JSON, no pickle
     m2, opt2, sched2 = model_and_opt(seed=3)
     state = load_checkpoint(tmp_path / "ck", m2, opt2, sched2)
@@ -79,7 +102,9 @@ def test_state_flatten_keeps_types(tmp_path):
     save_state(tmp_path / "st", obj)
     back = load_state(tmp_path / "st")
     assert back["a"] == (1, 2.5, None) and back["s"] == "t"
-    assert torch.equal(back[3][0], torch.arange(3)) and torch.equal(back[3][1]["x"], torch.ones(2, 2))
+    assert torch.equal(back[3][0], torch.arange(3)) and torch.equal(
+        back[3][1]["x"], torch.ones(2, 2)
+    )
     with pytest.raises(TypeError, match="cannot checkpoint"):
         save_state(tmp_path / "bad", {"f": object()})
     with pytest.raises(FileNotFoundError):
@@ -97,5 +122,12 @@ def test_fit_rejects_bad_arguments():
 def test_fit_stops_on_non_finite_loss():
     m, opt, _ = model_and_opt()
     with pytest.raises(FloatingPointError, match="non-finite"):
-        fit(m, opt, regression(), lambda mod, b: {"loss": mod(b[0]).sum() * float("nan")},
-            steps=2, batch_size=16, progress=False)
+        fit(
+            m,
+            opt,
+            regression(),
+            lambda mod, b: {"loss": mod(b[0]).sum() * float("nan")},
+            steps=2,
+            batch_size=16,
+            progress=False,
+        )

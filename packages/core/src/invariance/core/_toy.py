@@ -35,8 +35,9 @@ class ToyNormRegression(Recipe):
         return TensorDataset(x, x.norm(dim=-1, keepdim=True))
 
     def build(self, cfg):
-        return nn.Sequential(nn.Linear(1, cfg.hidden), nn.Tanh(), nn.Dropout(cfg.dropout),
-                             nn.Linear(cfg.hidden, 1))
+        return nn.Sequential(
+            nn.Linear(1, cfg.hidden), nn.Tanh(), nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden, 1)
+        )
 
     def step(self, model, batch):
         x, y = batch
@@ -46,10 +47,20 @@ class ToyNormRegression(Recipe):
         m = as_float64(model).eval()
         x = torch.randn(8, 3, generator=torch.Generator().manual_seed(cfg.seed))
         return [
-            check_invariant("SO(3) invariance", lambda v: m(v.norm(dim=-1, keepdim=True)), (x,),
-                            G.SO3(), ("vector",)),
-            check_not_invariant("first coordinate only (negative control)", lambda v: m(v[:, :1]),
-                                (x,), G.SO3(), ("vector",)),
+            check_invariant(
+                "SO(3) invariance",
+                lambda v: m(v.norm(dim=-1, keepdim=True)),
+                (x,),
+                G.SO3(),
+                ("vector",),
+            ),
+            check_not_invariant(
+                "first coordinate only (negative control)",
+                lambda v: m(v[:, :1]),
+                (x,),
+                G.SO3(),
+                ("vector",),
+            ),
         ]
 
     def reproduce(self, cfg, run, *, quick):
@@ -60,11 +71,24 @@ class ToyNormRegression(Recipe):
         data = self.make_data(cfg, "test")
         y = data.tensors[1]
         base = float(((y - y.mean()) ** 2).mean())
-        return ReproduceResult("|x| regression", "test MSE", "toy MLP", "predict the mean", mse, base,
-                               higher_is_better=False)
+        return ReproduceResult(
+            "|x| regression",
+            "test MSE",
+            "toy MLP",
+            "predict the mean",
+            mse,
+            base,
+            higher_is_better=False,
+        )
 
 
 def register_toy() -> type:
     """Register :class:`ToyNormRegression` as ``toy_norm`` in domain ``coretoy`` (idempotent)."""
-    return register("toy_norm", domain="coretoy", paper="Toy norm regression", year=2026,
-                    symmetry="SO(3)-invariant", baseline="mean")(ToyNormRegression)
+    return register(
+        "toy_norm",
+        domain="coretoy",
+        paper="Toy norm regression",
+        year=2026,
+        symmetry="SO(3)-invariant",
+        baseline="mean",
+    )(ToyNormRegression)

@@ -37,12 +37,20 @@ def get_bench(domain: str, name: str) -> Callable[..., dict]:
         raise KeyError(f"unknown bench {name!r} for {domain}; known: {known}") from None
 
 
-def time_fn(fn: Callable[[], Any], *, warmup: int = 3, repeat: int = 20,
-            device: torch.device | str | None = None) -> dict[str, float]:
+def time_fn(
+    fn: Callable[[], Any],
+    *,
+    warmup: int = 3,
+    repeat: int = 20,
+    device: torch.device | str | None = None,
+) -> dict[str, float]:
     """Median / min wall time of ``fn()`` in seconds (CUDA-synchronised when on a GPU)."""
     dev = torch.device(device) if device is not None else None
-    sync = (lambda: torch.cuda.synchronize(dev)) if dev is not None and dev.type == "cuda" else (
-        lambda: None)
+    sync = (
+        (lambda: torch.cuda.synchronize(dev))
+        if dev is not None and dev.type == "cuda"
+        else (lambda: None)
+    )
     for _ in range(warmup):
         fn()
     sync()

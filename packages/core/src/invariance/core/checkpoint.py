@@ -16,8 +16,15 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-__all__ = ["flatten_state", "unflatten_state", "save_state", "load_state", "save_checkpoint",
-           "load_checkpoint", "latest_checkpoint"]
+__all__ = [
+    "flatten_state",
+    "unflatten_state",
+    "save_state",
+    "load_state",
+    "save_checkpoint",
+    "load_checkpoint",
+    "latest_checkpoint",
+]
 
 
 def flatten_state(obj: Any, tensors: dict[str, torch.Tensor] | None = None, prefix: str = "s"):
@@ -36,8 +43,9 @@ def flatten_state(obj: Any, tensors: dict[str, torch.Tensor] | None = None, pref
             items.append([k, sk])
         return {"__dict__": items}, tensors
     if isinstance(obj, tuple):
-        return {"__tuple__": [flatten_state(v, tensors, f"{prefix}.{i}")[0]
-                              for i, v in enumerate(obj)]}, tensors
+        return {
+            "__tuple__": [flatten_state(v, tensors, f"{prefix}.{i}")[0] for i, v in enumerate(obj)]
+        }, tensors
     if isinstance(obj, list):
         return [flatten_state(v, tensors, f"{prefix}.{i}")[0] for i, v in enumerate(obj)], tensors
     if obj is None or isinstance(obj, (str, int, float, bool)):
@@ -87,7 +95,9 @@ def load_state(path: str | Path) -> Any:
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
+    return (
+        model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
+    )
 
 
 def save_checkpoint(
@@ -102,8 +112,9 @@ def save_checkpoint(
     ``trainer.safetensors/json`` (optimizer, scheduler, step, extra) into ``directory``."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    model_sd = {k: v.detach().to("cpu").contiguous().clone()
-                for k, v in _unwrap(model).state_dict().items()}
+    model_sd = {
+        k: v.detach().to("cpu").contiguous().clone() for k, v in _unwrap(model).state_dict().items()
+    }
     save_file(model_sd, str(d / "model.safetensors.tmp"))
     os.replace(d / "model.safetensors.tmp", d / "model.safetensors")
     state = {

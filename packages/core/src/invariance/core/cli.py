@@ -63,8 +63,9 @@ def _method_parser(prog: str, command: str, info: Any, size: str):
     sizes = sorted(set(presets) | {"tiny"})
     if size not in sizes:
         raise UsageError(f"unknown --size {size!r} for {info.name}; choose from {sizes}")
-    p = ArgumentParser(prog=f"{prog} {command} {info.name}",
-                       description=f"{command} {info.name}: {info.paper}")
+    p = ArgumentParser(
+        prog=f"{prog} {command} {info.name}", description=f"{command} {info.name}: {info.paper}"
+    )
     p.add_argument("--config", action=ActionConfigFile, help="replay a saved config.yaml")
     p.add_argument("--size", type=str, default="tiny", help=f"preset: {', '.join(sizes)}")
     p.add_class_arguments(recipe_cls.Config, "cfg")
@@ -74,7 +75,9 @@ def _method_parser(prog: str, command: str, info: Any, size: str):
     p.add_argument("--out", type=str | None, default=None, help="run directory")
     p.add_argument("--quiet", type=bool, default=False, help="no progress bar")
     if command == "train":
-        p.add_argument("--resume", type=bool, default=False, help="continue from --out's checkpoint")
+        p.add_argument(
+            "--resume", type=bool, default=False, help="continue from --out's checkpoint"
+        )
     if command in ("eval", "check"):
         p.add_argument("--ckpt", type=str | None, default=None, help="run or checkpoint directory")
     if command == "reproduce":
@@ -128,8 +131,14 @@ def _check_table(rows: list[tuple]) -> str:
 
 def _check_rows(name: str, results: list) -> list[tuple]:
     return [
-        (name, r.name, r.error, r.tol, "negative control" if r.negative_control else "symmetry",
-         "ok" if r.passed else "FAIL")
+        (
+            name,
+            r.name,
+            r.error,
+            r.tol,
+            "negative control" if r.negative_control else "symmetry",
+            "ok" if r.passed else "FAIL",
+        )
         for r in results
     ]
 
@@ -148,8 +157,10 @@ def _run_method_command(domain: str, prog: str, command: str, method: str, rest:
     ns = parser.parse_args(_flagify(rest, ("--quiet", "--resume", "--quick")))
     cfg = _config_from_ns(info, ns)
     recipe = info.recipe()
-    logging.basicConfig(level=logging.WARNING if ns.quiet else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING if ns.quiet else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
 
     if command == "train":
         from invariance.core.train import evaluate, fit_recipe
@@ -160,17 +171,27 @@ def _run_method_command(domain: str, prog: str, command: str, method: str, rest:
             if rt.is_main:
                 saved = parser.dump(ns)
                 (run.path / "config.yaml").write_text(_strip_config_key(saved))
-            model, res = fit_recipe(recipe, cfg, runtime=rt, run=run, resume=ns.resume,
-                                    progress=not ns.quiet)
+            model, res = fit_recipe(
+                recipe, cfg, runtime=rt, run=run, resume=ns.resume, progress=not ns.quiet
+            )
             metrics = evaluate(recipe, model, cfg, "test")
             run.log_metrics({"step": res.step, "split": "test", **metrics})
-            run.write_results({"method": method, "step": res.step, "train": res.last,
-                               "test": metrics, "seconds": res.seconds})
+            run.write_results(
+                {
+                    "method": method,
+                    "step": res.step,
+                    "train": res.last,
+                    "test": metrics,
+                    "seconds": res.seconds,
+                }
+            )
             if rt.is_main:
                 from invariance.core._table import format_table
 
-                _print(ns.quiet, format_table([(k, v) for k, v in metrics.items()],
-                                              ["test metric", "value"]))
+                _print(
+                    ns.quiet,
+                    format_table([(k, v) for k, v in metrics.items()], ["test metric", "value"]),
+                )
                 _print(ns.quiet, f"run directory: {run.path}")
         finally:
             rt.close()
@@ -186,7 +207,9 @@ def _run_method_command(domain: str, prog: str, command: str, method: str, rest:
         metrics = evaluate(recipe, model, cfg, "test")
         from invariance.core._table import format_table
 
-        _print(ns.quiet, format_table([(k, v) for k, v in metrics.items()], ["test metric", "value"]))
+        _print(
+            ns.quiet, format_table([(k, v) for k, v in metrics.items()], ["test metric", "value"])
+        )
         if ns.out:
             run = make_run_dir(domain, method, ns.out)
             run.write_results({"method": method, "test": metrics})
@@ -229,13 +252,24 @@ def _reproduce_rows(items: list[tuple]) -> list[tuple]:
     rows = []
     for domain, method, res in items:
         if isinstance(res, BaseException):
-            rows.append((domain, method, "ERROR", "", "", "", "", "", f"{type(res).__name__}: {res}"))
+            rows.append(
+                (domain, method, "ERROR", "", "", "", "", "", f"{type(res).__name__}: {res}")
+            )
             continue
         arrow = "↑" if res.higher_is_better else "↓"
-        rows.append((domain, method, res.task, f"{res.metric} {arrow}",
-                     f"{res.baseline}: {_f(res.baseline_value)}",
-                     f"{res.method}: {_f(res.method_value)}",
-                     res.invariance_error, res.seconds, "wins" if res.method_wins else "loses"))
+        rows.append(
+            (
+                domain,
+                method,
+                res.task,
+                f"{res.metric} {arrow}",
+                f"{res.baseline}: {_f(res.baseline_value)}",
+                f"{res.method}: {_f(res.method_value)}",
+                res.invariance_error,
+                res.seconds,
+                "wins" if res.method_wins else "loses",
+            )
+        )
     return rows
 
 
@@ -245,7 +279,17 @@ def _f(v: float) -> str:
     return fmt(float(v))
 
 
-_REPRO_HEAD = ["domain", "method", "task", "metric", "baseline", "method", "inv. error", "s", "result"]
+_REPRO_HEAD = [
+    "domain",
+    "method",
+    "task",
+    "metric",
+    "baseline",
+    "method",
+    "inv. error",
+    "s",
+    "result",
+]
 
 
 def _reproduce_table(items: list[tuple]) -> str:
@@ -257,8 +301,14 @@ def _reproduce_table(items: list[tuple]) -> str:
 def _write_reproduce(run: Any, items: list[tuple], *, title: str) -> None:
     from invariance.core._table import markdown_table
 
-    md = [f"# Reproduce: {title}", "", time.strftime("%Y-%m-%d %H:%M:%S"), "",
-          markdown_table(_reproduce_rows(items), _REPRO_HEAD), ""]
+    md = [
+        f"# Reproduce: {title}",
+        "",
+        time.strftime("%Y-%m-%d %H:%M:%S"),
+        "",
+        markdown_table(_reproduce_rows(items), _REPRO_HEAD),
+        "",
+    ]
     results = []
     for domain, method, res in items:
         if isinstance(res, BaseException):
@@ -315,16 +365,21 @@ def _run_bench(domain: str, prog: str, rest: list[str]) -> int:
 def _signature_defaults(fn: Callable) -> dict:
     import inspect
 
-    return {k: p.default for k, p in inspect.signature(fn).parameters.items()
-            if p.default is not inspect.Parameter.empty}
+    return {
+        k: p.default
+        for k, p in inspect.signature(fn).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
 
 
 def _list(domain: str | None) -> str:
     from invariance.core._table import format_table
     from invariance.core.registry import list_methods
 
-    rows = [(m.domain, m.name, f"{m.paper} ({m.year})", m.symmetry, m.baseline)
-            for m in list_methods(domain)]
+    rows = [
+        (m.domain, m.name, f"{m.paper} ({m.year})", m.symmetry, m.baseline)
+        for m in list_methods(domain)
+    ]
     return format_table(rows, ["domain", "method", "paper", "declared symmetry", "baseline"])
 
 
@@ -414,12 +469,21 @@ def _umbrella_check(domain, method, quiet) -> int:
             rows += _check_rows(f"{info.domain}/{info.name}", results)
             failed |= not all(r.passed for r in results)
             if not results:
-                rows.append((f"{info.domain}/{info.name}", "(no checks declared)", None, None, "",
-                             "FAIL"))
+                rows.append(
+                    (f"{info.domain}/{info.name}", "(no checks declared)", None, None, "", "FAIL")
+                )
                 failed = True
         except Exception as e:  # report and continue; the exit code says it failed
-            rows.append((f"{info.domain}/{info.name}", f"ERROR {type(e).__name__}: {e}", None,
-                         None, "", "FAIL"))
+            rows.append(
+                (
+                    f"{info.domain}/{info.name}",
+                    f"ERROR {type(e).__name__}: {e}",
+                    None,
+                    None,
+                    "",
+                    "FAIL",
+                )
+            )
             failed = True
     print(_check_table(rows))
     print(f"\n{sum(r[-1] == 'ok' for r in rows)} ok, {sum(r[-1] != 'ok' for r in rows)} failed")

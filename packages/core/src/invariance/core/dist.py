@@ -72,8 +72,13 @@ class Runtime:
     def distributed(self) -> bool:
         return self.world_size > 1
 
-    def setup(self, model: nn.Module, *, find_unused_parameters: bool = False,
-              sync_batchnorm: bool = False) -> nn.Module:
+    def setup(
+        self,
+        model: nn.Module,
+        *,
+        find_unused_parameters: bool = False,
+        sync_batchnorm: bool = False,
+    ) -> nn.Module:
         """Move to the device; wrap in DDP only when the world has more than one process."""
         model = model.to(self.device)
         if not self.distributed:
@@ -85,12 +90,19 @@ class Runtime:
             model, device_ids=ids, find_unused_parameters=find_unused_parameters
         )
 
-    def sampler(self, dataset: Dataset, *, shuffle: bool = True, seed: int = 0,
-                drop_last: bool = True) -> DistributedSampler:
+    def sampler(
+        self, dataset: Dataset, *, shuffle: bool = True, seed: int = 0, drop_last: bool = True
+    ) -> DistributedSampler:
         """A ``DistributedSampler`` (also in a 1-process world, so the sample order is the same
         function of ``(seed, epoch)`` at every world size); call ``set_epoch`` every epoch."""
-        return DistributedSampler(dataset, num_replicas=self.world_size, rank=self.rank,
-                                  shuffle=shuffle, seed=seed, drop_last=drop_last)
+        return DistributedSampler(
+            dataset,
+            num_replicas=self.world_size,
+            rank=self.rank,
+            shuffle=shuffle,
+            seed=seed,
+            drop_last=drop_last,
+        )
 
     def all_reduce_mean(self, t: torch.Tensor) -> torch.Tensor:
         """Mean of ``t`` over ranks (a copy; ``t`` is untouched)."""

@@ -143,7 +143,9 @@ def rand_rigid(
     """A random rigid motion ``(R, t)``: Haar ``R`` in SO(dim) (O(dim) if ``proper=False``) and
     ``t ~ N(0, scale^2 I)``. Acts as ``X @ R.T + t``."""
     r = haar_orthogonal(dim, proper=proper, generator=generator, dtype=dtype, device=device)
-    t = scale * torch.randn(dim, generator=generator, dtype=_F64, device=_gen_device(generator, device))
+    t = scale * torch.randn(
+        dim, generator=generator, dtype=_F64, device=_gen_device(generator, device)
+    )
     return r, t.to(dtype=dtype, device=r.device)
 
 

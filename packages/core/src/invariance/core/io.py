@@ -63,7 +63,9 @@ class RunDir:
 
     def read_metrics(self) -> list[dict]:
         p = self.path / "metrics.jsonl"
-        return [json.loads(line) for line in p.read_text().splitlines() if line] if p.exists() else []
+        return (
+            [json.loads(line) for line in p.read_text().splitlines() if line] if p.exists() else []
+        )
 
     def truncate_metrics(self, after_step: int) -> None:
         """Drop metric lines logged after ``after_step`` (used when resuming)."""
@@ -95,8 +97,9 @@ class RunDir:
         return str(p)
 
 
-def make_run_dir(domain: str, method: str, out: str | Path | None = None, *,
-                 enabled: bool = True) -> RunDir:
+def make_run_dir(
+    domain: str, method: str, out: str | Path | None = None, *, enabled: bool = True
+) -> RunDir:
     """``out`` if given, else ``runs/<domain>-<method>-<YYYYmmdd-HHMMSS>``."""
     if out is None:
         out = Path("runs") / f"{domain}-{method}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -161,5 +161,7 @@ def make_config(recipe: Recipe | type[Recipe], size: str = "tiny", **overrides: 
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(values) - names
     if unknown:
-        raise ValueError(f"{cls.__name__} has no field(s) {sorted(unknown)}; fields: {sorted(names)}")
+        raise ValueError(
+            f"{cls.__name__} has no field(s) {sorted(unknown)}; fields: {sorted(names)}"
+        )
     return cls(**values)

@@ -66,12 +66,24 @@ def register(
         if not (isinstance(cls, type) and issubclass(cls, Recipe)):
             raise TypeError(f"@register({name!r}) expects a Recipe subclass, got {cls!r}")
         info = MethodInfo(
-            name=name, domain=domain, paper=paper, authors=authors, year=int(year), arxiv=arxiv,
-            code_url=code_url, symmetry=symmetry, baseline=baseline, recipe=cls, tags=tuple(tags),
+            name=name,
+            domain=domain,
+            paper=paper,
+            authors=authors,
+            year=int(year),
+            arxiv=arxiv,
+            code_url=code_url,
+            symmetry=symmetry,
+            baseline=baseline,
+            recipe=cls,
+            tags=tuple(tags),
         )
         old = _REGISTRY.get(name)
         if old is not None and old.recipe is not cls:
-            if (old.recipe.__module__, old.recipe.__qualname__) != (cls.__module__, cls.__qualname__):
+            if (old.recipe.__module__, old.recipe.__qualname__) != (
+                cls.__module__,
+                cls.__qualname__,
+            ):
                 warnings.warn(f"method {name!r} re-registered by {cls.__module__}", stacklevel=2)
         _REGISTRY[name] = info
         cls.info = info

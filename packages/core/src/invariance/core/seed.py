@@ -32,8 +32,13 @@ def get_rng_state() -> dict:
     npst = np.random.get_state()
     state = {
         "python": [py[0], list(py[1]), py[2]],
-        "numpy": [npst[0], torch.from_numpy(npst[1].astype(np.int64)), int(npst[2]), int(npst[3]),
-                  float(npst[4])],
+        "numpy": [
+            npst[0],
+            torch.from_numpy(npst[1].astype(np.int64)),
+            int(npst[2]),
+            int(npst[3]),
+            float(npst[4]),
+        ],
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():

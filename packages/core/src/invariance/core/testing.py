@@ -189,7 +189,9 @@ def equivariance_error(
     if trials < 1:
         raise ValueError(f"trials must be >= 1, got {trials}")
     if not isinstance(group, Group):
-        raise TypeError(f"group must be an invariance.core.groups.Group, got {type(group).__name__}")
+        raise TypeError(
+            f"group must be an invariance.core.groups.Group, got {type(group).__name__}"
+        )
     fn = _prepare(fn, dtype)
     x = _map_struct(inputs, None, lambda _s, v: _cast(v, dtype), "inputs")
     gen = torch.Generator().manual_seed(seed)
@@ -222,7 +224,9 @@ def equivariance_error(
             if not isinstance(u, Tensor):
                 continue
             if u.shape != v.shape:
-                raise ValueError(f"{name}: shape {tuple(u.shape)} after g but {tuple(v.shape)} before")
+                raise ValueError(
+                    f"{name}: shape {tuple(u.shape)} after g but {tuple(v.shape)} before"
+                )
             if u.numel() == 0:
                 continue
             u64, v64 = u.detach().double(), v.detach().double()
@@ -373,8 +377,9 @@ def check_not_invariant(
     rep = equivariance_error(
         fn, inputs, group, act_in, act_out, trials=trials, seed=seed, dtype=dtype
     )
-    return CheckResult(name, rep.relative_error, min_error, rep.relative_error > min_error, True,
-                       str(rep))
+    return CheckResult(
+        name, rep.relative_error, min_error, rep.relative_error > min_error, True, str(rep)
+    )
 
 
 # --------------------------------------------------------------------------- pytest helpers
@@ -402,7 +407,9 @@ def run_readme_snippets(path: str | Path) -> int:
         try:
             exec(compile(code, f"{path}:block{i}", "exec"), ns)
         except Exception as e:
-            raise AssertionError(f"README block {i} of {path} failed: {type(e).__name__}: {e}") from e
+            raise AssertionError(
+                f"README block {i} of {path} failed: {type(e).__name__}: {e}"
+            ) from e
     return len(blocks)
 
 
@@ -432,7 +439,9 @@ def run_contract(info: Any, size: str = "tiny", *, seed: int = 0) -> None:
     model.train()
     out = recipe.step(model, batch)
     if "loss" not in out:
-        raise AssertionError(f"{info.name}: step() must return a dict with 'loss', got {sorted(out)}")
+        raise AssertionError(
+            f"{info.name}: step() must return a dict with 'loss', got {sorted(out)}"
+        )
     loss = out["loss"]
     if not torch.isfinite(loss).all():
         raise AssertionError(f"{info.name}: non-finite loss {loss}")
@@ -457,7 +466,9 @@ def run_contract(info: Any, size: str = "tiny", *, seed: int = 0) -> None:
     with torch.no_grad():
         again = recipe.step(clone, batch)["loss"]
     if not torch.allclose(ref, again, rtol=1e-5, atol=1e-6):
-        raise AssertionError(f"{info.name}: state_dict round trip changed the loss {ref} -> {again}")
+        raise AssertionError(
+            f"{info.name}: state_dict round trip changed the loss {ref} -> {again}"
+        )
     results = recipe.check(model, cfg)
     bad = [r for r in results if not r.passed]
     if bad:

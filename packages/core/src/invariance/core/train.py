@@ -149,8 +149,13 @@ def fit(
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=steps, initial=start, disable=None if (progress and runtime.is_main) else True,
-               desc="train", dynamic_ncols=True)
+    bar = tqdm(
+        total=steps,
+        initial=start,
+        disable=None if (progress and runtime.is_main) else True,
+        desc="train",
+        dynamic_ncols=True,
+    )
     step = start
     sums: dict[str, float] = {}
     count = 0
@@ -161,13 +166,15 @@ def fit(
         for b in range(offset, per_epoch):
             if step >= steps:
                 break
-            idx = order[b * per_rank:(b + 1) * per_rank]
+            idx = order[b * per_rank : (b + 1) * per_rank]
             batch = to_device(collate([dataset[i] for i in idx]), runtime.device)
             model.train()
             out = step_fn(model, batch)
             loss = out["loss"]
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss {float(loss)} at step {step + 1}")
+                raise FloatingPointError(
+                    f"non-finite loss {float(loss.detach())} at step {step + 1}"
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if grad_clip is not None:
@@ -184,8 +191,11 @@ def fit(
             if (log_every and step % log_every == 0) or step == steps:
                 vals = torch.tensor([sums[k] / count for k in sorted(sums)], dtype=torch.float64)
                 vals = runtime.all_reduce_mean(vals.to(runtime.device)).cpu()
-                rec = {"step": step, "epoch": epoch,
-                       **{k: float(v) for k, v in zip(sorted(sums), vals)}}
+                rec = {
+                    "step": step,
+                    "epoch": epoch,
+                    **{k: float(v) for k, v in zip(sorted(sums), vals)},
+                }
                 if scheduler is not None and hasattr(scheduler, "get_last_lr"):
                     rec["lr"] = float(scheduler.get_last_lr()[0])
                 history.append(rec)
@@ -197,8 +207,14 @@ def fit(
                 sums, count = {}, 0
             if run is not None and ((ckpt_every and step % ckpt_every == 0) or step == steps):
                 if runtime.is_main:
-                    save_checkpoint(run.checkpoint_dir, model, optimizer, scheduler, step,
-                                    extra={"rng": get_rng_state()})
+                    save_checkpoint(
+                        run.checkpoint_dir,
+                        model,
+                        optimizer,
+                        scheduler,
+                        step,
+                        extra={"rng": get_rng_state()},
+                    )
                 runtime.barrier()
                 for cb in callbacks:
                     cb("checkpoint", step, {"path": str(run.checkpoint_dir)})
@@ -206,8 +222,9 @@ def fit(
     return FitResult(_unwrap(model), step, history, time.perf_counter() - t0)
 
 
-def evaluate(recipe: Any, model: nn.Module, cfg: Any, split: str = "test",
-             dataset: Dataset | None = None) -> dict[str, float]:
+def evaluate(
+    recipe: Any, model: nn.Module, cfg: Any, split: str = "test", dataset: Dataset | None = None
+) -> dict[str, float]:
     """``recipe.metrics`` on a split, in eval mode and without gradients."""
     data = dataset if dataset is not None else recipe.make_data(cfg, split)
     was = model.training
@@ -237,10 +254,22 @@ def fit_recipe(
     opt = recipe.optimizer(cfg, model)
     sched = recipe.scheduler(cfg, opt)
     res = fit(
-        model, opt, data, recipe.step, steps=cfg.steps, batch_size=cfg.batch_size,
-        collate_fn=recipe.collate, scheduler=sched, runtime=runtime, run=run,
-        ckpt_every=cfg.ckpt_every, log_every=cfg.log_every, resume=resume, seed=cfg.seed,
-        progress=progress, callbacks=callbacks,
+        model,
+        opt,
+        data,
+        recipe.step,
+        steps=cfg.steps,
+        batch_size=cfg.batch_size,
+        collate_fn=recipe.collate,
+        scheduler=sched,
+        runtime=runtime,
+        run=run,
+        ckpt_every=cfg.ckpt_every,
+        log_every=cfg.log_every,
+        resume=resume,
+        seed=cfg.seed,
+        progress=progress,
+        callbacks=callbacks,
         find_unused_parameters=bool(getattr(recipe, "unused_parameters", ())),
     )
     return res.model, res

@@ -1,1 +1,36 @@
-"""invariance.geometry (methods land here)."""
+"""invariance.geometry: point-cloud ops and procedural data, Frame Averaging, TinvNN, EqMotion,
+RISurConv.
+
+Importing the package imports every method module, so the registry is populated
+(``invariance.core.list_methods("geometry")``).
+"""
+
+from . import benches as _benches  # noqa: F401  (registers the benches)
+from . import data, ops
+from .eqmotion import EqMotion, EqMotionConfig, eqmotion_loss
+from .frame_averaging import FrameAveraging, FrameAveragingConfig
+from .nn.baselines import PointNet, TrajectoryGNN, TrajectoryMLP, constant_velocity
+from .risurconv import RISurConvConfig, RISurConvNet, RISurConvSA, risp_features
+from .tinvnn import TinvNN, TinvNNConfig, tinvnn_coordinates, tinvnn_from_distances
+
+__all__ = [
+    "ops",
+    "data",
+    "FrameAveraging",
+    "FrameAveragingConfig",
+    "TinvNN",
+    "TinvNNConfig",
+    "tinvnn_coordinates",
+    "tinvnn_from_distances",
+    "EqMotion",
+    "EqMotionConfig",
+    "eqmotion_loss",
+    "RISurConvNet",
+    "RISurConvSA",
+    "RISurConvConfig",
+    "risp_features",
+    "PointNet",
+    "TrajectoryMLP",
+    "TrajectoryGNN",
+    "constant_velocity",
+]

@@ -1,1 +1,47 @@
-"""invariance.vision (methods land here)."""
+"""invariance.vision: invariance/equivariance methods for images.
+
+* :mod:`~invariance.vision.galaxy`: rotation-invariant galaxy CNN (Dieleman et al. 2015):
+  :class:`GalaxyNet`, :class:`GalaxyZooOutput`, procedural galaxies with simulated votes;
+* :mod:`~invariance.vision.bss`: Batch Styles Standardization (Scalbert et al. 2024):
+  :func:`batch_styles_standardization`, :class:`BSS`, a SimCLR pipeline on style domains;
+* :mod:`~invariance.vision.sepc`: Scale-Equalizing Pyramid Convolution (Wang et al. 2020):
+  :class:`PyramidConv`, :class:`SEPC`, a torchvision RetinaNet head.
+
+Importing this package registers the methods ``galaxy``, ``galaxy_mean``, ``bss`` and ``sepc``
+(and the benches) with :mod:`invariance.core.registry`.
+"""
+
+from invariance.vision import bench, bss, galaxy, sepc
+from invariance.vision.bss import BSS, SimCLR, batch_styles_standardization, nt_xent_loss
+from invariance.vision.data.digit_scenes import make_digit_scenes
+from invariance.vision.data.digit_styles import make_digit_styles
+from invariance.vision.data.galaxies import make_galaxies, simulate_votes
+from invariance.vision.galaxy import GalaxyNet, GalaxyZooOutput, PlainGalaxyCNN
+from invariance.vision.nn.galaxy_layers import galaxy_views, merge_views
+from invariance.vision.sepc import SEPC, PyramidConv, SEPCRetinaHead, build_retinanet
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GalaxyNet",
+    "GalaxyZooOutput",
+    "PlainGalaxyCNN",
+    "galaxy_views",
+    "merge_views",
+    "make_galaxies",
+    "simulate_votes",
+    "batch_styles_standardization",
+    "BSS",
+    "SimCLR",
+    "nt_xent_loss",
+    "make_digit_styles",
+    "PyramidConv",
+    "SEPC",
+    "SEPCRetinaHead",
+    "build_retinanet",
+    "make_digit_scenes",
+    "bench",
+    "bss",
+    "galaxy",
+    "sepc",
+]

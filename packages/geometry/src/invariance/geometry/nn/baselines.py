@@ -1,0 +1,133 @@
+"""Plain (non-invariant) backbones used as baselines and as Frame Averaging / TinvNN backbones.
+
+* :class:`PointNet` (Qi et al., CVPR 2017, without the T-Nets): shared per-point MLP, max pool,
+  MLP head. Permutation-invariant, *not* rotation-invariant (it reads raw coordinates).
+* :class:`TrajectoryMLP`: per-agent MLP on centred past positions -> future positions (the
+  non-equivariant n-body baseline).
+* :class:`TrajectoryGNN`: fully connected message passing on raw (centred) coordinates, a
+  permutation-equivariant but not rotation-equivariant n-body baseline.
+* :func:`constant_velocity`: the physics-free baseline (extrapolate the last velocity).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["PointNet", "TrajectoryMLP", "TrajectoryGNN", "constant_velocity"]
+
+
+def _mlp(sizes: list[int], *, last_act: bool = False) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
+        if i < len(sizes) - 2 or last_act:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class PointNet(nn.Module):
+    """PointNet classifier (no T-Nets).
+
+    Args:
+        num_classes (int): output size. in_channels (int): per-point input size (default 3).
+        hidden (int): width of the per-point MLP (default 64). global_dim (int): pooled width
+            (default 128).
+
+    Shapes:
+        pos (B, N, in_channels) -> logits (B, num_classes).
+
+    Invariance: point permutation only.
+    """
+
+    def __init__(
+        self, *, num_classes: int, in_channels: int = 3, hidden: int = 64, global_dim: int = 128
+    ) -> None:
+        super().__init__()
+        if num_classes < 1 or in_channels < 1:
+            raise ValueError(
+                f"num_classes and in_channels must be >= 1, got {num_classes}, {in_channels}"
+            )
+        self.num_classes, self.in_channels = num_classes, in_channels
+        self.point_mlp = _mlp([in_channels, hidden, hidden, global_dim], last_act=True)
+        self.head = _mlp([global_dim, hidden, num_classes])
+
+    def reset_parameters(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                m.reset_parameters()
+
+    def forward(self, pos: Tensor) -> Tensor:
+        if pos.dim() != 3 or pos.shape[-1] != self.in_channels:
+            raise ValueError(f"PointNet expects (B, N, {self.in_channels}), got {tuple(pos.shape)}")
+        return self.head(self.point_mlp(pos).max(dim=1).values)
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.num_classes}, in_channels={self.in_channels}"
+
+
+def _check_traj(loc: Tensor) -> None:
+    if loc.dim() != 4 or loc.shape[-1] != 3:
+        raise ValueError(f"expected trajectories (B, agents, T, 3), got {tuple(loc.shape)}")
+
+
+def constant_velocity(loc: Tensor, future: int) -> Tensor:
+    """Extrapolate the last displacement: (B, n, T_p, 3) -> (B, n, future, 3)."""
+    _check_traj(loc)
+    v = loc[:, :, -1:] - loc[:, :, -2:-1]
+    steps = torch.arange(1, future + 1, dtype=loc.dtype, device=loc.device).view(1, 1, -1, 1)
+    return loc[:, :, -1:] + steps * v
+
+
+class TrajectoryMLP(nn.Module):
+    """Per-agent MLP on scene-centred past positions (non-equivariant baseline).
+
+    Shapes: loc (B, n, past, 3) -> (B, n, future, 3). Equivariance: translations and agent
+    permutations only (the MLP reads raw centred coordinates).
+    """
+
+    def __init__(self, *, past: int, future: int, hidden: int = 128) -> None:
+        super().__init__()
+        self.past, self.future = past, future
+        self.net = _mlp([3 * past, hidden, hidden, 3 * future])
+
+    def forward(self, loc: Tensor, vel: Tensor | None = None) -> Tensor:
+        _check_traj(loc)
+        c = loc.mean(dim=(1, 2), keepdim=True)
+        B, n = loc.shape[:2]
+        out = self.net((loc - c).reshape(B, n, -1)).reshape(B, n, self.future, 3)
+        return out + loc[:, :, -1:]
+
+
+class TrajectoryGNN(nn.Module):
+    """Fully connected message passing on raw centred coordinates (non-equivariant baseline).
+
+    Node input: flattened centred past positions and velocities; messages are MLPs of
+    ``[h_i, h_j, x_i - x_j (raw, last frame)]``; summed over j != i; two rounds; MLP decoder to the
+    future displacement from the last position.
+    Equivariance: translations and agent permutations, not rotations.
+    """
+
+    def __init__(self, *, past: int, future: int, hidden: int = 64, layers: int = 2) -> None:
+        super().__init__()
+        self.past, self.future = past, future
+        self.enc = _mlp([6 * past, hidden, hidden])
+        self.msgs = nn.ModuleList(_mlp([2 * hidden + 3, hidden, hidden]) for _ in range(layers))
+        self.upds = nn.ModuleList(_mlp([2 * hidden, hidden, hidden]) for _ in range(layers))
+        self.dec = _mlp([hidden, hidden, 3 * future])
+
+    def forward(self, loc: Tensor, vel: Tensor) -> Tensor:
+        _check_traj(loc)
+        B, n = loc.shape[:2]
+        c = loc.mean(dim=(1, 2), keepdim=True)
+        h = self.enc(torch.cat([(loc - c).reshape(B, n, -1), vel.reshape(B, n, -1)], -1))
+        rel = loc[:, :, None, -1] - loc[:, None, :, -1]  # (B, n, n, 3)
+        mask = (1 - torch.eye(n, dtype=loc.dtype, device=loc.device)).view(1, n, n, 1)
+        for msg, upd in zip(self.msgs, self.upds):
+            m = msg(
+                torch.cat(
+                    [h[:, :, None].expand(-1, -1, n, -1), h[:, None].expand(-1, n, -1, -1), rel], -1
+                )
+            )
+            h = h + upd(torch.cat([h, (m * mask).sum(2)], -1))
+        return loc[:, :, -1:] + self.dec(h).reshape(B, n, self.future, 3)

@@ -1,0 +1,107 @@
+import numpy as np
+import pytest
+import torch
+from scipy.spatial import cKDTree
+
+from invariance.core.groups import haar_so3
+from invariance.geometry.ops import ball_query, farthest_point_sample, index_points, knn
+
+
+def _cloud(n=300, b=None, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    shape = (n, 3) if b is None else (b, n, 3)
+    return torch.rand(*shape, generator=g, dtype=torch.float64)
+
+
+def test_knn_indices_equal_ckdtree():
+    x = _cloud(300)
+    q = _cloud(50, seed=1)
+    idx, dist = knn(x, 12, q)
+    d_ref, i_ref = cKDTree(x.numpy()).query(q.numpy(), 12)
+    np.testing.assert_array_equal(idx.numpy(), i_ref)
+    np.testing.assert_allclose(dist.numpy(), d_ref, atol=1e-12)
+
+
+def test_knn_batched_and_exclude_self():
+    x = _cloud(100, b=3)
+    idx, _ = knn(x, 5, exclude_self=True)
+    assert idx.shape == (3, 100, 5)
+    assert not (idx == torch.arange(100).view(1, 100, 1)).any()
+    for b in range(3):
+        _, i_ref = cKDTree(x[b].numpy()).query(x[b].numpy(), 6)
+        np.testing.assert_array_equal(idx[b].numpy(), i_ref[:, 1:])
+
+
+def test_knn_duplicates_are_allowed_and_tie_broken_by_index():
+    x = torch.zeros(5, 3, dtype=torch.float64)
+    idx, dist = knn(x, 3)
+    assert (dist == 0).all()
+    assert idx.tolist() == [[0, 1, 2]] * 5
+
+
+@pytest.mark.parametrize(
+    "bad, msg",
+    [
+        (torch.rand(10, 2), "last dimension 3"),  # query of the wrong width
+        (torch.rand(10), "shape"),
+        (torch.tensor([[0.0, float("nan"), 0.0]] * 4), "NaN"),
+    ],
+)
+def test_knn_bad_input(bad, msg):
+    with pytest.raises(ValueError, match=msg):
+        knn(bad, 2) if bad.dim() != 2 or bad.shape[-1] == 3 else knn(torch.rand(10, 3), 2, bad)
+
+
+def test_knn_too_few_points():
+    with pytest.raises(ValueError, match="exceeds the 4 available points"):
+        knn(torch.rand(4, 3), 5)
+    with pytest.raises(ValueError, match="self excluded"):
+        knn(torch.rand(4, 3), 4, exclude_self=True)
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        knn(np.zeros((4, 3)), 2)
+
+
+def test_ball_query_pads_with_nearest():
+    x = torch.tensor([[0.0, 0, 0], [0.1, 0, 0], [0.2, 0, 0], [5.0, 0, 0]])
+    idx, mask = ball_query(x, x[:1], radius=0.15, k=3)
+    assert idx.tolist() == [[0, 1, 0]]
+    assert mask.tolist() == [[True, True, False]]
+    with pytest.raises(ValueError, match="radius"):
+        ball_query(x, x, radius=0.0, k=2)
+
+
+def test_fps_invariant_to_rotation_translation_and_permutation():
+    x = _cloud(200) * torch.tensor([3.0, 2.0, 1.0], dtype=torch.float64)
+    idx = farthest_point_sample(x, 20)
+    assert len(set(idx.tolist())) == 20
+    R = haar_so3(generator=torch.Generator().manual_seed(3))
+    assert farthest_point_sample(x @ R.T + 1.5, 20).tolist() == idx.tolist()
+    perm = torch.randperm(200, generator=torch.Generator().manual_seed(4))
+    inv = torch.argsort(perm)
+    assert perm[farthest_point_sample(x[perm], 20)].tolist() == idx.tolist()
+    assert inv.shape == perm.shape
+    # the official start at index 0 is not permutation-invariant (negative control)
+    a = farthest_point_sample(x, 20, start=0)
+    b = perm[farthest_point_sample(x[perm], 20, start=0)]
+    assert a.tolist() != b.tolist()
+
+
+def test_fps_batched_and_errors():
+    x = _cloud(50, b=2)
+    out = farthest_point_sample(x, 50)
+    assert out.shape == (2, 50)
+    assert all(len(set(r.tolist())) == 50 for r in out)
+    with pytest.raises(ValueError, match=r"n must be an int in \[1, 50\]"):
+        farthest_point_sample(x, 51)
+    with pytest.raises(ValueError, match="start"):
+        farthest_point_sample(x, 5, start=99)
+    dup = torch.zeros(6, 3)
+    assert farthest_point_sample(dup, 3).shape == (3,)
+
+
+def test_index_points():
+    x = torch.arange(24.0).view(2, 4, 3)
+    idx = torch.tensor([[[0, 1]], [[3, 3]]])
+    out = index_points(x, idx)
+    assert out.shape == (2, 1, 2, 3)
+    assert torch.equal(out[1, 0, 0], x[1, 3])

@@ -1,0 +1,5 @@
+"""Reusable graph layers."""
+
+from invariance.graph.nn.gin import GINVirtualNode
+
+__all__ = ["GINVirtualNode"]

@@ -1,0 +1,133 @@
+r"""GIN/GINE encoder with a virtual node (OGB ``gin-virtual`` style), plain PyG + torch.
+
+Used as the encoder and as the separator backbone of IGT/GREA/ERM-GIN. Written from the
+description of the OGB graph-property-prediction encoder (Hu et al., "Open Graph Benchmark",
+arXiv 2005.00687) that GREA (``liugangcode/GREA``) uses; no code copied.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch_geometric.nn import GINConv, GINEConv, global_add_pool
+
+
+def _mlp(i: int, h: int, o: int, dropout: float = 0.0, norm: str | None = "batch"
+         ) -> nn.Sequential:
+    """``Linear(i,h) -> [BatchNorm|LayerNorm] -> ReLU -> Dropout -> Linear(h,o)``."""
+    layers: list[nn.Module] = [nn.Linear(i, h)]
+    if norm == "batch":
+        layers.append(nn.BatchNorm1d(h))
+    elif norm == "layer":
+        layers.append(nn.LayerNorm(h))
+    layers += [nn.ReLU(), nn.Dropout(dropout), nn.Linear(h, o)]
+    return nn.Sequential(*layers)
+
+
+class GINVirtualNode(nn.Module):
+    r"""GIN (or GINE with edge features) with a virtual node, residual connections and JK=last.
+
+    .. math::
+        h^{(l+1)} = \mathrm{drop}(\sigma(\mathrm{BN}(\mathrm{GIN}(h^{(l)} + v^{(l)}_{b}))))
+        + h^{(l)}, \qquad v^{(l+1)} = v^{(l)} + \mathrm{MLP}(\textstyle\sum_{i\in G} h^{(l)}_i
+        + v^{(l)})
+
+    Args:
+        in_channels (int): node feature size.
+        hidden_channels (int): embedding size ``d``.
+        num_layers (int): message-passing layers. (default: ``3``)
+        edge_dim (int, optional): edge feature size; uses ``GINEConv`` when given.
+            (default: ``None``)
+        dropout (float): dropout after every layer. (default: ``0.0``)
+        virtual_node (bool): add the virtual node. (default: ``True``)
+
+    Shapes:
+        ``x`` (N, in), ``edge_index`` (2, E), ``batch`` (N,), ``edge_attr`` (E, edge_dim) -> (N, d).
+
+    Invariance:
+        node-permutation *equivariant* (relabel ``edge_index``, permute ``x``/``batch``).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        hidden_channels: int,
+        *,
+        num_layers: int = 3,
+        edge_dim: int | None = None,
+        dropout: float = 0.0,
+        virtual_node: bool = True,
+    ) -> None:
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        if in_channels < 1 or hidden_channels < 1:
+            raise ValueError(f"channels must be positive, got {in_channels}, {hidden_channels}")
+        d = hidden_channels
+        self.in_channels, self.hidden_channels = in_channels, d
+        self.num_layers, self.edge_dim, self.dropout = num_layers, edge_dim, dropout
+        self.virtual_node = virtual_node
+        self.lin_in = nn.Linear(in_channels, d)
+        self.convs = nn.ModuleList()
+        self.norms = nn.ModuleList()
+        for _ in range(num_layers):
+            mlp = _mlp(d, 2 * d, d)
+            conv = GINEConv(mlp, edge_dim=edge_dim, train_eps=True) if edge_dim else GINConv(
+                mlp, train_eps=True
+            )
+            self.convs.append(conv)
+            self.norms.append(nn.BatchNorm1d(d))
+        if virtual_node:
+            self.vn_init = nn.Parameter(torch.zeros(1, d))
+            self.vn_mlps = nn.ModuleList(_mlp(d, 2 * d, d) for _ in range(num_layers - 1))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        self.lin_in.reset_parameters()
+        for c, n in zip(self.convs, self.norms):
+            c.reset_parameters()
+            n.reset_parameters()
+        if self.virtual_node:
+            nn.init.zeros_(self.vn_init)
+            for m in self.vn_mlps:
+                for layer in m:
+                    if hasattr(layer, "reset_parameters"):
+                        layer.reset_parameters()
+
+    def forward(
+        self, x: Tensor, edge_index: Tensor, batch: Tensor, edge_attr: Tensor | None = None
+    ) -> Tensor:
+        if x.dim() != 2 or x.size(1) != self.in_channels:
+            raise ValueError(f"x must have shape (N, {self.in_channels}), got {tuple(x.shape)}")
+        if edge_index.dim() != 2 or edge_index.size(0) != 2:
+            raise ValueError(f"edge_index must have shape (2, E), got {tuple(edge_index.shape)}")
+        if batch.shape != (x.size(0),):
+            raise ValueError(f"batch must have shape ({x.size(0)},), got {tuple(batch.shape)}")
+        if self.edge_dim and (edge_attr is None or edge_attr.shape != (edge_index.size(1),
+                                                                        self.edge_dim)):
+            got = None if edge_attr is None else tuple(edge_attr.shape)
+            raise ValueError(f"edge_attr must have shape ({edge_index.size(1)}, {self.edge_dim}), "
+                             f"got {got}")
+        num_graphs = int(batch.max()) + 1 if batch.numel() else 0
+        h = self.lin_in(x)
+        vn = self.vn_init.expand(num_graphs, -1) if self.virtual_node else None
+        for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
+            h_in = h + vn[batch] if vn is not None else h
+            if self.edge_dim:
+                out = conv(h_in, edge_index, edge_attr)
+            else:
+                out = conv(h_in, edge_index)
+            out = norm(out)
+            if i < self.num_layers - 1:
+                out = torch.relu(out)
+            out = nn.functional.dropout(out, self.dropout, self.training)
+            if vn is not None and i < self.num_layers - 1:
+                pooled = global_add_pool(h_in, batch, size=num_graphs) + vn
+                vn = vn + nn.functional.dropout(self.vn_mlps[i](pooled), self.dropout,
+                                                self.training)
+            h = out + h_in
+        return h
+
+    def extra_repr(self) -> str:
+        return (f"in={self.in_channels}, hidden={self.hidden_channels}, layers={self.num_layers}, "
+                f"edge_dim={self.edge_dim}, virtual_node={self.virtual_node}")

@@ -1,0 +1,73 @@
+import pytest
+import torch
+from torch_geometric.utils import homophily
+
+from invariance.core.testing import with_package
+from invariance.graph.data import (
+    load_karate,
+    make_csbm_mixture,
+    make_mol_motif,
+    make_spurious_motif,
+    node_homophily,
+)
+
+
+def test_spurious_motif_ground_truth_and_shift():
+    tr = make_spurious_motif(60, bias=0.9, split="train", seed=0)
+    te = make_spurious_motif(30, bias=0.9, split="test", seed=0)
+    again = make_spurious_motif(60, bias=0.9, split="train", seed=0)
+    assert all(torch.equal(a.edge_index, b.edge_index) and torch.equal(a.x, b.x)
+               for a, b in zip(tr, again))
+    n_edges = {0: 10, 1: 12, 2: 12}  # directed motif edges: cycle 5, house 6, crane 6
+    for g in tr + te:
+        assert int(g.node_mask.sum()) == 5
+        assert int(g.edge_mask.sum()) == n_edges[int(g.y)]
+        assert g.edge_mask.shape == (g.edge_index.size(1),)
+    agree = sum(int(g.base) == int(g.y) for g in tr) / len(tr)
+    assert agree > 0.75
+    colour = sum(int(g.x[~g.node_mask, 1:].sum(0).argmax()) == int(g.y) for g in tr) / len(tr)
+    assert colour > 0.75
+    assert sum(g.num_nodes for g in te) / len(te) > sum(g.num_nodes for g in tr) / len(tr) + 3
+    with pytest.raises(ValueError, match="split"):
+        make_spurious_motif(3, split="dev")
+
+
+def test_csbm_mixture_homophily_shift():
+    d = make_csbm_mixture(300, seed=0)
+    h = node_homophily(d.edge_index, d.y, d.num_nodes)
+    assert torch.allclose(h.float(), d.node_hom, equal_nan=True)
+    assert abs(float(torch.nan_to_num(h).mean()) - homophily(d.edge_index, d.y, method="node")) \
+        < 1e-6
+    assert float(d.node_hom[d.train_mask].nanmean()) > float(d.node_hom[d.test_mask].nanmean()) \
+        + 0.2
+    masks = d.train_mask.int() + d.val_mask.int() + d.test_mask.int()
+    assert bool((masks == 1).all())
+    assert torch.equal(make_csbm_mixture(300, seed=0).edge_index, d.edge_index)
+    with pytest.raises(ValueError, match="h_hi"):
+        make_csbm_mixture(100, h_hi=1.5)
+
+
+def test_karate_offline():
+    d = load_karate()
+    assert d.num_nodes == 34 and int(d.train_mask.sum()) == 8
+
+
+@with_package("rdkit")
+def test_mol_motif_labels_and_rationale():
+    from rdkit import Chem
+
+    from invariance.graph.data.mol_motif import DEFAULT_SMARTS
+
+    tr = make_mol_motif(split="train", seed=0, max_graphs=40)
+    te = make_mol_motif(split="test", seed=0, max_graphs=20)
+    pat = Chem.MolFromSmarts(DEFAULT_SMARTS)
+    for g in tr + te:
+        m = Chem.MolFromSmiles(g.smiles)
+        assert bool(int(g.y)) == m.HasSubstructMatch(pat)
+        atoms = {i for mt in m.GetSubstructMatches(pat) for i in mt}
+        assert set(torch.nonzero(g.node_mask).flatten().tolist()) == atoms
+        assert g.x.size(0) == m.GetNumAtoms()
+    assert max(g.num_nodes for g in tr) <= 14 < min(g.num_nodes for g in te)
+    full = make_mol_motif(split="train", seed=0, bias=0.8)
+    ring = [bool(g.x[:, 9].any()) == bool(int(g.y)) for g in full]
+    assert abs(sum(ring) / len(ring) - 0.8) < 0.03

@@ -1,0 +1,90 @@
+"""Offline data for the optim recipes: sklearn's bundled digits and procedural tasks with ground truth.
+
+* :func:`digits_split`: the 1,797 8x8 digits shipped inside scikit-learn (no download).
+* :func:`make_extreme_classification`: a random linear teacher over ``D`` classes with Zipf priors;
+  the Bayes-optimal label of every input is known.
+* :func:`make_gamma_sine`: γ-conditioned regression ``y = sin((1 + 4γ) x)`` for hypernetworks.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["digits_split", "make_extreme_classification", "make_gamma_sine"]
+
+
+def digits_split(
+    *, seed: int = 0, test_fraction: float = 0.25, image: bool = False
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Standardised digits, split by a seeded permutation: ``(x_train, y_train, x_test, y_test)``.
+
+    ``x`` is ``(N, 64)`` float32, or ``(N, 1, 8, 8)`` with ``image=True``; ``y`` is ``(N,)`` long.
+    """
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    from sklearn.datasets import load_digits  # the data ships inside the scikit-learn wheel
+
+    d = load_digits()
+    x = torch.tensor(d.data, dtype=torch.float32) / 16.0
+    x = (x - x.mean(0)) / (x.std(0) + 1e-3) if not image else (x - 0.5) / 0.5
+    y = torch.tensor(d.target, dtype=torch.long)
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    x, y = x[perm], y[perm]
+    if image:
+        x = x.reshape(-1, 1, 8, 8)
+    n_test = int(round(test_fraction * len(y)))
+    return x[n_test:], y[n_test:], x[:n_test], y[:n_test]
+
+
+def make_extreme_classification(
+    n: int,
+    *,
+    num_classes: int = 1000,
+    dim: int = 32,
+    zipf: float = 1.0,
+    noise: float = 0.5,
+    seed: int = 0,
+    teacher_seed: int | None = None,
+) -> dict[str, Tensor]:
+    """Procedural extreme classification with a known teacher.
+
+    Class ``c`` has a unit prototype ``T_c`` and a Zipf prior ``p_c ∝ (c+1)^-zipf``. A sample draws
+    ``c ~ p``, then ``x = 3 T_c + noise * ε``. Returns ``{"x": (n, dim), "y": (n,), "bayes": (n,)}``
+    where ``bayes`` is the teacher's MAP label (ground truth of what is learnable).
+    """
+    if n < 1 or num_classes < 2 or dim < 1:
+        raise ValueError(f"need n >= 1, num_classes >= 2, dim >= 1; got {n}, {num_classes}, {dim}")
+    gt = torch.Generator().manual_seed(seed if teacher_seed is None else teacher_seed)
+    T = torch.randn(num_classes, dim, generator=gt)
+    T = T / T.norm(dim=1, keepdim=True)
+    prior = (torch.arange(num_classes, dtype=torch.float64) + 1) ** (-zipf)
+    prior = prior / prior.sum()
+    g = torch.Generator().manual_seed(seed + 7919)
+    y = torch.multinomial(prior, n, replacement=True, generator=g)
+    x = 3.0 * T[y] + noise * torch.randn(n, dim, generator=g)
+    # Bayes (MAP) label: argmax_c log p_c - ||x - 3 T_c||^2 / (2 noise^2)
+    logp = prior.log().float()
+    bayes = torch.empty(n, dtype=torch.long)
+    for i in range(0, n, 4096):
+        xb = x[i : i + 4096]
+        score = logp + (3.0 * xb @ T.T) / noise**2  # ||T_c|| = 1, so only the cross term differs
+        bayes[i : i + 4096] = score.argmax(1)
+    return {"x": x, "y": y, "bayes": bayes}
+
+
+def make_gamma_sine(
+    n_gamma: int, n_x: int, *, cond_dim: int = 1, seed: int = 0
+) -> dict[str, Tensor]:
+    """γ-conditioned regression ``y = sin((1 + 4 mean(γ)) x)``, ``γ ~ U[0,1]^k``, ``x ~ U[-2, 2]``.
+
+    Returns ``{"gamma": (n_gamma, k), "x": (n_gamma, n_x, 1), "y": (n_gamma, n_x, 1)}``.
+    """
+    if n_gamma < 1 or n_x < 1 or cond_dim < 1:
+        raise ValueError(f"need positive sizes, got n_gamma={n_gamma}, n_x={n_x}, k={cond_dim}")
+    g = torch.Generator().manual_seed(seed)
+    gamma = torch.rand(n_gamma, cond_dim, generator=g)
+    x = torch.rand(n_gamma, n_x, 1, generator=g) * 4 - 2
+    freq = 1 + 4 * gamma.mean(1)
+    y = torch.sin(freq[:, None, None] * x)
+    return {"gamma": gamma, "x": x, "y": y}

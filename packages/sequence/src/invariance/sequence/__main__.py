@@ -1,0 +1,4 @@
+from invariance.sequence.cli import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+"""``python -m invariance.vision ...``."""
+
+from invariance.vision.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Procedural data with ground truth: galaxies (+ simulated votes), digit styles, digit scenes."""

@@ -1,0 +1,1 @@
+"""Reusable layers: galaxy views/output layer, BSS transform, pyramid convolution / SEPC neck."""
