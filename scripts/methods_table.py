@@ -1,9 +1,9 @@
 """Regenerate the methods table of the root README from the registry.
 
-usage: uv run python scripts/methods_table.py [RESULTS_JSON]
+usage: uv run python scripts/methods_table.py [RESULTS_JSON ...]
 
-With RESULTS_JSON (the ``results.json`` written by ``invariance reproduce --quick``) the table gets
-the measured quick-analog figures; without it, that column keeps what the README already says.
+With RESULTS_JSON files (the ``results.json`` written by ``invariance reproduce --quick``) the table
+gets the measured quick-analog figures; without them, that column keeps what the README says.
 """
 
 from __future__ import annotations
@@ -29,13 +29,13 @@ def main() -> int:
         if len(cells) == 7 and cells[1] and not set(cells[1]) <= {"-"}:
             old[cells[1].strip("`")] = cells[6]
     measured = {}
-    if len(sys.argv) > 1:
-        for r in json.loads(Path(sys.argv[1]).read_text()):
+    for path in sys.argv[1:]:
+        for r in json.loads(Path(path).read_text()):
             if "error" in r:
-                measured[r["method"]] = f"error: {r['error'][:60]}"
+                measured[r["name"]] = f"error: {r['error'][:60]}"
             else:
                 arrow = "↑" if r["higher_is_better"] else "↓"
-                measured[r["method"]] = (
+                measured[r["name"]] = (
                     f"{r['metric']} {arrow}: {r['baseline']} {fmt(r['baseline_value'])} → "
                     f"{r['method']} {fmt(r['method_value'])} ({fmt(r['seconds'])} s)"
                 )

@@ -312,9 +312,10 @@ def _write_reproduce(run: Any, items: list[tuple], *, title: str) -> None:
     results = []
     for domain, method, res in items:
         if isinstance(res, BaseException):
-            results.append({"domain": domain, "method": method, "error": repr(res)})
+            results.append({"domain": domain, "name": method, "error": repr(res)})
             continue
-        results.append({"domain": domain, "method": method, **res.to_dict()})
+        # "name" is the registry key; "method"/"baseline" are the result's display names
+        results.append({"domain": domain, "name": method, **res.to_dict()})
         if res.details:
             md += [f"## {domain} / {method}", ""]
             for k, v in res.details.items():
