@@ -1,7 +1,14 @@
 """Record AdamP/SGDP golden values by running the reference packages (adamp 0.3.0, timm)."""
-import json, sys, torch, adamp, timm, timm.optim as to
+import json
+import sys
 from importlib.metadata import version
+
+import adamp
+import timm.optim as to
+import torch
+
 from invariance.optim._testing import run_parity_problem, which_views_fire
+
 CFGS = {
  "adamp":          ("adamp", "AdamP", dict(lr=1e-2, weight_decay=1e-2)),
  "adamp_nesterov": ("adamp", "AdamP", dict(lr=1e-2, weight_decay=1e-2, nesterov=True)),
