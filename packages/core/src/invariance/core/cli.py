@@ -29,6 +29,15 @@ COMMANDS = ("list", "train", "eval", "check", "reproduce", "bench")
 log = logging.getLogger("invariance")
 
 
+def _quiet_third_party_warnings() -> None:
+    """Hide a deprecation notice that PyG triggers at import on torch>=2.10 (not ours, not
+    actionable for a user of the CLI)."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
+                            category=FutureWarning)
+
+
 class UsageError(Exception):
     """Bad command line: printed with a usage line, exit code 2."""
 
@@ -389,6 +398,7 @@ def build_cli(domain: str) -> Callable[[Sequence[str] | None], int]:
     prog = f"invariance-{domain}"
 
     def main(argv: Sequence[str] | None = None) -> int:
+        _quiet_third_party_warnings()
         args = list(sys.argv[1:] if argv is None else argv)
         try:
             if not args or args[0] in ("-h", "--help"):
@@ -530,6 +540,7 @@ def umbrella_main(argv: Sequence[str] | None = None) -> int:
 
     from invariance.core.registry import domains, load_plugins
 
+    _quiet_third_party_warnings()
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         if not args or args[0] in ("-h", "--help"):
