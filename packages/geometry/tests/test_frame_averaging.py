@@ -161,3 +161,21 @@ def test_fa_learns_rotated_shapes():
         },
     )
     assert res["fa"]["rotated_acc"] >= res["pointnet"]["rotated_acc"] + 0.10, res
+
+
+def test_fa_frames_per_pass_gives_the_same_result():
+    import pytest
+    import torch
+
+    from invariance.geometry import FrameAveraging, PointNet
+
+    torch.manual_seed(0)
+    net = PointNet(num_classes=3).eval()
+    x = torch.randn(4, 64, 3)
+    with torch.no_grad():
+        ref = FrameAveraging(net, group="O3").eval()(x)
+        for k in (1, 3, 8):
+            got = FrameAveraging(net, group="O3", frames_per_pass=k).eval()(x)
+            assert torch.allclose(got, ref, atol=1e-6), k
+    with pytest.raises(ValueError, match="frames_per_pass"):
+        FrameAveraging(net, frames_per_pass=0)
