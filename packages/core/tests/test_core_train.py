@@ -131,3 +131,17 @@ def test_fit_stops_on_non_finite_loss():
             batch_size=16,
             progress=False,
         )
+
+
+def test_train_arms_runs_each_seed_and_arm(tmp_path):
+    from invariance.core._toy import register_toy
+    from invariance.core.recipe import make_config
+    from invariance.core.train import train_arms
+
+    cls = register_toy()
+    run = RunDir(tmp_path / "arms")
+    res = train_arms(cls(), make_config(cls, steps=5), {"small": {"hidden": 4}, "big": {}},
+                     [0, 1], run=run)
+    assert list(res) == ["small", "big"] and all(len(v) == 2 for v in res.values())
+    logged = [(m["arm"], m["seed"]) for m in run.read_metrics()]
+    assert logged == [("small", 0), ("big", 0), ("small", 1), ("big", 1)]

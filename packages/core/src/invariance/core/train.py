@@ -31,7 +31,7 @@ from invariance.core.dist import Runtime
 from invariance.core.io import RunDir
 from invariance.core.seed import get_rng_state, seed_everything, set_rng_state
 
-__all__ = ["fit", "fit_recipe", "evaluate", "FitResult", "to_device"]
+__all__ = ["fit", "fit_recipe", "evaluate", "train_arms", "FitResult", "to_device"]
 
 log = logging.getLogger(__name__)
 
@@ -273,3 +273,30 @@ def fit_recipe(
         find_unused_parameters=bool(getattr(recipe, "unused_parameters", ())),
     )
     return res.model, res
+
+
+def train_arms(
+    recipe: Any,
+    cfg: Any,
+    arms: dict[str, dict[str, Any]],
+    seeds: Iterable[int],
+    *,
+    run: RunDir | None = None,
+    split: str = "test",
+) -> dict[str, list[dict]]:
+    """The usual reproduce loop: for every seed and arm, train a fresh recipe on ``cfg`` with
+    ``seed`` and the arm's field overrides, evaluate it on ``split`` and log ``{"arm", "seed",
+    ...metrics}`` to ``run``. Returns ``{arm: [metrics per seed]}``."""
+    import dataclasses
+
+    res: dict[str, list[dict]] = {a: [] for a in arms}
+    for s in seeds:
+        for arm, over in arms.items():
+            c = dataclasses.replace(cfg, seed=s, **over)
+            r = type(recipe)()
+            model, _ = fit_recipe(r, c, progress=False)
+            mt = evaluate(r, model, c, split)
+            res[arm].append(mt)
+            if run is not None:
+                run.log_metrics({"arm": arm, "seed": s, **mt})
+    return res

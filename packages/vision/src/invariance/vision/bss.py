@@ -37,7 +37,7 @@ written in torch (no kornia in this environment).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -336,23 +336,14 @@ class BSSRecipe(Recipe):
         ]
 
     def reproduce(self, cfg: BSSConfig, run, *, quick: bool) -> ReproduceResult:
-        from invariance.core.train import evaluate, fit_recipe
+        from invariance.core.train import train_arms
         from invariance.vision._common import reproduce_config
 
         cfg = reproduce_config(self, cfg, quick)
         t0 = time.perf_counter()
         seeds = [cfg.seed] if quick else [cfg.seed, cfg.seed + 1, cfg.seed + 2]
         arms = ("bss", "simclr", "fa_per_image")
-        res: dict[str, list[dict]] = {a: [] for a in arms}
-        for s in seeds:
-            for arm in arms:
-                c = replace(cfg, seed=s, variant=arm)
-                r = type(self)()
-                model, _ = fit_recipe(r, c, progress=False)
-                mt = evaluate(r, model, c, "test")
-                res[arm].append(mt)
-                if run is not None:
-                    run.log_metrics({"arm": arm, "seed": s, **mt})
+        res = train_arms(self, cfg, {a: {"variant": a} for a in arms}, seeds, run=run)
         mean = {a: sum(m["acc"] for m in v) / len(v) for a, v in res.items()}
         sd = {a: (sum((m["acc"] - mean[a]) ** 2 for m in v) / max(1, len(v) - 1)) ** 0.5
               for a, v in res.items()}

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -306,23 +306,14 @@ class SEPCRecipe(Recipe):
         return out
 
     def reproduce(self, cfg: SEPCConfig, run, *, quick: bool) -> ReproduceResult:
-        from invariance.core.train import evaluate, fit_recipe
+        from invariance.core.train import train_arms
         from invariance.vision._common import reproduce_config
 
         cfg = reproduce_config(self, cfg, quick)
         t0 = time.perf_counter()
         seeds = [cfg.seed] if quick else [cfg.seed, cfg.seed + 1, cfg.seed + 2]
         arms = ("sepc", "retina")
-        res: dict[str, list[dict]] = {a: [] for a in arms}
-        for s in seeds:
-            for arm in arms:
-                c = replace(cfg, seed=s, head=arm)
-                r = type(self)()
-                model, _ = fit_recipe(r, c, progress=False)
-                mt = evaluate(r, model, c, "test")
-                res[arm].append(mt)
-                if run is not None:
-                    run.log_metrics({"arm": arm, "seed": s, **mt})
+        res = train_arms(self, cfg, {a: {"head": a} for a in arms}, seeds, run=run)
         mean = {a: sum(m["ap"] for m in v) / len(v) for a, v in res.items()}
         return ReproduceResult(
             task="RetinaNet on procedural multi-scale DigitScenes",
