@@ -1,6 +1,6 @@
-"""CLI round trip through real console scripts: ``train`` writes ``config.yaml``; ``--config`` replays
-it with identical metrics; bad arguments exit 2 without a traceback; the umbrella lists every
-installed package."""
+"""CLI round trip through real console scripts: ``train`` writes ``config.yaml``; ``--config``
+replays it with identical metrics; bad arguments exit 2 without a traceback; the umbrella lists
+every installed package."""
 
 import shutil
 import subprocess

@@ -140,8 +140,9 @@ def test_train_arms_runs_each_seed_and_arm(tmp_path):
 
     cls = register_toy()
     run = RunDir(tmp_path / "arms")
-    res = train_arms(cls(), make_config(cls, steps=5), {"small": {"hidden": 4}, "big": {}},
-                     [0, 1], run=run)
+    res = train_arms(
+        cls(), make_config(cls, steps=5), {"small": {"hidden": 4}, "big": {}}, [0, 1], run=run
+    )
     assert list(res) == ["small", "big"] and all(len(v) == 2 for v in res.values())
     logged = [(m["arm"], m["seed"]) for m in run.read_metrics()]
     assert logged == [("small", 0), ("big", 0), ("small", 1), ("big", 1)]

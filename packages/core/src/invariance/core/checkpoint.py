@@ -1,8 +1,8 @@
 """Checkpoints as safetensors + JSON. Nothing here unpickles.
 
-Any nested state (model, optimizer and scheduler ``state_dict``s, RNG states, step counters) is split
-into a flat ``{path: tensor}`` map written with safetensors and a JSON skeleton that keeps every
-non-tensor value and the container types (dict keys of any JSON type, tuples, lists).
+Any nested state (model, optimizer and scheduler ``state_dict``s, RNG states, step counters) is
+split into a flat ``{path: tensor}`` map written with safetensors and a JSON skeleton that keeps
+every non-tensor value and the container types (dict keys of any JSON type, tuples, lists).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@
     list                                   registered methods of the package
     train <method> [--size tiny|full] [--cfg.<field> V] [--config run/config.yaml] [--resume]
     eval <method> --ckpt RUN_DIR           metrics of a trained run on the test split
-    check <method> [--ckpt RUN_DIR]        the declared symmetry checks, as a table (exit 1 on failure)
+    check <method> [--ckpt RUN_DIR]        the declared symmetry checks (exit 1 on failure)
     reproduce <method> [--quick]           the paper-analog experiment: method vs baseline
     bench <name> [--<arg> V]               a registered benchmark
 
@@ -34,8 +34,9 @@ def _quiet_third_party_warnings() -> None:
     actionable for a user of the CLI)."""
     import warnings
 
-    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
-                            category=FutureWarning)
+    warnings.filterwarnings(
+        "ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning
+    )
 
 
 class UsageError(Exception):
@@ -441,7 +442,7 @@ def _umbrella_usage() -> str:
         "usage: invariance {list,check,reproduce,DOMAIN} [options]\n"
         "  invariance list                      every method of every installed package\n"
         "  invariance check [--domain D] [--method M]\n"
-        "                                       run every declared symmetry check (exit 1 on failure)\n"
+        "                                       every declared symmetry check (exit 1 on failure)\n"
         "  invariance reproduce --quick [--domain D] [--method M] [--out DIR]\n"
         "                                       every method's tiny analog: baseline vs method\n"
         "  invariance DOMAIN ...                the same as invariance-DOMAIN ..."

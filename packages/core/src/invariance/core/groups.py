@@ -5,17 +5,18 @@ Convention (stated once for the whole project): points and vectors are **row vec
 
 .. math:: g \cdot X = X R^\top + t .
 
-Every sampler takes a ``torch.Generator`` (or ``None`` for a fresh, unseeded one is *not* used: ``None``
-means "the default generator", which the caller is responsible for seeding). Samplers return float64 by
-default, because symmetry checks are done in float64.
+Every sampler takes a ``torch.Generator`` (or ``None`` for a fresh, unseeded one is *not* used:
+``None`` means "the default generator", which the caller is responsible for seeding). Samplers
+return float64 by default, because symmetry checks are done in float64.
 
 Two layers live here:
 
 * plain functions (``haar_so3``, ``rand_permutation``, ``d4_act``, ...), usable anywhere;
-* small :class:`Group` objects (``SO3()``, ``Permutation()``, ``D4()``, ...) that bundle a sampler with
-  named *representations* (``"vector"``, ``"points"``, ``"nodes"``, ``"image"``, ``"seq"``, ...). The
-  checkers in :mod:`invariance.core.testing` drive these objects, and a new symmetry plugs in by writing
-  another small class (or by passing a callable ``(g, x) -> x`` wherever a representation is expected).
+* small :class:`Group` objects (``SO3()``, ``Permutation()``, ``D4()``, ...) that bundle a sampler
+  with named *representations* (``"vector"``, ``"points"``, ``"nodes"``, ``"image"``, ``"seq"``,
+  ...). The checkers in :mod:`invariance.core.testing` drive these objects, and a new symmetry
+  plugs in by writing another small class (or by passing a callable ``(g, x) -> x`` wherever a
+  representation is expected).
 """
 
 from __future__ import annotations
@@ -83,9 +84,9 @@ def haar_orthogonal(
 ) -> Tensor:
     """Haar-uniform orthogonal matrices from the QR decomposition of a Gaussian matrix.
 
-    The signs of ``diag(R)`` are moved into ``Q`` (Mezzadri 2007), which makes ``Q`` Haar on O(d). With
-    ``proper=True`` the first column is negated where ``det Q = -1``; right-multiplying by a fixed
-    reflection preserves the Haar measure, so the result is Haar on SO(d).
+    The signs of ``diag(R)`` are moved into ``Q`` (Mezzadri 2007), which makes ``Q`` Haar on O(d).
+    With ``proper=True`` the first column is negated where ``det Q = -1``; right-multiplying by a
+    fixed reflection preserves the Haar measure, so the result is Haar on SO(d).
 
     Returns ``(d, d)`` when ``n is None`` else ``(n, d, d)``.
     """
@@ -236,7 +237,8 @@ def rand_gl_plus(
     n: int, *, cond_max: float = 10.0, generator: torch.Generator | None = None, dtype=_F64
 ) -> Tensor:
     """A random matrix with positive determinant, ``U diag(s) V^T`` with Haar ``U, V`` in SO(n) and
-    singular values log-uniform in ``[cond_max^-1/2, cond_max^1/2]`` (condition number <= cond_max)."""
+    singular values log-uniform in ``[cond_max^-1/2, cond_max^1/2]`` (condition number
+    <= cond_max)."""
     u = haar_orthogonal(n, generator=generator)
     v = haar_orthogonal(n, generator=generator)
     half = math.sqrt(cond_max)
@@ -265,7 +267,8 @@ def _fmt(t: Tensor) -> str:
 def _matvec(x: Tensor, r: Tensor, what: str) -> Tensor:
     if x.shape[-1] != r.shape[-1]:
         raise ValueError(
-            f"{what}: expected the last dim of the input to be {r.shape[-1]}, got shape {tuple(x.shape)}"
+            f"{what}: expected the last dim of the input to be {r.shape[-1]}, "
+            f"got shape {tuple(x.shape)}"
         )
     return x @ r.to(dtype=x.dtype, device=x.device).transpose(-1, -2)
 
@@ -538,8 +541,8 @@ class SL(GLPlus):
 
 
 class Product(Group):
-    """Direct product; a representation is a tuple with one entry (name, callable or None) per factor,
-    applied factor by factor from left to right."""
+    """Direct product; a representation is a tuple with one entry (name, callable or None) per
+    factor, applied factor by factor from left to right."""
 
     def __init__(self, *groups: Group) -> None:
         if not groups:

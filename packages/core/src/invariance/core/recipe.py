@@ -1,8 +1,8 @@
 """The recipe protocol: how a registered method exposes data, model, loss, metrics, checks and its
 reproduce experiment to the shared training loop, the CLI and the generic tests.
 
-A method module defines a ``<Method>Config`` dataclass (subclassing :class:`TrainConfig`; its defaults
-are the *tiny* preset, seconds on a CPU) and a :class:`Recipe` subclass registered with
+A method module defines a ``<Method>Config`` dataclass (subclassing :class:`TrainConfig`; its
+defaults are the *tiny* preset, seconds on a CPU) and a :class:`Recipe` subclass registered with
 :func:`invariance.core.registry.register`. The recipe never parses arguments, never prints and never
 touches ``torch.distributed``: :func:`invariance.core.train.fit` and the CLI drive it.
 """

@@ -4,14 +4,15 @@ This is public API: a user audits their own model with it, e.g.::
 
     from invariance.core import groups, testing
     testing.assert_invariant(model, (pos,), groups.SO3(), ("points",))
-    testing.assert_equivariant(layer, (x, edge_index), groups.Permutation(), ("nodes", "edge_index"),
-                               "nodes")
+    testing.assert_equivariant(
+        layer, (x, edge_index), groups.Permutation(), ("nodes", "edge_index"), "nodes"
+    )
 
-How it works (modelled on e3nn's ``util/test.py``): for a few random group elements ``g`` it compares
-``fn(g . x)`` with ``g . fn(x)``. The model and inputs are cast to float64 first (``dtype=None`` keeps
-native dtypes), so rounding does not hide or fake a violation. The error is the max absolute
-difference; a check passes when ``error <= tol * max(1, max|output|)``, with ``tol`` from
-:func:`default_tol` unless given.
+How it works (modelled on e3nn's ``util/test.py``): for a few random group elements ``g`` it
+compares ``fn(g . x)`` with ``g . fn(x)``. The model and inputs are cast to float64 first
+(``dtype=None`` keeps native dtypes), so rounding does not hide or fake a violation. The error is
+the max absolute difference; a check passes when ``error <= tol * max(1, max|output|)``, with
+``tol`` from :func:`default_tol` unless given.
 
 A symmetry test must be able to fail: pair every check with :func:`assert_not_invariant` on a broken
 variant (the *negative control*).
@@ -123,7 +124,8 @@ def _map_struct(obj: Any, spec: Any, fn: Callable[[Any, Any], Any], where: str) 
         if isinstance(spec, (tuple, list)):
             if len(spec) != len(obj):
                 raise ValueError(
-                    f"{where}: {len(obj)} entries but {len(spec)} actions ({spec!r}); give one per entry"
+                    f"{where}: {len(obj)} entries but {len(spec)} actions ({spec!r}); "
+                    "give one per entry"
                 )
             return type(obj)(_map_struct(v, s, fn, where) for v, s in zip(obj, spec))
         return type(obj)(_map_struct(v, spec, fn, where) for v in obj)
@@ -178,9 +180,9 @@ def equivariance_error(
     Args:
         fn: a callable or ``nn.Module`` (modules are deep-copied and cast to ``dtype``).
         inputs: a tensor, a tuple of positional arguments or a dict of keyword arguments.
-        group: a :class:`~invariance.core.groups.Group` (samples ``g`` and knows its representations).
-        act_in: how ``g`` acts on the inputs, mirroring ``inputs`` (a representation name, a callable
-            ``(g, x) -> x`` or ``None`` per entry; a single spec is applied to every entry).
+        group: a :class:`~invariance.core.groups.Group` (samples ``g``, knows its representations).
+        act_in: how ``g`` acts on the inputs, mirroring ``inputs`` (a representation name, a
+            callable ``(g, x) -> x`` or ``None`` per entry; one spec applies to every entry).
         act_out: how ``g`` acts on the output; ``None`` means invariant (default: ``None``).
         trials: number of random group elements (default: ``3``).
         seed: seed of the generator that draws the group elements (default: ``0``).
@@ -201,19 +203,19 @@ def equivariance_error(
     except RuntimeError as e:
         if dtype is not None and "dtype" in str(e).lower() and not isinstance(fn, nn.Module):
             raise TypeError(
-                f"{e}\nThe checker casts inputs to {dtype}; a callable that closes over a module must "
-                f"use a copy in that dtype (invariance.core.testing.as_float64(model)), or pass "
-                f"dtype=None to check in the native dtype."
+                f"{e}\nThe checker casts inputs to {dtype}; a callable that closes over a module "
+                f"must use a copy in that dtype (invariance.core.testing.as_float64(model)), or "
+                f"pass dtype=None to check in the native dtype."
             ) from e
         raise
     worst = SymmetryReport(max_error=0.0, relative_error=-1.0, group=group.name, trials=trials)
     per: dict[str, float] = {}
     for _ in range(trials):
         g = group.sample(gen, _tensors(x))
-        gx = _map_struct(x, act_in, lambda s, v: group.act(s, g, v), "act_in")
+        gx = _map_struct(x, act_in, lambda s, v, g=g: group.act(s, g, v), "act_in")
         with torch.no_grad():
             y_of_gx = _call(fn, gx)
-        gy = _map_struct(y, act_out, lambda s, v: group.act(s, g, v), "act_out")
+        gy = _map_struct(y, act_out, lambda s, v, g=g: group.act(s, g, v), "act_out")
         a, b = _flatten(y_of_gx), _flatten(gy)
         if [k for k, _ in a] != [k for k, _ in b]:
             raise ValueError(
@@ -280,8 +282,8 @@ def assert_equivariant(
     if not rep.relative_error <= t:
         raise AssertionError(
             f"not {'invariant' if act_out is None else 'equivariant'} under {group.name}: "
-            f"error {rep.max_error:.3g} (relative {rep.relative_error:.3g}) > tol {t:.1g} at output "
-            f"{rep.worst_output!r}; worst group element: {rep.worst_element}"
+            f"error {rep.max_error:.3g} (relative {rep.relative_error:.3g}) > tol {t:.1g} at "
+            f"output {rep.worst_output!r}; worst group element: {rep.worst_element}"
         )
     return rep
 
@@ -325,8 +327,8 @@ def assert_not_invariant(
     if not rep.relative_error > min_error:
         raise AssertionError(
             f"negative control failed: expected a symmetry violation under {group.name} above "
-            f"{min_error:.1g}, got relative error {rep.relative_error:.3g}; the check cannot tell a "
-            f"broken variant from a correct one"
+            f"{min_error:.1g}, got relative error {rep.relative_error:.3g}; the check cannot tell "
+            f"a broken variant from a correct one"
         )
     return rep
 

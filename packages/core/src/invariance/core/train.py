@@ -4,13 +4,14 @@
 step, scheduler step. Around it:
 
 * data order is a pure function of ``(seed, epoch)`` (a ``DistributedSampler``, also in a 1-process
-  world), and the global batch is split across ranks, so a 2-process run sees the same global batches
-  as a 1-process run;
+  world), and the global batch is split across ranks, so a 2-process run sees the same global
+  batches as a 1-process run;
 * every ``log_every`` steps the rank-mean of each scalar is appended to ``metrics.jsonl``;
 * every ``ckpt_every`` steps and at the end, rank 0 writes ``checkpoint/`` (safetensors + JSON:
   weights, optimiser, scheduler, step, RNG states);
-* ``resume=True`` reloads that checkpoint, restores the RNG states, skips the batches already seen in
-  the current epoch and continues: an interrupted run ends bit-identical to an uninterrupted one (CPU).
+* ``resume=True`` reloads that checkpoint, restores the RNG states, skips the batches already seen
+  in the current epoch and continues: an interrupted run ends bit-identical to an uninterrupted one
+  (CPU).
 """
 
 from __future__ import annotations
@@ -96,12 +97,14 @@ def fit(
         model: the model (moved to the runtime's device; wrapped in DDP when world > 1).
         optimizer: an optimiser over ``model``'s parameters.
         dataset: a map-style dataset; items are collated with ``collate_fn``.
-        step_fn: ``step_fn(model, batch) -> dict`` with a scalar ``"loss"``; other scalars are logged.
+        step_fn: ``step_fn(model, batch) -> dict`` with a scalar ``"loss"``; other scalars are
+            logged.
         steps: number of optimiser steps.
         batch_size: the *global* batch size (split evenly over ranks).
         collate_fn: collates a list of items (default: ``torch.utils.data.default_collate``).
         scheduler: stepped once per optimiser step (default: ``None``).
-        runtime: a :class:`~invariance.core.dist.Runtime` (default: 1 process on the model's device).
+        runtime: a :class:`~invariance.core.dist.Runtime` (default: 1 process on the model's
+            device).
         run: where ``metrics.jsonl`` and ``checkpoint/`` go (default: ``None``, nothing written).
         ckpt_every: checkpoint period in steps; the last step is always checkpointed when ``run`` is
             given (default: ``0``).
@@ -246,7 +249,8 @@ def fit_recipe(
     progress: bool = True,
     callbacks: Iterable[Callable] = (),
 ) -> tuple[nn.Module, FitResult]:
-    """Seed, make the training data, build the model and optimiser from ``recipe``, then :func:`fit`."""
+    """Seed, make the training data, build the model and optimiser from ``recipe``, then
+    :func:`fit`."""
     runtime = runtime or Runtime()
     seed_everything(cfg.seed)
     data = recipe.make_data(cfg, "train")
