@@ -126,11 +126,14 @@ def test_mip_parity_hyperlight():
 
 
 def test_mip_learns_better_than_baseline():
-    # 3 seeds (0,1,2), 150 Adam steps at lr 1e-3: mean training loss MIP/baseline = 0.05, 0.16,
-    # 0.44; held-out loss MIP/baseline = 0.61, 0.59, 0.55. Asserted on seed 0 with slack.
+    # gamma-conditioned sine regression, primary MLP with 5 linear layers, Adam lr 3e-3, 200 steps,
+    # 8 gammas x 32 x per step. Measured MIP/baseline ratios on seeds 0, 1, 2:
+    # final training loss (mean of the last 50 steps) 0.064, 0.129, 0.117;
+    # held-out loss (11 x 64 grid) 0.069, 0.096, 0.106. Asserted on seed 0.
     from invariance.optim.mip import _train_gamma_regression
 
-    mip = _train_gamma_regression(mip=True, seed=0, steps=150, lr=1e-3)
-    base = _train_gamma_regression(mip=False, seed=0, steps=150, lr=1e-3)
-    assert mip["train_loss_mean"] < 0.2 * base["train_loss_mean"]
-    assert mip["test_loss"] < 0.75 * base["test_loss"]
+    kw = dict(seed=0, steps=200, lr=3e-3, depth=5)
+    mip = _train_gamma_regression(mip=True, **kw)
+    base = _train_gamma_regression(mip=False, **kw)
+    assert mip["train_loss_final"] < 0.2 * base["train_loss_final"]
+    assert mip["test_loss"] < 0.2 * base["test_loss"]

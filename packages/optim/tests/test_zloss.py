@@ -79,8 +79,9 @@ def test_zloss_bad_input():
         ("taylor", taylor_softmax_loss),
     ],
 )
-def test_factored_matches_dense_sgd(loss, dense):
-    D, d, m, lr = 500, 16, 8, (0.5 if loss == "z" else 0.05)
+@pytest.mark.parametrize("m", [8, 24], ids=["woodbury_m<d", "direct_m>=d"])
+def test_factored_matches_dense_sgd(loss, dense, m):
+    D, d, lr = 500, 16, (0.5 if loss == "z" else 0.05)
     layer = FactoredSphericalOutput(
         d,
         D,
@@ -178,3 +179,17 @@ def test_zloss_beats_other_spherical_losses():
         with torch.no_grad():
             top1[name] = _topk(model(test.tensors[0]), test.tensors[1], 5)[0]
     assert top1["zloss"] > top1["taylor"] + 0.15
+
+
+def test_make_zipf_language_ground_truth():
+    from invariance.optim.data import make_zipf_language
+
+    d = make_zipf_language(3000, vocab=200, rank=8, seed=3)
+    again = make_zipf_language(3000, vocab=200, rank=8, seed=3)
+    assert all(torch.equal(d[k], again[k]) for k in d)
+    assert d["context"].shape == d["y"].shape == d["bayes_rank"].shape == (3000,)
+    assert int(d["y"].min()) >= 0 and int(d["y"].max()) < 200
+    acc = [float((d["bayes_rank"] < k).float().mean()) for k in (1, 5, 20)]
+    assert 0 < acc[0] < acc[1] < acc[2] <= 1
+    # the context carries information: the Bayes top-1 beats always guessing the Zipf mode
+    assert acc[0] > float((d["y"] == 0).float().mean()) + 0.05

@@ -626,7 +626,7 @@ def _train_digits(
 
 class _ProjectedRecipe(Recipe):
     Config = AdamPConfig
-    presets = {"tiny": {}, "full": {"steps": 2000, "width": 16, "seeds": 5}}
+    presets = {"tiny": {}, "full": {"steps": 1000, "width": 8, "seeds": 3}}
     opt_name = "adamp"
     base_name = "adam"
     lr_scale = 1.0
@@ -720,7 +720,9 @@ class _ProjectedRecipe(Recipe):
         steps = 150 if quick else max(cfg.steps, 1000)
         seeds = list(range(cfg.seeds))
         runs: dict[str, list[dict[str, Any]]] = {}
-        lrs = {"adam": 1e-3, "adamp": 1e-3, "sgd": 0.1, "sgdp": 0.1}
+        # the method and its own baseline only (``reproduce adamp`` and ``reproduce sgdp`` together
+        # give the four optimizers)
+        lrs = {self.base_name: 1e-3 * self.lr_scale, self.opt_name: 1e-3 * self.lr_scale}
         for name, lr in lrs.items():
             runs[name] = [_train_digits(name, cfg, s, steps, lr) for s in seeds]
 
@@ -753,7 +755,7 @@ class _ProjectedRecipe(Recipe):
                 title="effective step ||Δ(w/||w||)|| (10-step mean)", xlabel="step", yscale="log"
             )
             ax[0].legend()
-            plots.append(run.savefig(fig, "adamp_norms"))
+            plots.append(run.savefig(fig, f"{self.opt_name}_norms"))
         except ImportError:  # matplotlib is optional
             pass
         details = {

@@ -3,6 +3,8 @@
 * :func:`digits_split`: the 1,797 8x8 digits shipped inside scikit-learn (no download).
 * :func:`make_extreme_classification`: a random linear teacher over ``D`` classes with Zipf priors;
   the Bayes-optimal label of every input is known.
+* :func:`make_zipf_language`: a Zipf bigram "language" with a low-rank context effect; the
+  Bayes rank of every next token is known (top-k ground truth).
 * :func:`make_gamma_sine`: γ-conditioned regression ``y = sin((1 + 4γ) x)`` for hypernetworks.
 """
 
@@ -11,7 +13,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["digits_split", "make_extreme_classification", "make_gamma_sine"]
+__all__ = [
+    "digits_split",
+    "make_extreme_classification",
+    "make_gamma_sine",
+    "make_zipf_language",
+]
 
 
 def digits_split(
@@ -71,6 +78,47 @@ def make_extreme_classification(
         score = logp + (3.0 * xb @ T.T) / noise**2  # ||T_c|| = 1, so only the cross term differs
         bayes[i : i + 4096] = score.argmax(1)
     return {"x": x, "y": y, "bayes": bayes}
+
+
+def make_zipf_language(
+    n: int,
+    *,
+    vocab: int = 2000,
+    rank: int = 16,
+    zipf: float = 1.0,
+    temp: float = 2.0,
+    seed: int = 0,
+    lang_seed: int = 0,
+) -> dict[str, Tensor]:
+    r"""Next-token pairs from a Zipf bigram language with a known conditional.
+
+    The language (fixed by ``lang_seed``) has unigram prior :math:`p_j \propto (j+1)^{-zipf}` and
+    next-token logits :math:`\ell_{ij} = \log p_j + temp\,\langle A_i, B_j\rangle` with
+    :math:`A, B \in \mathbb R^{V\times r}` Gaussian (:math:`A` scaled by :math:`1/\sqrt r`). A
+    sample draws the context :math:`i \sim p` and the next token :math:`j \sim
+    \mathrm{softmax}(\ell_{i\cdot})`. Returns ``{"context": (n,), "y": (n,), "bayes_rank": (n,)}``;
+    ``bayes_rank`` is the rank of ``y`` under the true conditional (0 = its mode), so
+    ``(bayes_rank < k).mean()`` is the Bayes-optimal top-k accuracy.
+    """
+    if n < 1 or vocab < 2 or rank < 1:
+        raise ValueError(f"need n >= 1, vocab >= 2, rank >= 1; got {n}, {vocab}, {rank}")
+    import math
+
+    gl = torch.Generator().manual_seed(lang_seed)
+    A = torch.randn(vocab, rank, generator=gl) / math.sqrt(rank)
+    B = torch.randn(vocab, rank, generator=gl)
+    logp = -zipf * torch.log(torch.arange(vocab, dtype=torch.float32) + 1)
+    logp = logp - torch.logsumexp(logp, 0)
+    g = torch.Generator().manual_seed(seed + 7919)
+    ctx = torch.multinomial(logp.exp(), n, replacement=True, generator=g)
+    y = torch.empty(n, dtype=torch.long)
+    brank = torch.empty(n, dtype=torch.long)
+    for i in range(0, n, 2048):
+        logits = logp + temp * A[ctx[i : i + 2048]] @ B.T
+        yi = torch.multinomial(torch.softmax(logits, 1), 1, generator=g)[:, 0]
+        y[i : i + 2048] = yi
+        brank[i : i + 2048] = (logits > logits.gather(1, yi[:, None])).sum(1)
+    return {"context": ctx, "y": y, "bayes_rank": brank}
 
 
 def make_gamma_sine(
