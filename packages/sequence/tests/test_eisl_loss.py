@@ -176,3 +176,39 @@ def test_eisl_learns_under_insertion_noise():
         res[loss] = evaluate(rec, model, cfg)
     assert res["eisl"]["exact_match"] > res["ce"]["exact_match"] + 0.25, res
     assert res["eisl"]["bleu"] > res["ce"]["bleu"] + 10, res
+
+
+def test_eisl_two_stage_schedule():
+    """The official schedule: ``pretrain_steps`` CE steps, then the n-gram loss at
+    ``finetune_lr``; ``two_stage_arms`` continues every arm from the same stage-1 weights."""
+    from invariance.core import fit_recipe, make_config
+    from invariance.sequence.eisl import OFFICIAL_STAGE2, EISLRecipe, two_stage_arms
+
+    torch.set_num_threads(1)
+    rec = EISLRecipe()
+    cfg = make_config(
+        rec,
+        "tiny",
+        steps=6,
+        pretrain_steps=4,
+        lr=1e-2,
+        finetune_lr=1e-3,
+        n_train=64,
+        n_test=16,
+        batch_size=16,
+        **OFFICIAL_STAGE2,
+    )
+    model = rec.build(cfg)
+    batch = rec.collate([rec.make_data(cfg, "train")[i] for i in range(8)])
+    model.train()
+    keys = [set(rec.step(model, batch)) for _ in range(6)]
+    assert all("eisl" not in k and "ce" in k for k in keys[:4])  # stage 1: CE only
+    assert all("eisl_1" in k and "eisl_2" in k and "ce" not in k for k in keys[4:])  # no CE mix
+    _, res = fit_recipe(rec, cfg, progress=False)
+    lrs = [h["lr"] for h in res.history]
+    assert lrs[-1] == pytest.approx(1e-3)
+    with pytest.raises(ValueError, match="pretrain_steps"):
+        rec.build(make_config(rec, "tiny", steps=3, pretrain_steps=5))
+    out = two_stage_arms(rec, cfg, {"ce": {"loss": "ce"}, "eisl": OFFICIAL_STAGE2})
+    assert set(out) == {"stage1", "ce", "eisl"}
+    assert all(0.0 <= m["exact_match"] <= 1.0 for m in out.values())

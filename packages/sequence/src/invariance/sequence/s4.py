@@ -21,7 +21,10 @@ Tested properties (packages/sequence/tests/test_s4_*.py):
 - ``test_s4_cauchy_kernel_equals_dense`` / ``test_s4d_vandermonde_equals_dense``: fast kernels
   equal the slow dense kernel :math:`C\bar A^l\bar B` to 1e-6 (float64), for every init/measure;
   ``test_s4_kernel_equals_hippo_ssm``: the DPLR kernel equals the original HiPPO SSM's.
-- ``test_s4_recurrent_equals_convolution``: stepping the recurrence gives the convolution output.
+- ``test_s4_recurrent_equals_convolution``: stepping the recurrence gives the convolution output;
+  ``test_s4_linear_step_equals_dense_step``: the O(N) DPLR step (bilinear through Woodbury, half
+  state) equals the dense O(N²) step state by state (1e-10) and the convolution (float64 1e-8);
+  ``test_s4_linear_step_float32``: float32 recurrence = convolution (1e-5; FouT 1e-4).
 - ``test_s4_layer_delay_equivariant``: shifting the input shifts the output (causal layer, after
   removing the constant response to zeros); negative controls
   ``test_s4_layer_circular_fft_not_delay_equivariant`` (FFT without zero padding wraps around) and
@@ -33,7 +36,10 @@ Tested properties (packages/sequence/tests/test_s4_*.py):
 - hippo: see :mod:`invariance.sequence.hippo`.
 
 Deviations: the DPLR kernel uses the naive Cauchy sum (no pykeops / CUDA extension, chunked over
-frequencies for memory), recurrent mode for S4 is the dense O(N²) step (not the O(N) linear one);
+frequencies for memory); the S4 recurrent step is O(N) through the DPLR structure (``step_mode=
+"linear"``, default; the dense O(N²) step is kept as ``"dense"``), but its one-off setup computes
+the true C from :math:`\tilde C` with a dense :math:`\bar A^{L}` (O(N³)); Re(w) is floored at
+-1e-4 (FouT's undamped modes otherwise break the float32 Cauchy kernel);
 :math:`\tilde C` is built at construction (``l_max`` required) rather than at the first forward; the
 layer uses nn.Linear + GLU (official S4D: Conv1d(k=1) + GLU, the same map); there is no pre/post
 norm inside the layer (the residual pre-norm lives in :class:`S4Model`).
@@ -308,8 +314,9 @@ def _reproduce_delay(
         base = dict(length=64, delay=32, steps=60, d_model=16, n_train=256, n_test=64)
         variants = [("s4d", "lin"), ("s4", "legs")]
     else:
+        # sized to ~10 min on one idle core (36 runs); measured figures in the README
         base = dict(
-            length=256, delay=128, steps=400, d_model=32, d_state=64, n_train=1024, n_test=128
+            length=128, delay=64, steps=200, d_model=16, d_state=32, n_train=512, n_test=128
         )
         variants = [
             ("s4d", "lin"),
@@ -330,6 +337,8 @@ def _reproduce_delay(
             for s in seeds:
                 c = make_config(rec, "tiny", **base, init=init, dt_min=lo, dt_max=hi, seed=s)
                 vals.append(delay_task_run(rec, c))
+                if run is not None:
+                    run.log_metrics({"variant": key, "seed": s, "mse": vals[-1]})
             results[key] = {"mse": vals}
     own = f"{recipe.kernel}-{cfg.init or recipe.default_init}"
     if f"{own}/httyh" not in results:
@@ -344,15 +353,21 @@ def _reproduce_delay(
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
+        # grouped bars: basis (x) x timescale init (colour)
         fig, ax = plt.subplots(figsize=(7, 3.5))
-        keys = list(results)
-        ax.bar(
-            range(len(keys)),
-            [mean(results[k]["mse"]) for k in keys],
-            yerr=[(max(results[k]["mse"]) - min(results[k]["mse"])) / 2 for k in keys],
-        )
-        ax.set_xticks(range(len(keys)), keys, rotation=45, ha="right", fontsize=7)
-        ax.set_ylabel("test MSE (3 seeds)")
+        names = [f"{k}-{i}" for k, i in variants]
+        for off, dname, lab in ((-0.2, "httyh", "HTTYH Δ range"), (0.2, "misset", "Δ in [0.1, 1]")):
+            v = [results[f"{n}/{dname}"]["mse"] for n in names]
+            ax.bar(
+                [i + off for i in range(len(names))],
+                [mean(x) for x in v],
+                0.4,
+                yerr=[(max(x) - min(x)) / 2 for x in v],
+                label=lab,
+            )
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel("test MSE (mean of 3 seeds)")
+        ax.legend(fontsize=8)
         ax.set_title(f"delayed copy L={base['length']}, delay={base['delay']}")
         fig.tight_layout()
         plots.append(str(run.savefig(fig, "delay_task.png")))
@@ -425,4 +440,46 @@ def bench_s4_kernels(
     with torch.no_grad():
         for L in lengths:
             rows[f"L={L}"] = _bench_one(L, d_model, d_state, device, _ms)
+    return rows
+
+
+def _steps_per_s(k: S4Kernel, steps: int, batch: int, _ms: Any) -> tuple[float, float]:
+    """(setup ms, steps/s) of the kernel's recurrent mode over ``steps`` steps."""
+    t0 = time.perf_counter()
+    params = k.step_params()
+    setup_ms = 1e3 * (time.perf_counter() - t0)  # one call: O(N^3) true-C setup
+    u = torch.randn(steps, batch, k.H)
+
+    def run() -> None:
+        x = k.default_state(batch)
+        for t in range(steps):
+            _, x = k.step(u[t], x, params)
+
+    return setup_ms, steps / (_ms(run, 3) / 1e3)
+
+
+@register_bench("sequence", "s4_step")
+def bench_s4_step(
+    *, device: str = "cpu", quick: bool = False, d_model: int = 16, batch: int = 1, steps: int = 256
+) -> dict:
+    """S4 (DPLR, LegS) recurrent step throughput: the O(N) step through the DPLR structure
+    (``step_mode="linear"``) vs the dense O(N²) discrete matrix (``"dense"``), per state size N.
+    Also the one-off setup time (true C from C~, discretisation)."""
+    from invariance.core import time_fn
+
+    def _ms(fn, repeat):
+        return 1e3 * time_fn(fn, warmup=1, repeat=repeat, device=device)["median_s"]
+
+    sizes = [64, 256] if quick else [64, 256, 512]
+    rows = {}
+    with torch.no_grad():
+        for N in sizes:
+            r: dict[str, float] = {}
+            for mode in ("linear", "dense"):
+                k = S4Kernel(d_model, d_state=N, l_max=256, seed=0, step_mode=mode).to(device)
+                setup, sps = _steps_per_s(k, steps, batch, _ms)
+                r[f"{mode}_steps_per_s"] = sps
+                r[f"{mode}_setup_ms"] = setup
+            r["speedup"] = r["linear_steps_per_s"] / r["dense_steps_per_s"]
+            rows[f"N={N}"] = r
     return rows

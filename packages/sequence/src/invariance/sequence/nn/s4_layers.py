@@ -22,7 +22,9 @@ from invariance.sequence.nn.ssm_kernels import (
     c_tilde,
     cauchy_dplr_kernel,
     discretize_diag,
+    dplr_bilinear_step,
     dplr_full,
+    dplr_step_setup,
     fft_conv,
     vandermonde_kernel,
 )
@@ -31,6 +33,13 @@ __all__ = ["S4DKernel", "S4Kernel", "S4Layer", "S4Model", "ssm_param_groups"]
 
 _r2c = torch.view_as_complex
 _c2r = torch.view_as_real
+
+
+#: Re(w) of the S4 state matrix is kept <= -W_REAL_MIN. FouT (and the FouT half of "hippo") has
+#: purely imaginary eigenvalues; undamped modes put poles of the Cauchy kernel on the FFT nodes and
+#: make the float32 kernel wrong by O(1) (measured: 4.6 at L=40, N=16); with 1e-4 it matches the
+#: float64 kernel to ~1e-5.
+W_REAL_MIN = 1e-4
 
 
 def _mark_ssm(p: nn.Parameter) -> nn.Parameter:
@@ -168,6 +177,9 @@ class S4Kernel(nn.Module):
         dt_min, dt_max (float, optional): timescale range. (default: 1e-3, 1e-1)
         channels (int, optional): output channels c. (default: 1)
         seed (int, optional): seed of C and Δ. (default: None)
+        step_mode (str, optional): recurrent mode: ``"linear"``, O(N·R) per step through the DPLR
+            structure (bilinear + Woodbury, half state), or ``"dense"``, the full N×N discrete
+            matrix, O(N²) per step (slow reference). (default: ``"linear"``)
 
     Shapes:
         ``forward(L)`` -> (c, H, L), L <= l_max after doubling.
@@ -186,10 +198,14 @@ class S4Kernel(nn.Module):
         dt_max: float = 1e-1,
         channels: int = 1,
         seed: int | None = None,
+        step_mode: str = "linear",
     ) -> None:
         super().__init__()
         if d_state < 2 or d_state % 2:
             raise ValueError(f"d_state must be even and >= 2, got {d_state}")
+        if step_mode not in ("linear", "dense"):
+            raise ValueError(f"step_mode must be 'linear' or 'dense', got {step_mode!r}")
+        self.step_mode = step_mode
         if not isinstance(l_max, int) or l_max < 1:
             raise ValueError(f"l_max must be a positive int, got {l_max!r}")
         measures = ["legs", "fout"] if measure == "hippo" else [measure]
@@ -235,7 +251,7 @@ class S4Kernel(nn.Module):
             Ps.append(form.P.unsqueeze(1).expand(-1, per, -1))
             Bs.append(form.B.expand(per, -1))
         w, P, B = torch.cat(ws), torch.cat(Ps, dim=1), torch.cat(Bs)
-        self.log_w_real.copy_(torch.log((-w.real).clamp_min(math.exp(-20.0))))
+        self.log_w_real.copy_(torch.log((-w.real).clamp_min(W_REAL_MIN)))
         self.w_imag.copy_(w.imag)
         self.P.copy_(_c2r(P.contiguous()))
         self.B.copy_(_c2r(B.contiguous()))
@@ -249,7 +265,7 @@ class S4Kernel(nn.Module):
 
     def ssm(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """``(w, P, B, C_tilde, dt)``: (H, N2), (R, H, N2), (H, N2), (c, H, N2) complex, (H,)."""
-        w = -torch.exp(self.log_w_real) + 1j * self.w_imag
+        w = -torch.exp(self.log_w_real).clamp_min(W_REAL_MIN) + 1j * self.w_imag
         return w, _r2c(self.P), _r2c(self.B), _r2c(self.C), torch.exp(self.log_dt)
 
     def dense_discrete(self, dtype: torch.dtype = torch.complex128) -> tuple[Tensor, Tensor]:
@@ -296,30 +312,51 @@ class S4Kernel(nn.Module):
         w, P, B, C, dt = self.ssm()
         return cauchy_dplr_kernel(C, B, P, w, dt, int(self.l_max), chunk=chunk)[..., :L]
 
-    # recurrent mode (dense, O(N^2) per step) -------------------------------------------------
-    def step_params(self) -> tuple[Tensor, Tensor, Tensor]:
-        """Discrete full-state ``(dA, dB, C)``: (H, N, N), (H, N), (c, H, N) complex64."""
-        dA, dB = self.dense_discrete()
+    # recurrent mode ----------------------------------------------------------------------------
+    # ``step_mode="linear"`` (default): O(N R) per step on the half state, bilinear step through the
+    # DPLR structure (Woodbury). ``"dense"``: the full N x N discrete matrix, O(N^2) per step (the
+    # slow reference of the tests and the bench).
+    def step_params(self) -> tuple[Tensor, ...]:
+        """Constants of :meth:`step`. Linear mode: ``(a, Pc, Ph, dB, D, W, C)`` (see
+        :func:`~invariance.sequence.nn.ssm_kernels.dplr_step_setup`; ``C`` the true full-state
+        output map (c, H, N)); dense mode: ``(dA, dB, C)`` full state, (H, N, N), (H, N), (c, H, N).
+        Both in the kernel's complex dtype."""
         cd = _cdtype(self.C)
-        return dA.to(cd), dB.to(cd), self.true_C().to(cd)
+        C = self.true_C().to(cd)
+        if self.step_mode == "dense":
+            dA, dB = self.dense_discrete()
+            return dA.to(cd), dB.to(cd), C
+        if self.step_mode != "linear":
+            raise ValueError(f"step_mode must be 'linear' or 'dense', got {self.step_mode!r}")
+        w, P, B, _, dt = self.ssm()
+        return (*dplr_step_setup(w, P, B, dt), C)
 
     def default_state(self, batch: int) -> Tensor:
-        return torch.zeros(batch, self.H, self.N, dtype=_cdtype(self.C), device=self.C.device)
+        """Zero state: (batch, H, N2) half state (linear mode) or (batch, H, N) (dense mode)."""
+        n = self.N if self.step_mode == "dense" else self.N // 2
+        return torch.zeros(batch, self.H, n, dtype=_cdtype(self.C), device=self.C.device)
 
-    def step(
-        self, u: Tensor, state: Tensor, params: tuple[Tensor, Tensor, Tensor]
-    ) -> tuple[Tensor, Tensor]:
+    def step(self, u: Tensor, state: Tensor, params: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
         r"""One step :math:`x' = \bar A x + \bar B u`, :math:`y = \mathrm{Re}(C x')`; ``u`` (B,
-        H)."""
-        dA, dB, C = params
-        state = torch.einsum("hnm,bhm->bhn", dA, state) + dB * u.unsqueeze(-1)
-        return torch.einsum("chn,bhn->bch", C, state).real, state
+        H). Returns ``(y (B, c, H), state)``."""
+        if len(params) == 3:  # dense reference, O(N^2)
+            dA, dB, C = params
+            state = torch.einsum("hnm,bhm->bhn", dA, state) + dB * u.unsqueeze(-1)
+            return torch.einsum("chn,bhn->bch", C, state).real, state
+        *prm, C = params
+        state = dplr_bilinear_step(state, u, *prm)
+        n2 = state.shape[-1]
+        # y = Re(C [x, conj x]) = Re(C1 x) + Re(C2 conj x)
+        y = (C[..., :n2] * state.unsqueeze(1)).sum(-1) + (
+            C[..., n2:] * state.conj().unsqueeze(1)
+        ).sum(-1)
+        return y.real, state
 
     def extra_repr(self) -> str:
         return (
             f"d_model={self.H}, d_state={self.N}, measure={self.measure!r}, rank={self.rank}, "
             f"l_max={int(self.l_max)}, dt=[{self.dt_min:g}, {self.dt_max:g}], "
-            f"channels={self.channels}"
+            f"channels={self.channels}, step_mode={self.step_mode!r}"
         )
 
 
