@@ -87,12 +87,43 @@ def test_medl_fe_removes_batch():
     for adversarial in (True, False):
         torch.manual_seed(0)
         m = MEDL(n_genes=30, n_batches=3, hidden=(32, 16), latent=2)
-        fit_medl(m, x, b, steps=150, lr=3e-3, seed=0, adversarial=adversarial, lambda_rec=1.0)
+        fit_medl(
+            m,
+            x,
+            b,
+            steps=150,
+            lr=3e-3,
+            seed=0,
+            adversarial=adversarial,
+            lambda_rec=1.0,
+            schedule="joint",
+        )
         zf, zr = m.embed(x, b)
         probes[adversarial] = (probe_accuracy(zf, b), probe_accuracy(zr, b), probe_accuracy(zf, c))
     assert probes[True][0] < probes[False][0] - 0.2
     assert probes[True][1] > 0.8
     assert probes[True][2] >= probes[False][2] - 0.05
+
+
+def test_medl_alternating_schedule_separates_optimisers():
+    # official scMEDAL-FE step: the autoencoder phase gives the adversary no gradient, the
+    # adversary phase gives the encoder none; one alternating step moves both
+    d = make_scrna_counts(64, 12, n_batches=3, n_types=2, seed=1)
+    x, b = d["x"], d["batch"]
+    torch.manual_seed(0)
+    m = MEDL(n_genes=12, n_batches=3, hidden=(8, 4), latent=2)
+    m.train()
+    medl_loss(m, x, b, train_adversary=False)["loss"].backward()
+    assert all(p.grad is None or not p.grad.any() for p in m.fe.adversary.parameters())
+    assert m.fe.dense[0].weight.grad.abs().sum() > 0
+    m.zero_grad(set_to_none=True)
+    adv0 = [p.detach().clone() for p in m.fe.adversary.parameters()]
+    enc0 = m.fe.dense[0].weight.detach().clone()
+    fit_medl(m, x, b, steps=1, batch_size=64, schedule="alternating", lambda_rec=1.0)
+    assert any(not torch.equal(a, p) for a, p in zip(adv0, m.fe.adversary.parameters()))
+    assert not torch.equal(enc0, m.fe.dense[0].weight)
+    with pytest.raises(ValueError, match="schedule"):
+        fit_medl(m, x, b, steps=1, schedule="both")
 
 
 def test_medl_shapes_and_counterfactual():

@@ -10,9 +10,13 @@ from invariance.causal import (
     invariance_residual,
     sample_residual,
 )
+from invariance.causal.data.sem import empirical_covariance
 from invariance.causal.pac_invariance import (
     Intervention,
+    _moment_objective,
+    irm_linear_loss,
     optimal_head,
+    optimal_irm_head,
     population_mse,
     worst_accepted_violation,
 )
@@ -104,6 +108,30 @@ def test_pac_irm_reduces_training_residual():
     r_erm = erm.residual(x, y).detach().norm(dim=-1).max()
     r_irm = irm.residual(x, y).detach().norm(dim=-1).max()
     assert r_irm < 0.8 * r_erm
+
+
+def test_pac_closed_form_irm_head_is_exact_minimiser():
+    # the eliminated head is the argmin of pooled MSE + lam * sum_e ||r_e||^2 (zero gradient in w),
+    # and the moment form of the objective equals the sample loss
+    sem = LinearSEM(d=6, seed=3)
+    x, y = sem.sample(sem.sample_theta(4, seed=13), 300, seed=23)
+    cov = empirical_covariance(x, y)
+    sxx, sxy = cov[:, :6, :6], cov[:, :6, 6]
+    model = InvariantLinear(d=6, rank=2).double()
+    for lam in (0.0, 1.0, 10.0):
+        with torch.no_grad():
+            model.w.copy_(optimal_irm_head(sxx, sxy, model.phi.detach(), lam))
+        loss = irm_linear_loss(model, x, y, lam=lam)["loss"]
+        (grad,) = torch.autograd.grad(loss, model.w)
+        assert grad.abs().max() < 1e-8
+        moment = _moment_objective(
+            sxx, sxy, cov[:, 6, 6], model.phi.detach(), model.w.detach(), lam, "sum"
+        )
+        assert abs(float(moment) - float(loss.detach())) < 1e-10
+    fit = fit_invariant_linear(x, y, lam=10.0, steps=30, head="closed_form", seed=0)
+    assert torch.isfinite(fit.w).all() and fit.phi.shape == (1, 6)
+    with pytest.raises(ValueError, match="closed_form"):
+        fit_invariant_linear(x, y, penalty="max", head="closed_form", steps=1)
 
 
 def test_pac_bad_inputs():
