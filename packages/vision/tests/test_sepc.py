@@ -7,7 +7,12 @@ import torch
 from invariance.core import make_config
 from invariance.vision import SEPC, PyramidConv, build_retinanet
 from invariance.vision.nn.sepc import SEPCConv, integrated_bn
-from invariance.vision.sepc import SEPCRecipe, _level_shift_check, detection_ap
+from invariance.vision.sepc import (
+    SEPCRecipe,
+    _level_shift_check,
+    coco_detection_ap,
+    detection_ap,
+)
 
 GOLDEN = json.loads((Path(__file__).parent / "golden_sepc.json").read_text())
 
@@ -101,6 +106,57 @@ def test_sepc_detection_ap():
     assert detection_ap(half, t, 3)["ap"] == pytest.approx(0.5)
 
 
+def _det_case(seed, n_img=6, n_cls=3):
+    """Random targets and detections (jittered true boxes, wrong labels, false positives)."""
+    g = torch.Generator().manual_seed(seed)
+    u = lambda *shape, lo=0.0, hi=1.0: lo + (hi - lo) * torch.rand(*shape, generator=g)
+    preds, targets = [], []
+    for _ in range(n_img):
+        k = int(torch.randint(1, 5, (), generator=g))
+        xy, wh = u(k, 2, hi=60.0), u(k, 2, lo=4.0, hi=30.0)
+        gt = torch.cat([xy, xy + wh], 1)
+        lab = torch.randint(0, n_cls, (k,), generator=g)
+        jit = gt.repeat_interleave(2, 0) + torch.randn(2 * k, 4, generator=g) * u(2 * k, 1, hi=5.0)
+        jit = torch.cat([torch.minimum(jit[:, :2], jit[:, 2:]),
+                         torch.maximum(jit[:, :2], jit[:, 2:]) + 1], 1)
+        fxy = u(2, 2, hi=60.0)
+        fp = torch.cat([fxy, fxy + u(2, 2, lo=4.0, hi=30.0)], 1)
+        jl = torch.where(u(2 * k) < 0.85, lab.repeat_interleave(2),
+                         torch.randint(0, n_cls, (2 * k,), generator=g))
+        keep = u(2 * k + 2) < 0.7
+        preds.append({"boxes": torch.cat([jit, fp])[keep],
+                      "labels": torch.cat([jl, torch.randint(0, n_cls, (2,), generator=g)])[keep],
+                      "scores": u(2 * k + 2, lo=0.05)[keep]})
+        targets.append({"boxes": gt, "labels": lab})
+    return preds, targets
+
+
+def test_sepc_ap_matches_pycocotools():
+    # golden values recorded with pycocotools 2.0.11 COCOeval (tests/golden_sepc_coco.json)
+    gold = json.loads((Path(__file__).parent / "golden_sepc_coco.json").read_text())
+    cases = []
+    for c in gold["cases"]:
+        t = [{"boxes": torch.tensor(x["boxes"]).reshape(-1, 4), "labels": torch.tensor(x["labels"])}
+             for x in c["targets"]]
+        p = [{"boxes": torch.tensor(x["boxes"]).reshape(-1, 4),
+              "labels": torch.tensor(x["labels"], dtype=torch.long),
+              "scores": torch.tensor(x["scores"])} for x in c["preds"]]
+        ours = detection_ap(p, t, c["num_classes"])
+        for k in ("ap", "ap50", "ap75"):
+            assert ours[k] == pytest.approx(c["coco"][k], abs=1e-6), (c["seed"], k)
+        cases.append((p, t, c["num_classes"]))
+    try:  # live comparison when pycocotools is installed
+        import pycocotools  # noqa: F401
+    except ImportError:
+        return
+    cases += [(*_det_case(s), 3) for s in range(3)]
+    for p, t, k in cases:
+        ours, ref = detection_ap(p, t, k), coco_detection_ap(p, t, k)
+        assert ref["ap"] > 0
+        for key in ("ap", "ap50", "ap75"):
+            assert ours[key] == pytest.approx(ref[key], abs=1e-6), key
+
+
 def test_sepc_bad_input():
     with pytest.raises(ValueError, match="variant"):
         SEPC(variant="sepc_pro")
@@ -123,3 +179,68 @@ def test_sepc_retinanet_trains():
     with torch.no_grad():
         out = model([torch.rand(3, 64, 64)])
     assert set(out[0]) == {"boxes", "scores", "labels"}
+
+
+def _noise_pyramid(n, size, levels, g):
+    """Self-similar pyramid: x_0 white noise, x_l = 2 avgpool(x_{l-1}) (white, unit variance at
+    every level). Target at level l >= 1: the local energy of the FINER level,
+    avgpool(x_{l-1}^2), information that the downsampling to x_l has thrown away."""
+    import torch.nn.functional as F
+
+    xs = [torch.randn(n, 1, size, size, generator=g)]
+    for _ in range(levels - 1):
+        xs.append(2 * F.avg_pool2d(xs[-1], 2))
+    return xs, [F.avg_pool2d(xs[lv - 1] ** 2, 2) for lv in range(1, levels)]
+
+
+class _ScaleNeck(torch.nn.Module):
+    """1x1 lift -> neck -> 1x1 readout, applied to every level. ``cross=True``: the SEPC neck
+    (one PConv + cconv, variant ``pconv``); ``cross=False``: two level-shared 3x3 convs per
+    level (RetinaNet-tower style), wider so that it has more parameters."""
+
+    def __init__(self, cross: bool, c: int) -> None:
+        super().__init__()
+        self.lift, self.read, self.cross = torch.nn.Conv2d(1, c, 1), torch.nn.Conv2d(c, 1, 1), cross
+        if cross:
+            self.body = SEPC(channels=c, num_pconv=1, variant="pconv")
+        else:
+            self.convs = torch.nn.ModuleList(torch.nn.Conv2d(c, c, 3, padding=1) for _ in range(2))
+
+    def forward(self, xs):
+        h = [self.lift(x) for x in xs]
+        if self.cross:
+            h = self.body(h)[0]
+        else:
+            for conv in self.convs:
+                h = [torch.relu(conv(t)) for t in h]
+        return [self.read(t) for t in h]
+
+
+def test_sepc_pyramid_conv_learns_cross_scale_target():
+    # Learning test: the pyramid convolution reads the finer level, per-level convs cannot.
+    # 150 Adam steps (batch 8, 16 px pyramids), R^2 on held-out 32 px pyramids, levels 1-3.
+    # 3 seeds: SEPC neck 0.87 / 0.84 / 0.40 vs per-level convs 0.21 / 0.22 / 0.20 (mean over
+    # levels) -> assert a margin of 0.1 on seed 0.
+    import torch.nn.functional as F
+
+    def r2(cross, c):
+        torch.manual_seed(0)
+        m = _ScaleNeck(cross, c)
+        opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+        g = torch.Generator().manual_seed(0)
+        for _ in range(150):
+            xs, ts = _noise_pyramid(8, 16, 4, g)
+            loss = sum(F.mse_loss(y, t) for y, t in zip(m(xs)[1:], ts))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        xs, ts = _noise_pyramid(64, 32, 4, torch.Generator().manual_seed(999))
+        with torch.no_grad():
+            ys = m(xs)[1:]
+        return sum(1 - float(F.mse_loss(y, t) / t.var()) for y, t in zip(ys, ts)) / len(ts), m
+
+    ours, m_ours = r2(True, 8)
+    theirs, m_base = r2(False, 16)
+    n = lambda m: sum(p.numel() for p in m.parameters())
+    assert n(m_base) > n(m_ours)  # the baseline is not short of parameters
+    assert ours > theirs + 0.1, (ours, theirs)

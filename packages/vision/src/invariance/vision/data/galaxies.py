@@ -20,7 +20,8 @@ galaxy method is trained on a seeded, vectorised pure-torch generator instead:
   so they satisfy the decision-tree constraints of the official output layer exactly.
 
 This is a modelling choice, not real Galaxy Zoo data; it is documented as such in the README.
-The optional GalSim backend is not provided (GalSim is not installed in this environment).
+The optional GalSim backend is not provided yet (GalSim 2.8.5 installs from PyPI; the backend
+is not written).
 """
 
 from __future__ import annotations
