@@ -164,18 +164,69 @@ def test_fa_learns_rotated_shapes():
 
 
 def test_fa_frames_per_pass_gives_the_same_result():
-    import pytest
-    import torch
-
-    from invariance.geometry import FrameAveraging, PointNet
-
     torch.manual_seed(0)
     net = PointNet(num_classes=3).eval()
     x = torch.randn(4, 64, 3)
     with torch.no_grad():
-        ref = FrameAveraging(net, group="O3").eval()(x)
-        for k in (1, 3, 8):
+        ref = FrameAveraging(net, group="O3", frames_per_pass=None).eval()(x)
+        for k in (1, 3, 8, "auto"):
             got = FrameAveraging(net, group="O3", frames_per_pass=k).eval()(x)
             assert torch.allclose(got, ref, atol=1e-6), k
-    with pytest.raises(ValueError, match="frames_per_pass"):
-        FrameAveraging(net, frames_per_pass=0)
+    auto = FrameAveraging(net, auto_points=300)
+    assert auto._step(8, 4 * 64) == 1 and auto._step(8, 100) == 3 and auto._step(4, 10) == 4
+    assert FrameAveraging(net, frames_per_pass=None)._step(8, 10**9) == 8
+    for bad in (0, "fast", 1.5):
+        with pytest.raises(ValueError, match="frames_per_pass"):
+            FrameAveraging(net, frames_per_pass=bad)
+    with pytest.raises(ValueError, match="auto_points"):
+        FrameAveraging(net, auto_points=0)
+
+
+def _explicit_fa(backbone, pos, group, output, vel=None):
+    """The definition, frame by frame, with pca_frames' matrices (no sign-flip shortcut)."""
+    from invariance.geometry.ops import pca_frames
+
+    fr = pca_frames(pos, group=group, on_degenerate="ignore")
+    outs = []
+    for f in range(fr.frames.shape[1]):
+        R = fr.frames[:, f]
+        kw = {} if vel is None else {"vel": vel @ R}
+        y = backbone((pos - fr.center.unsqueeze(1)) @ R, **kw)
+        if output != "invariant":
+            y = y @ R.transpose(-1, -2)
+            if output == "points":
+                y = y + fr.center.unsqueeze(1)
+        outs.append(y)
+    return torch.stack(outs).mean(0)
+
+
+@pytest.mark.parametrize("group", ["O3", "SO3"])
+@pytest.mark.parametrize("output", ["invariant", "points", "vectors"])
+@pytest.mark.parametrize("fpp", [None, 1, 3])
+def test_fa_equals_the_explicit_frame_average(group, output, fpp):
+    """The rotate-once/sign-flip implementation equals the frame-by-frame definition."""
+    torch.manual_seed(0)
+    x, v = _clouds(), _clouds(seed=1)
+    if output == "invariant":
+        net = PointNet(num_classes=3).double()
+        got = FrameAveraging(net, group=group, frames_per_pass=fpp).eval()(x)
+        ref = _explicit_fa(net, x, group, output)
+    else:
+        net = _Chiral().double()
+        fa = FrameAveraging(
+            net, group=group, output=output, vector_inputs=("vel",), frames_per_pass=fpp
+        ).eval()
+        got = fa(x, vel=v)
+        ref = _explicit_fa(net, x, group, output, vel=v)
+    torch.testing.assert_close(got, ref, atol=1e-12, rtol=1e-12)
+
+
+def test_fa_graph_points_equal_dense():
+    """Node-level equivariant outputs on the PyG path equal the dense path per cloud."""
+    torch.manual_seed(0)
+    x, v = _clouds(b=2, n=10), _clouds(b=2, n=10, seed=1)
+    net = _Chiral().double()
+    fa = FrameAveraging(net, output="points", vector_inputs=("vel",)).eval()
+    batch = torch.arange(2).repeat_interleave(10)
+    got = fa(x.reshape(-1, 3), batch=batch, vel=v.reshape(-1, 3))
+    torch.testing.assert_close(got.reshape(2, 10, 3), fa(x, vel=v), atol=1e-12, rtol=1e-12)

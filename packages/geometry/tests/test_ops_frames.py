@@ -3,7 +3,13 @@ import pytest
 import torch
 
 from invariance.core.groups import haar_o3, haar_so3
-from invariance.geometry.ops import canonical_frame, classical_mds, pca_frames, sign_disambiguate
+from invariance.geometry.ops import (
+    canonical_frame,
+    classical_mds,
+    frame_signs,
+    pca_frames,
+    sign_disambiguate,
+)
 
 
 def _generic(n=80, b=None, seed=0):
@@ -132,3 +138,14 @@ def test_classical_mds_bad_input():
         classical_mds(torch.tensor([[0.0, 1.0], [2.0, 0.0]]), 1)
     with pytest.raises(ValueError, match="d must be"):
         classical_mds(torch.zeros(2, 2), 3)
+
+
+@pytest.mark.parametrize("group", ["O3", "SO3"])
+def test_frame_signs_give_every_frame_from_the_first(group):
+    """frames[f] == frames[0] * s_f exactly: FrameAveraging frames a cloud once and flips signs."""
+    fr = pca_frames(_generic(b=4), group=group)
+    S = frame_signs(group, dtype=torch.float64)
+    assert S.shape == (fr.frames.shape[1], 3) and bool((S.abs() == 1).all())
+    assert torch.equal(fr.frames, fr.frames[:, :1] * S.view(1, -1, 1, 3))
+    with pytest.raises(ValueError, match="group"):
+        frame_signs("E2")

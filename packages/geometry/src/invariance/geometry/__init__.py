@@ -1,5 +1,5 @@
-"""invariance.geometry: point-cloud ops and procedural data, Frame Averaging, TinvNN, EqMotion,
-RISurConv.
+"""invariance.geometry: point-cloud ops and procedural data, Frame Averaging (classification and
+normal estimation), TinvNN, EqMotion, RISurConv.
 
 Importing the package imports every method module, so the registry is populated
 (``invariance.core.list_methods("geometry")``).
@@ -8,8 +8,16 @@ Importing the package imports every method module, so the registry is populated
 from . import benches as _benches  # noqa: F401  (registers the benches)
 from . import data, ops
 from .eqmotion import EqMotion, EqMotionConfig, eqmotion_loss
+from .fa_normals import FANormalsConfig
 from .frame_averaging import FrameAveraging, FrameAveragingConfig
-from .nn.baselines import PointNet, TrajectoryGNN, TrajectoryMLP, constant_velocity
+from .nn.baselines import (
+    EGNNTrajectory,
+    PointNet,
+    PointNetSeg,
+    TrajectoryGNN,
+    TrajectoryMLP,
+    constant_velocity,
+)
 from .risurconv import RISurConvConfig, RISurConvNet, RISurConvSA, risp_features
 from .tinvnn import TinvNN, TinvNNConfig, tinvnn_coordinates, tinvnn_from_distances
 
@@ -18,6 +26,7 @@ __all__ = [
     "data",
     "FrameAveraging",
     "FrameAveragingConfig",
+    "FANormalsConfig",
     "TinvNN",
     "TinvNNConfig",
     "tinvnn_coordinates",
@@ -30,6 +39,8 @@ __all__ = [
     "RISurConvConfig",
     "risp_features",
     "PointNet",
+    "PointNetSeg",
+    "EGNNTrajectory",
     "TrajectoryMLP",
     "TrajectoryGNN",
     "constant_velocity",

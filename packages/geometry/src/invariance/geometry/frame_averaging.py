@@ -17,9 +17,18 @@ centroid :math:`t`, covariance eigenvectors :math:`V` and all sign flips :math:`
    \Psi(X)=\frac1{|\mathcal F|}\sum_{(R,t)\in\mathcal F}\phi\big((X-t)R\big)R^\top+t,
 
 invariant and equivariant respectively (row vectors). Velocity-like inputs/outputs are framed
-without :math:`t`. All frames go through the backbone in **one** batched forward (the frame axis is
-folded into the batch). Frames are computed on detached positions (as in the official code; no
-gradient through ``eigh``, which is unstable near repeated eigenvalues).
+without :math:`t`. The frame axis is folded into the batch. Frames are computed on detached
+positions (as in the official code; no gradient through ``eigh``, which is unstable near repeated
+eigenvalues).
+
+Cost. Every frame is :math:`R_0\,\mathrm{diag}(s_f)` with :math:`s_f\in\{\pm1\}^3`
+(:func:`invariance.geometry.ops.frame_signs`), so the cloud is rotated once,
+:math:`(X-t)R_0`, and each framed copy is a sign flip of it; equivariant outputs are averaged in
+the frame coordinates and rotated back once. One batched 3x3 ``eigh`` per cloud is all the
+linear algebra. The backbone runs in passes of ``frames_per_pass`` frames (``"auto"``: about
+``auto_points`` points per pass), and the outputs are summed as they come (no ``F*B`` output
+tensor is kept). What remains is the backbone's own cost, ``F`` times; the README gives the measured
+breakdown (``invariance-geometry bench fa_overhead``).
 
 Tested properties (``tests/test_frame_averaging.py``):
 * E(3) invariance of FA(PointNet) (rotations, reflections, translations) in float64 with a
@@ -33,6 +42,13 @@ Tested properties (``tests/test_frame_averaging.py``):
 * Point permutation invariance/equivariance (``test_fa_permutation``).
 * Stochastic FA averages to the full FA (``test_fa_stochastic_eval_is_full``).
 * Learning: FA-PointNet beats PointNet on rotated test shapes (``test_fa_learns_rotated_shapes``).
+* The rotate-once/sign-flip implementation equals the frame-by-frame definition for O3/SO3,
+  invariant/points/vectors outputs and any ``frames_per_pass``
+  (``test_fa_equals_the_explicit_frame_average``, ``test_fa_graph_points_equal_dense``).
+* Peer parity (``tests/test_fa_peer.py``): equals ``frame-averaging-pytorch`` 0.1.2 to 1e-10
+  (float64; golden JSON recorded by running the peer, plus a live comparison when it is installed).
+  Convention difference: the peer's equivariant output has no centroid added back, so it equals
+  our ``output="vectors"``; our ``output="points"`` is that plus the centroid.
 
 Deviations. The frame is the plain PCA frame of the paper's point-cloud experiments. The FA-GNN
 for n-body (which recomputes frames from latent vectors between layers) is not implemented here;
@@ -49,11 +65,14 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from .ops.frames import pca_frames
+from .ops.frames import frame_signs, pca_frames
 
 __all__ = ["FrameAveraging"]
 
 Output = Literal["invariant", "points", "vectors"]
+
+#: default pass size (points) of ``frames_per_pass="auto"``
+AUTO_POINTS = 4096
 
 
 class FrameAveraging(nn.Module):
@@ -74,11 +93,17 @@ class FrameAveraging(nn.Module):
             frames (default: ``False``).
         on_degenerate (str): ``"ignore"``, ``"warn"`` or ``"raise"`` for clouds with repeated
             covariance eigenvalues (default: ``"ignore"``).
-        frames_per_pass (int, optional): dense inputs only: run the backbone on this many frames
-            at a time instead of all ``F`` frames in one ``F*B`` batch. The result is identical;
-            on CPU a memory-bound backbone is faster in cache-sized passes (measured: a PointNet
-            on 32 x 1024 points took 18.3x its single-frame time for one 8-frame batch, because
-            the backbone alone scales super-linearly in the batch) (default: ``None``, one pass).
+        frames_per_pass (int, "auto" or None): dense inputs only: run the backbone on this many
+            frames at a time (an ``k*B`` batch per pass); ``None``: all ``F`` frames in one
+            ``F*B`` batch; ``"auto"``: as many frames per pass as fit in ``auto_points`` points
+            (at least one). The result is the same up to float rounding; on CPU a memory-bound
+            backbone is faster in cache-sized passes (measured: a PointNet on 32 x 1024 points
+            took 15-20x its single-frame time for one 8-frame batch, the backbone alone scaling
+            super-linearly in the batch) (default: ``"auto"``).
+        auto_points (int): the ``"auto"`` pass size in points (default: ``AUTO_POINTS`` = 4096:
+            in a sweep on the 2-core CPU a PointNet's time per point grew from ~1.3 us at 1-2k
+            points per call to ~4 us at 8k, ~6 us at 16-32k and ~10 us at 128k+; at 16 x 256
+            points, 2 frames per pass (8192 points) measured 7.0x vs 6.1x for 1 frame per pass).
 
     Shapes:
         dense: pos (B, N, 3) or (N, 3); other tensor args whose first dim is B are repeated per
@@ -100,11 +125,20 @@ class FrameAveraging(nn.Module):
         vector_inputs: Sequence[str] = (),
         stochastic: bool = False,
         on_degenerate: Literal["ignore", "warn", "raise"] = "ignore",
-        frames_per_pass: int | None = None,
+        frames_per_pass: int | Literal["auto"] | None = "auto",
+        auto_points: int = AUTO_POINTS,
     ) -> None:
         super().__init__()
-        if frames_per_pass is not None and frames_per_pass < 1:
-            raise ValueError(f"frames_per_pass must be >= 1 or None, got {frames_per_pass}")
+        if (
+            frames_per_pass is not None
+            and frames_per_pass != "auto"
+            and (not isinstance(frames_per_pass, int) or frames_per_pass < 1)
+        ):
+            raise ValueError(
+                f"frames_per_pass must be an int >= 1, 'auto' or None, got {frames_per_pass!r}"
+            )
+        if auto_points < 1:
+            raise ValueError(f"auto_points must be >= 1, got {auto_points}")
         if not isinstance(backbone, nn.Module):
             raise TypeError(f"backbone must be an nn.Module, got {type(backbone).__name__}")
         if group not in ("O3", "SO3"):
@@ -115,7 +149,7 @@ class FrameAveraging(nn.Module):
         self.group, self.output = group, output
         self.vector_inputs = tuple(vector_inputs)
         self.stochastic, self.on_degenerate = stochastic, on_degenerate
-        self.frames_per_pass = frames_per_pass
+        self.frames_per_pass, self.auto_points = frames_per_pass, auto_points
 
     @property
     def num_frames(self) -> int:
@@ -129,39 +163,37 @@ class FrameAveraging(nn.Module):
         return f"group={self.group}, output={self.output}, frames={self.num_frames}, stochastic={self.stochastic}"  # noqa: E501
 
     # ------------------------------------------------------------------ helpers
-    def _select(self, frames: Tensor) -> Tensor:
-        """(…, F, 3, 3) -> (…, F', 3, 3): all frames, or one random frame per cloud in training."""
-        if not (self.stochastic and self.training):
-            return frames
-        lead = frames.shape[:-3]
-        k = torch.randint(frames.shape[-3], lead, device=frames.device)
-        idx = k.view(*lead, 1, 1, 1).expand(*lead, 1, 3, 3)
-        return frames.gather(-3, idx)
+    def _signs(self, lead: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+        """(F, *lead, 3) diagonal sign patterns: frame ``f`` of a cloud is ``R0 · diag(s_f)``.
 
-    def _unframe(self, y: Tensor, R: Tensor, t: Tensor | None) -> Tensor:
-        """y (F, L, *, 3) in framed coordinates, R (F, L, 3, 3), t (L, 3) -> world coordinates."""
+        All frames, or (stochastic training) one uniformly random frame per cloud, (1, *lead, 3).
+        """
+        S = frame_signs(self.group, dtype=dtype, device=device)  # (F, 3)
+        F = S.shape[0]
+        if self.stochastic and self.training:
+            return S[torch.randint(F, lead, device=device)].unsqueeze(0)
+        return S.view(F, *([1] * len(lead)), 3).expand(F, *lead, 3)
+
+    def _step(self, F: int, points_per_frame: int) -> int:
+        """Frames per backbone pass (dense inputs)."""
+        fpp = self.frames_per_pass
+        if fpp is None:
+            return F
+        if fpp == "auto":
+            return max(1, min(F, self.auto_points // max(points_per_frame, 1)))
+        return min(fpp, F)
+
+    def _check_vec_out(self, y: Tensor) -> None:
         if y.shape[-1] != 3:
             raise ValueError(
                 f"output={self.output!r} needs a backbone output with last dim 3, got {tuple(y.shape)}"  # noqa: E501
             )
-        extra = y.dim() - 3
-        Rb = R.view(*R.shape[:2], *([1] * extra), 3, 3)
-        out = (Rb @ y.unsqueeze(-1)).squeeze(-1)  # y @ R^T
-        if t is not None:
-            out = out + t.view(t.shape[0], *([1] * extra), 3)
-        return out
 
-    def _reduce(self, y: Tensor, F: int, L: int, R: Tensor, t: Tensor) -> Tensor:
-        if y.shape[0] != F * L:
-            raise ValueError(
-                f"backbone output has leading size {y.shape[0]}, expected frames*items = {F}*{L}"
-            )
-        y = y.reshape(F, L, *y.shape[1:])
-        if self.output == "points":
-            y = self._unframe(y, R, t)
-        elif self.output == "vectors":
-            y = self._unframe(y, R, None)
-        return y.mean(0)
+    @staticmethod
+    def _rotate_back(y: Tensor, R0: Tensor) -> Tensor:
+        """y (L, *, 3) times R0ᵀ per item, R0 (L, 3, 3)."""
+        L = y.shape[0]
+        return (y.reshape(L, -1, 3) @ R0.transpose(-1, -2)).reshape(y.shape)
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -172,8 +204,6 @@ class FrameAveraging(nn.Module):
             raise ValueError(
                 f"pos must be (N, 3), (B, N, 3) or (N_total, 3) with batch; got {shape}"
             )
-        if not torch.isfinite(pos).all():
-            raise ValueError("pos contains NaN or Inf values")
         unknown = set(self.vector_inputs) - set(kwargs)
         if unknown:
             raise ValueError(
@@ -186,43 +216,62 @@ class FrameAveraging(nn.Module):
             pos = pos.unsqueeze(0)
             args = tuple(a.unsqueeze(0) if isinstance(a, Tensor) else a for a in args)
             kwargs = {k: v.unsqueeze(0) if isinstance(v, Tensor) else v for k, v in kwargs.items()}
-        B = pos.shape[0]
+        B, N = pos.shape[:2]
+        # one eigendecomposition per cloud (pca_frames also rejects NaN/Inf); every frame is
+        # R0·diag(s_f), so the framed clouds are sign flips of one rotated copy (X - t) R0
         fr = pca_frames(pos.detach(), group=self.group, on_degenerate=self.on_degenerate)
-        Rs = self._select(fr.frames).transpose(0, 1)  # (F, B, 3, 3)
-        F = Rs.shape[0]
-        t = fr.center
-        framed = ((pos - t.unsqueeze(1)).unsqueeze(0) @ Rs).reshape(F * B, *pos.shape[1:])
+        R0, t = fr.frames[:, 0], fr.center  # (B, 3, 3), (B, 3)
+        base = (pos - t.unsqueeze(1)) @ R0  # (B, N, 3)
+        S = self._signs((B,), pos.dtype, pos.device)  # (F, B, 3)
+        F = S.shape[0]
 
-        def rep(v: Any, name: str | None = None) -> Any:
-            if name in self.vector_inputs:
-                if not (isinstance(v, Tensor) and v.shape[0] == B and v.shape[-1] == 3):
-                    raise ValueError(
-                        f"vector input {name!r} must be (B, ..., 3), got {getattr(v, 'shape', v)}"
-                    )
-                Rv = Rs.view(F, B, *([1] * (v.dim() - 2)), 3, 3)
-                return (v.unsqueeze(0).unsqueeze(-2) @ Rv).squeeze(-2).reshape(F * B, *v.shape[1:])
+        vec: dict[str, Tensor] = {}
+        for name in self.vector_inputs:
+            v = kwargs[name]
+            if not (
+                isinstance(v, Tensor) and v.dim() >= 2 and v.shape[0] == B and v.shape[-1] == 3
+            ):
+                raise ValueError(
+                    f"vector input {name!r} must be (B, ..., 3), got {getattr(v, 'shape', v)}"
+                )
+            vec[name] = (v.reshape(B, -1, 3) @ R0).reshape(v.shape)
+
+        def sl(s: Tensor, v: Tensor) -> Tensor:  # frames s (k, B, 3) applied to v (B, ..., 3)
+            k = s.shape[0]
+            sv = s.view(k, B, *([1] * (v.dim() - 2)), 3)
+            return (v.unsqueeze(0) * sv).reshape(k * B, *v.shape[1:])
+
+        def rep(v: Any, k: int) -> Any:
             if isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == B:
-                return v.repeat(F, *([1] * (v.dim() - 1)))
+                return v.unsqueeze(0).expand(k, *v.shape).reshape(k * B, *v.shape[1:])
             return v
 
-        r_args = tuple(rep(a) for a in args)
-        r_kwargs = {k: rep(v, k) for k, v in kwargs.items()}
-        step = F if self.frames_per_pass is None else min(self.frames_per_pass, F)
-        if step >= F:
-            y = self.backbone(framed, *r_args, **r_kwargs)
-        else:  # same result, backbone run on `step` frames (step*B clouds) at a time
-
-            def part(v: Any, lo: int, hi: int) -> Any:
-                if isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == F * B:
-                    return v[lo * B:hi * B]
-                return v
-
-            y = torch.cat([
-                self.backbone(part(framed, i, i + step), *(part(a, i, i + step) for a in r_args),
-                              **{k: part(v, i, i + step) for k, v in r_kwargs.items()})
-                for i in range(0, F, step)
-            ])
-        out = self._reduce(y, F, B, Rs, t)
+        step = self._step(F, B * N)
+        acc: Tensor | None = None
+        for lo in range(0, F, step):
+            s = S[lo : lo + step]
+            k = s.shape[0]
+            y = self.backbone(
+                sl(s, base),
+                *(rep(a, k) for a in args),
+                **{n: sl(s, vec[n]) if n in vec else rep(v, k) for n, v in kwargs.items()},
+            )
+            if y.shape[0] != k * B:
+                raise ValueError(
+                    f"backbone output has leading size {y.shape[0]}, expected frames*items = {k}*{B}"  # noqa: E501
+                )
+            y = y.reshape(k, B, *y.shape[1:])
+            if self.output != "invariant":
+                self._check_vec_out(y)
+                y = y * s.view(k, B, *([1] * (y.dim() - 3)), 3)
+            part = y.sum(0)
+            acc = part if acc is None else acc + part
+        assert acc is not None
+        out = acc / F
+        if self.output != "invariant":
+            out = self._rotate_back(out, R0)
+            if self.output == "points":
+                out = out + t.view(B, *([1] * (out.dim() - 2)), 3)
         return out[0] if squeeze else out
 
     def _forward_graph(self, pos: Tensor, batch: Tensor, args: tuple, kwargs: dict) -> Tensor:
@@ -239,14 +288,12 @@ class FrameAveraging(nn.Module):
             num_graphs=G,
             on_degenerate=self.on_degenerate,
         )
-        Rs = self._select(fr.frames).transpose(0, 1)  # (F, G, 3, 3)
-        F = Rs.shape[0]
-        Rn = Rs[:, batch]  # (F, Nt, 3, 3)
-        framed = (
-            (((pos - fr.center[batch]).unsqueeze(0).unsqueeze(-2)) @ Rn)
-            .squeeze(-2)
-            .reshape(F * Nt, 3)
-        )
+        R0, t = fr.frames[:, 0], fr.center  # (G, 3, 3), (G, 3)
+        S = self._signs((G,), pos.dtype, pos.device)  # (F, G, 3)
+        F = S.shape[0]
+        R0n, Sn = R0[batch], S[:, batch]  # (Nt, 3, 3), (F, Nt, 3)
+        base = ((pos - t[batch]).unsqueeze(-2) @ R0n).squeeze(-2)  # (Nt, 3)
+        framed = (base.unsqueeze(0) * Sn).reshape(F * Nt, 3)
         eis = [kwargs.get("edge_index")] + [
             a
             for a in args
@@ -272,7 +319,8 @@ class FrameAveraging(nn.Module):
                     raise ValueError(
                         f"vector input {name!r} must be ({Nt}, 3), got {getattr(v, 'shape', v)}"
                     )
-                return (v.unsqueeze(0).unsqueeze(-2) @ Rn).squeeze(-2).reshape(F * Nt, 3)
+                vb = (v.unsqueeze(-2) @ R0n).squeeze(-2)
+                return (vb.unsqueeze(0) * Sn).reshape(F * Nt, 3)
             if isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] in (Nt, G, E):
                 return v.repeat(F, *([1] * (v.dim() - 1)))
             return v
@@ -287,13 +335,22 @@ class FrameAveraging(nn.Module):
             **{k: rep(v, k) for k, v in kwargs.items()},
         )
         if y.shape[0] == F * Nt:  # node-level output
-            y = y.reshape(F, Nt, *y.shape[1:])
-            if self.output == "points":
-                y = self._unframe(y, Rn, fr.center[batch])
-            elif self.output == "vectors":
-                y = self._unframe(y, Rn, None)
+            L, Sl, Rl, tl = Nt, Sn, R0n, t[batch]
+        elif y.shape[0] == F * G:
+            L, Sl, Rl, tl = G, S, R0, t
+        else:
+            raise ValueError(
+                f"backbone output has leading size {y.shape[0]}, expected frames*items = "
+                f"{F}*{Nt} (nodes) or {F}*{G} (graphs)"
+            )
+        y = y.reshape(F, L, *y.shape[1:])
+        if self.output == "invariant":
             return y.mean(0)
-        return self._reduce(y, F, G, Rs, fr.center)
+        self._check_vec_out(y)
+        out = self._rotate_back((y * Sl.view(F, L, *([1] * (y.dim() - 3)), 3)).mean(0), Rl)
+        if self.output == "points":
+            out = out + tl.view(L, *([1] * (out.dim() - 2)), 3)
+        return out
 
 
 # ----------------------------------------------------------------------------- recipe

@@ -1,5 +1,19 @@
 """Reusable layers and baseline backbones."""
 
-from .baselines import PointNet, TrajectoryGNN, TrajectoryMLP, constant_velocity
+from .baselines import (
+    EGNNTrajectory,
+    PointNet,
+    PointNetSeg,
+    TrajectoryGNN,
+    TrajectoryMLP,
+    constant_velocity,
+)
 
-__all__ = ["PointNet", "TrajectoryMLP", "TrajectoryGNN", "constant_velocity"]
+__all__ = [
+    "PointNet",
+    "PointNetSeg",
+    "TrajectoryMLP",
+    "TrajectoryGNN",
+    "EGNNTrajectory",
+    "constant_velocity",
+]

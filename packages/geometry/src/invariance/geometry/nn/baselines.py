@@ -2,10 +2,16 @@
 
 * :class:`PointNet` (Qi et al., CVPR 2017, without the T-Nets): shared per-point MLP, max pool,
   MLP head. Permutation-invariant, *not* rotation-invariant (it reads raw coordinates).
+* :class:`PointNetSeg`: the per-point PointNet head (point feature ++ pooled global feature ->
+  MLP), e.g. for normal estimation.
 * :class:`TrajectoryMLP`: per-agent MLP on centred past positions -> future positions (the
   non-equivariant n-body baseline).
 * :class:`TrajectoryGNN`: fully connected message passing on raw (centred) coordinates, a
   permutation-equivariant but not rotation-equivariant n-body baseline.
+* :class:`EGNNTrajectory`: an E(n)-equivariant baseline built from the peer library
+  ``egnn-pytorch`` (lucidrains, MIT; Satorras et al., *E(n) Equivariant Graph Neural Networks*,
+  ICML 2021): EGNN layers on the last positions with invariant speed features, then per future
+  step ``x_T + a_k(h) v_T + b_k(h) (x_L - x_T)``. Optional: needs ``egnn-pytorch``.
 * :func:`constant_velocity`: the physics-free baseline (extrapolate the last velocity).
 """
 
@@ -14,7 +20,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["PointNet", "TrajectoryMLP", "TrajectoryGNN", "constant_velocity"]
+__all__ = [
+    "PointNet",
+    "PointNetSeg",
+    "TrajectoryMLP",
+    "TrajectoryGNN",
+    "EGNNTrajectory",
+    "constant_velocity",
+]
 
 
 def _mlp(sizes: list[int], *, last_act: bool = False) -> nn.Sequential:
@@ -64,6 +77,50 @@ class PointNet(nn.Module):
 
     def extra_repr(self) -> str:
         return f"num_classes={self.num_classes}, in_channels={self.in_channels}"
+
+
+class PointNetSeg(nn.Module):
+    """Per-point PointNet (no T-Nets): ``[f_i, max_j f_j] -> MLP -> out_channels`` per point.
+
+    Args:
+        out_channels (int): per-point output size. in_channels (int): input size (default 3).
+        hidden (int): per-point width (default 64). global_dim (int): pooled width (default 128).
+
+    Shapes:
+        pos (B, N, in_channels) -> (B, N, out_channels).
+
+    Invariance: point permutation equivariance only.
+    """
+
+    def __init__(
+        self, *, out_channels: int, in_channels: int = 3, hidden: int = 64, global_dim: int = 128
+    ) -> None:
+        super().__init__()
+        if out_channels < 1 or in_channels < 1:
+            raise ValueError(
+                f"out_channels and in_channels must be >= 1, got {out_channels}, {in_channels}"
+            )
+        self.out_channels, self.in_channels = out_channels, in_channels
+        self.local = _mlp([in_channels, hidden, hidden], last_act=True)
+        self.glob = _mlp([hidden, global_dim], last_act=True)
+        self.head = _mlp([hidden + global_dim, hidden, out_channels])
+
+    def reset_parameters(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                m.reset_parameters()
+
+    def forward(self, pos: Tensor) -> Tensor:
+        if pos.dim() != 3 or pos.shape[-1] != self.in_channels:
+            raise ValueError(
+                f"PointNetSeg expects (B, N, {self.in_channels}), got {tuple(pos.shape)}"
+            )
+        f = self.local(pos)
+        g = self.glob(f).max(dim=1, keepdim=True).values.expand(-1, f.shape[1], -1)
+        return self.head(torch.cat([f, g], dim=-1))
+
+    def extra_repr(self) -> str:
+        return f"out_channels={self.out_channels}, in_channels={self.in_channels}"
 
 
 def _check_traj(loc: Tensor) -> None:
@@ -131,3 +188,55 @@ class TrajectoryGNN(nn.Module):
             )
             h = h + upd(torch.cat([h, (m * mask).sum(2)], -1))
         return loc[:, :, -1:] + self.dec(h).reshape(B, n, self.future, 3)
+
+
+class EGNNTrajectory(nn.Module):
+    """E(3)-equivariant n-body baseline from ``egnn-pytorch``'s ``EGNN`` layers.
+
+    Node features: an MLP of the invariant speeds ``|v_t|`` over the past frames; coordinates:
+    the last positions ``x_T``; ``layers`` fully connected EGNN layers give ``(h, x_L)``; then
+    ``pred_k = x_T + a_k(h) v_T + b_k(h) (x_L - x_T)`` for k = 1..future with invariant
+    scalars ``a, b`` from a linear head. Charges are not given (as for the other baselines).
+
+    Args:
+        past (int), future (int): frames in and out. hidden (int): node width (default 64).
+        layers (int): EGNN layers (default 3). m_dim (int): EGNN message width (default 32).
+
+    Shapes: loc, vel (B, n, past, 3) -> (B, n, future, 3).
+    Invariance: E(3)-equivariant (rotations, reflections, translations) and agent-permutation
+    equivariant (tested in ``tests/test_eqmotion.py::test_egnn_baseline_equivariant``).
+
+    Raises:
+        ImportError: when ``egnn-pytorch`` is not installed.
+    """
+
+    def __init__(
+        self, *, past: int, future: int, hidden: int = 64, layers: int = 3, m_dim: int = 32
+    ) -> None:
+        super().__init__()
+        try:
+            from egnn_pytorch import EGNN  # type: ignore[import-not-found]
+        except ImportError as e:  # pragma: no cover - exercised only without the peer
+            raise ImportError(
+                "EGNNTrajectory needs the optional peer library egnn-pytorch "
+                "(pip install egnn-pytorch)"
+            ) from e
+        self.past, self.future = past, future
+        self.enc = _mlp([past, hidden, hidden])
+        self.layers = nn.ModuleList(EGNN(dim=hidden, m_dim=m_dim) for _ in range(layers))
+        self.head = nn.Linear(hidden, 2 * future)
+
+    def forward(self, loc: Tensor, vel: Tensor) -> Tensor:
+        _check_traj(loc)
+        B, n = loc.shape[:2]
+        h = self.enc(vel.norm(dim=-1))
+        x0 = loc[:, :, -1]
+        x = x0
+        for layer in self.layers:
+            h, x = layer(h, x)
+        ab = self.head(h).view(B, n, 2, self.future, 1)
+        return (
+            x0.unsqueeze(2)
+            + ab[:, :, 0] * vel[:, :, -1:].expand(-1, -1, self.future, -1)
+            + ab[:, :, 1] * (x - x0).unsqueeze(2)
+        )

@@ -10,6 +10,7 @@ from .frames import (
     canonical_frame,
     centroid_covariance,
     classical_mds,
+    frame_signs,
     pca_frames,
     sign_disambiguate,
 )
@@ -32,4 +33,5 @@ __all__ = [
     "classical_mds",
     "O3_SIGNS",
     "SO3_SIGNS",
+    "frame_signs",
 ]

@@ -44,6 +44,7 @@ __all__ = [
     "classical_mds",
     "O3_SIGNS",
     "SO3_SIGNS",
+    "frame_signs",
 ]
 
 OnDegenerate = Literal["ignore", "warn", "raise"]
@@ -52,6 +53,28 @@ OnDegenerate = Literal["ignore", "warn", "raise"]
 O3_SIGNS = torch.tensor(list(itertools.product([1.0, -1.0], repeat=3)))
 #: the 4 sign patterns of the first two axes of the SO(3) frame
 SO3_SIGNS = torch.tensor(list(itertools.product([1.0, -1.0], repeat=2)))
+
+
+def frame_signs(
+    group: Literal["O3", "SO3"] = "O3",
+    *,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Diagonal sign patterns ``s_f`` (F, 3) with ``frames[..., f, :, :] == frames[..., 0, :, :]
+    * s_f`` exactly for the frames of :func:`pca_frames` (O3: the 8 rows of ``O3_SIGNS``; SO3:
+    ``(s1, s2, s1*s2)``, since ``(s1 v1) x (s2 v2) = s1 s2 (v1 x v2)``).
+
+    Frame Averaging uses it to frame a cloud once, ``(X - t) R0``, and get every other frame by
+    flipping coordinate signs (tested in ``tests/test_ops_frames.py``).
+    """
+    if group == "O3":
+        S = O3_SIGNS
+    elif group == "SO3":
+        S = torch.cat([SO3_SIGNS, SO3_SIGNS.prod(-1, keepdim=True)], dim=-1)
+    else:
+        raise ValueError(f"group must be 'O3' or 'SO3', got {group!r}")
+    return S.to(dtype=dtype or torch.get_default_dtype(), device=device)
 
 
 class Frames(NamedTuple):
