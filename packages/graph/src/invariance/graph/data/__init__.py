@@ -1,5 +1,6 @@
 """Procedural (seeded, with ground truth) and package-shipped graph data for OOD methods."""
 
+from invariance.graph.data.connectome import load_drosophila_left
 from invariance.graph.data.csbm import load_karate, make_csbm_mixture, node_homophily
 from invariance.graph.data.mol_motif import make_mol_motif, mol_to_data
 from invariance.graph.data.spurious_motif import (
@@ -12,6 +13,7 @@ from invariance.graph.data.spurious_motif import (
 __all__ = [
     "BASES",
     "MOTIFS",
+    "load_drosophila_left",
     "load_karate",
     "make_csbm_mixture",
     "make_mol_motif",

@@ -10,6 +10,34 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 from torch_geometric.nn import GINConv, GINEConv, global_add_pool
+from torch_geometric.typing import OptTensor, PairTensor  # noqa: F401  (PyG reads propagate_type)
+
+
+class _WeightedGINConv(GINConv):
+    """PyG ``GINConv`` whose messages can be scaled by a per-edge weight (``None``: plain GIN)."""
+
+    def forward(self, x: Tensor, edge_index: Tensor, edge_weight: Tensor | None = None) -> Tensor:
+        # propagate_type: (x: PairTensor, edge_weight: OptTensor)
+        out = self.propagate(edge_index, x=(x, x), edge_weight=edge_weight, size=None)
+        return self.nn(out + (1 + self.eps) * x)
+
+    def message(self, x_j: Tensor, edge_weight: Tensor | None) -> Tensor:
+        return x_j if edge_weight is None else x_j * edge_weight.view(-1, 1)
+
+
+class _WeightedGINEConv(GINEConv):
+    """PyG ``GINEConv`` whose messages can be scaled by a per-edge weight (``None``: plain GINE)."""
+
+    def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor,
+                edge_weight: Tensor | None = None) -> Tensor:
+        # propagate_type: (x: PairTensor, edge_attr: Tensor, edge_weight: OptTensor)
+        out = self.propagate(edge_index, x=(x, x), edge_attr=edge_attr, edge_weight=edge_weight,
+                             size=None)
+        return self.nn(out + (1 + self.eps) * x)
+
+    def message(self, x_j: Tensor, edge_attr: Tensor, edge_weight: Tensor | None) -> Tensor:
+        m = super().message(x_j, edge_attr)
+        return m if edge_weight is None else m * edge_weight.view(-1, 1)
 
 
 def _mlp(i: int, h: int, o: int, dropout: float = 0.0, norm: str | None = "batch"
@@ -42,7 +70,8 @@ class GINVirtualNode(nn.Module):
         virtual_node (bool): add the virtual node. (default: ``True``)
 
     Shapes:
-        ``x`` (N, in), ``edge_index`` (2, E), ``batch`` (N,), ``edge_attr`` (E, edge_dim) -> (N, d).
+        ``x`` (N, in), ``edge_index`` (2, E), ``batch`` (N,), ``edge_attr`` (E, edge_dim),
+        ``edge_weight`` (E,) optional message weights (rationale re-encoding) -> (N, d).
 
     Invariance:
         node-permutation *equivariant* (relabel ``edge_index``, permute ``x``/``batch``).
@@ -72,9 +101,8 @@ class GINVirtualNode(nn.Module):
         self.norms = nn.ModuleList()
         for _ in range(num_layers):
             mlp = _mlp(d, 2 * d, d)
-            conv = GINEConv(mlp, edge_dim=edge_dim, train_eps=True) if edge_dim else GINConv(
-                mlp, train_eps=True
-            )
+            conv = _WeightedGINEConv(mlp, edge_dim=edge_dim, train_eps=True) if edge_dim else \
+                _WeightedGINConv(mlp, train_eps=True)
             self.convs.append(conv)
             self.norms.append(nn.BatchNorm1d(d))
         if virtual_node:
@@ -95,7 +123,8 @@ class GINVirtualNode(nn.Module):
                         layer.reset_parameters()
 
     def forward(
-        self, x: Tensor, edge_index: Tensor, batch: Tensor, edge_attr: Tensor | None = None
+        self, x: Tensor, edge_index: Tensor, batch: Tensor, edge_attr: Tensor | None = None,
+        edge_weight: Tensor | None = None,
     ) -> Tensor:
         if x.dim() != 2 or x.size(1) != self.in_channels:
             raise ValueError(f"x must have shape (N, {self.in_channels}), got {tuple(x.shape)}")
@@ -108,15 +137,18 @@ class GINVirtualNode(nn.Module):
             got = None if edge_attr is None else tuple(edge_attr.shape)
             raise ValueError(f"edge_attr must have shape ({edge_index.size(1)}, {self.edge_dim}), "
                              f"got {got}")
+        if edge_weight is not None and edge_weight.shape != (edge_index.size(1),):
+            raise ValueError(f"edge_weight must have shape ({edge_index.size(1)},), "
+                             f"got {tuple(edge_weight.shape)}")
         num_graphs = int(batch.max()) + 1 if batch.numel() else 0
         h = self.lin_in(x)
         vn = self.vn_init.expand(num_graphs, -1) if self.virtual_node else None
         for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
             h_in = h + vn[batch] if vn is not None else h
             if self.edge_dim:
-                out = conv(h_in, edge_index, edge_attr)
+                out = conv(h_in, edge_index, edge_attr, edge_weight)
             else:
-                out = conv(h_in, edge_index)
+                out = conv(h_in, edge_index, edge_weight)
             out = norm(out)
             if i < self.num_layers - 1:
                 out = torch.relu(out)
