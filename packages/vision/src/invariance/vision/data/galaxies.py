@@ -20,8 +20,11 @@ galaxy method is trained on a seeded, vectorised pure-torch generator instead:
   so they satisfy the decision-tree constraints of the official output layer exactly.
 
 This is a modelling choice, not real Galaxy Zoo data; it is documented as such in the README.
-The optional GalSim backend is not provided yet (GalSim 2.8.5 installs from PyPI; the backend
-is not written).
+
+``backend="galsim"`` renders the same latents with GalSim (optional extra
+``invariance-vision[galsim]``); see :mod:`invariance.vision.data.galaxies_galsim` for what is
+drawn as GalSim profiles and what is not. Latents, answers, votes and noise draws are identical
+for the two backends given the seed; only the noise-free image differs.
 """
 
 from __future__ import annotations
@@ -139,7 +142,8 @@ def simulate_votes(truth: Tensor, beta: Tensor, *, n_volunteers: int = 40,
 
 def make_galaxies(n: int, *, seed: int, size: int = 69, n_volunteers: int = 40,
                   angle_range: tuple[float, float] = (0.0, 2 * math.pi), mirror: bool = True,
-                  noise: float = 0.02, dtype: torch.dtype = torch.float32) -> dict[str, Tensor]:
+                  noise: float = 0.02, dtype: torch.dtype = torch.float32,
+                  backend: str = "torch") -> dict[str, Tensor]:
     """Render ``n`` procedural galaxies with simulated Galaxy Zoo vote fractions.
 
     Args:
@@ -150,6 +154,9 @@ def make_galaxies(n: int, *, seed: int, size: int = 69, n_volunteers: int = 40,
         angle_range: position angles are uniform in this range, radians (default: full circle).
         mirror: randomly mirror half of the galaxies (default: True).
         noise: sky noise standard deviation (default: 0.02).
+        backend: ``"torch"`` (default, vectorised) or ``"galsim"`` (GalSim profiles, PSF
+            convolution and pixel response; needs ``pip install invariance-vision[galsim]``). The
+            latents, ``votes`` and noise realisation do not depend on the backend.
 
     Returns:
         dict with ``image`` (n, 3, size, size) in [0, 1], ``votes`` (n, 37), ``truth`` (n, 11)
@@ -160,6 +167,20 @@ def make_galaxies(n: int, *, seed: int, size: int = 69, n_volunteers: int = 40,
         raise ValueError(f"n must be >= 1, got {n}")
     if size < 16:
         raise ValueError(f"size must be >= 16, got {size}")
+    return _make_galaxies(n, seed=seed, size=size, n_volunteers=n_volunteers,
+                          angle_range=angle_range, mirror=mirror, noise=noise, dtype=dtype,
+                          backend=backend)[0]
+
+
+def _make_galaxies(n: int, *, seed: int, size: int, n_volunteers: int,
+                   angle_range: tuple[float, float], mirror: bool, noise: float,
+                   dtype: torch.dtype, backend: str) -> tuple[dict[str, Tensor], Tensor]:
+    """:func:`make_galaxies`, also returning the noise-free image after the PSF (n, 3, S, S)."""
+    if backend not in ("torch", "galsim"):
+        raise ValueError(f"backend must be 'torch' or 'galsim', got {backend!r}")
+    if backend == "galsim":
+        from invariance.vision.data.galaxies_galsim import import_galsim
+        import_galsim()  # fail early, before any work
     g = torch.Generator().manual_seed(int(seed))
     f64 = torch.float32  # rendering precision (float32 keeps generation fast on CPU)
     scale = size / 69.0
@@ -222,10 +243,15 @@ def make_galaxies(n: int, *, seed: int, size: int = 69, n_volunteers: int = 40,
     bn = 2 * nn_ - 1 / 3 + 4 / (405 * nn_)
     bulge = torch.exp(-bn * ((rb / re[:, None, None]).clamp_min(1e-6) ** (1 / nn_) - 1))
     bulge = (0.35 * bulge).clamp(max=1.2)  # I(R_e) = 0.35, core saturates like an SDSS cutout
+    if backend == "galsim":  # the elliptical (not boxy) bulge that GalSim draws analytically
+        rbe = torch.sqrt(u ** 2 + (v / qb[:, None, None]) ** 2 + 1e-18)
+        bulge_ell = (0.35 * torch.exp(-bn * ((rbe / re[:, None, None]).clamp_min(1e-6) ** (
+            1 / nn_) - 1))).clamp(max=1.2)
     # Disk (inclined exponential) with arms and bar.
     qd = q_disk[:, None, None]
     rd = torch.sqrt(u ** 2 + (v / qd) ** 2 + 1e-9)
     disk_img = torch.exp(-rd / h[:, None, None])
+    disk_plain = disk_img
     phi = torch.atan2(v / qd, u)
     arm_amp = torch.where(arms, _u(g, n, 0.6, 0.95), torch.zeros(n, dtype=f64))[:, None, None]
     arm_phase = _u(g, n, 0, 2 * math.pi)[:, None, None]
@@ -253,9 +279,12 @@ def make_galaxies(n: int, *, seed: int, size: int = 69, n_volunteers: int = 40,
     arc = ring * torch.exp(-0.5 * wrapped ** 2 / 0.3)
     lobe = torch.exp(-0.5 * (((u - 0.8 * R) / (0.5 * R)) ** 2 + (v / (0.3 * R)) ** 2))
     clumps = torch.zeros_like(r)
+    clump_u, clump_v = [], []
     for _ in range(5):
         cu = (_u(g, n, -12, 12) * scale)[:, None, None]
         cv = (_u(g, n, -12, 12) * scale)[:, None, None]
+        clump_u.append(cu[:, 0, 0])
+        clump_v.append(cv[:, 0, 0])
         clumps = clumps + torch.exp(-0.5 * ((u - cu) ** 2 + (v - cv) ** 2) / (1.5 * scale) ** 2)
     knot = torch.exp(-0.5 * ((u - 0.6 * R) ** 2 + (v - 0.4 * R) ** 2) / (1.2 * scale) ** 2)
     merger = torch.exp(-bn * ((torch.sqrt((u - R) ** 2 + (v - 0.5 * R) ** 2) / (0.6 * re[
@@ -264,6 +293,13 @@ def make_galaxies(n: int, *, seed: int, size: int = 69, n_volunteers: int = 40,
     add = torch.stack([0.5 * ring, 0.6 * arc, 0.5 * lobe, 0.5 * clumps, 0.8 * knot, 0.7 * merger,
                        torch.zeros_like(r)], dim=1)  # (n, 7, S, S)
     odd_add = add[torch.arange(n), odd_type] * odd[:, None, None]
+    if backend == "galsim":  # the analytic part: everything but the spiral modulation, ring, arc,
+        # dust lane and boxy-bulge shape, which GalSim gets as a sampled residual image
+        analytic_odd = torch.where((odd_type >= 2)[:, None, None], odd_add, 0.0)
+        analytic = torch.stack([w_bulge[:, None, None] * bulge_ell * _BULGE_RGB[ch]
+                                + w_disk[:, None, None] * disk_plain * _DISK_RGB[ch]
+                                + 0.6 * bar_img * _BULGE_RGB[ch] + analytic_odd * _ODD_RGB[ch]
+                                for ch in range(3)], dim=1)
     for ch in range(3):
         img[:, ch] = img[:, ch] + odd_add * _ODD_RGB[ch]
     dust = 1 - 0.8 * torch.exp(-0.5 * (v / (1.2 * scale)) ** 2)
@@ -276,17 +312,33 @@ def make_galaxies(n: int, *, seed: int, size: int = 69, n_volunteers: int = 40,
     line = torch.exp(-0.5 * (v / (0.8 * scale)) ** 2) * torch.exp(-0.5 * (u / (20 * scale)) ** 2)
     star_img = torch.where(streak[:, None, None], 0.7 * line + point, point)
     img = img + (star[:, None, None] * star_img)[:, None] * 1.0
+    if backend == "galsim":
+        residual = img - analytic - (star[:, None, None] * star_img)[:, None]
 
     # Brightness, PSF, field stars, noise.
     flux = _u(g, n, 0.6, 1.2)
     img = img * flux[:, None, None, None]
+    field = []
     for _ in range(2):
         px = torch.randint(0, size, (n,), generator=g)
         py = torch.randint(0, size, (n,), generator=g)
         far = ((px - c) ** 2 + (py - c) ** 2).sqrt() > 0.35 * size
         on = far & (torch.rand(n, generator=g) < 0.5)
-        img[torch.arange(n), :, py, px] += (on[:, None] * _u(g, n, 0.3, 1.0)[:, None])
-    img = _gaussian_blur(img, _u(g, n, 0.7, 1.4) * scale)
+        val = on * _u(g, n, 0.3, 1.0)
+        img[torch.arange(n), :, py, px] += val[:, None]
+        field.append((px, py, val))
+    psf_sigma = _u(g, n, 0.7, 1.4) * scale
+    img = _gaussian_blur(img, psf_sigma)
+    if backend == "galsim":
+        from invariance.vision.data.galaxies_galsim import render_galsim
+        latents = {"angle": angle, "mirror": flip, "flux": flux, "psf_sigma": psf_sigma,
+                   "w_bulge": w_bulge, "re": re, "n_sersic": ns, "q_bulge": qb, "w_disk": w_disk,
+                   "h": h, "q_disk": q_disk, "bar": bar, "bar_len": bar_len[:, 0, 0],
+                   "odd": odd, "odd_type": odd_type, "R": R[:, 0, 0], "clump_u": clump_u,
+                   "clump_v": clump_v, "star": star, "streak": streak, "field": field}
+        img = render_galsim(latents, residual, size=size, scale=scale,
+                            colors=(_BULGE_RGB, _DISK_RGB, _ODD_RGB)).to(f64)
+    clean = img
     img = img + noise * torch.randn(img.shape, generator=g, dtype=f64) \
         + 0.03 * img.clamp_min(0).sqrt() * torch.randn(img.shape, generator=g, dtype=f64)
     img = img.clamp(0.0, 1.0)
@@ -295,8 +347,9 @@ def make_galaxies(n: int, *, seed: int, size: int = 69, n_volunteers: int = 40,
     beta = (_u(g, n, 1.5, 3.5) * (0.5 + 0.5 * flux.clamp(max=1.0))
             * (0.7 + 0.3 * (re / (8.0 * scale)).clamp(max=1)))
     votes = simulate_votes(truth, beta, n_volunteers=n_volunteers, generator=g)
-    return {"image": img.to(dtype), "votes": votes.to(dtype), "truth": truth,
-            "beta": beta.to(dtype), "angle": angle.to(dtype), "mirror": flip, "kind": kind}
+    return ({"image": img.to(dtype), "votes": votes.to(dtype), "truth": truth,
+             "beta": beta.to(dtype), "angle": angle.to(dtype), "mirror": flip, "kind": kind},
+            clean.to(dtype))
 
 
 class GalaxyDataset(torch.utils.data.Dataset):
