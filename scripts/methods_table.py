@@ -25,9 +25,10 @@ def main() -> int:
     text = readme.read_text()
     old = {}
     for line in text.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) == 7 and cells[1] and not set(cells[1]) <= {"-"}:
-            old[cells[1].strip("`")] = cells[6]
+        # split on unescaped pipes (the symmetry column may hold ``\|\|w\|\|``)
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", line.strip().strip("|"))]
+        if len(cells) == 6 and cells[1].startswith("`"):
+            old[cells[1].strip("`")] = cells[5]
     measured = {}
     for path in sys.argv[1:]:
         for r in json.loads(Path(path).read_text()):
