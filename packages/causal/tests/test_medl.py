@@ -126,6 +126,60 @@ def test_medl_alternating_schedule_separates_optimisers():
         fit_medl(m, x, b, steps=1, schedule="both")
 
 
+def test_medl_train_uses_alternating_schedule():
+    # `invariance-causal train medl` takes the official alternating step: the recipe's train_step
+    # with its two optimisers equals medl_alternating_step with two fresh AdamW; the joint
+    # schedule (negative control) ends elsewhere
+    import copy
+
+    from invariance.causal.medl import MEDLRecipe, medl_alternating_step
+    from invariance.core import NamedOptimizers, make_config
+    from invariance.core.train import fit_recipe
+
+    rec = MEDLRecipe()
+    cfg = make_config(rec, steps=2, batch_size=32)
+    torch.manual_seed(0)
+    m = rec.build(cfg)
+    ds = rec.make_data(cfg, "train")
+    batch = rec.collate([ds[i] for i in range(32)])
+    m_ref = copy.deepcopy(m)
+    opts = rec.optimizer(cfg, m)
+    assert isinstance(opts, NamedOptimizers) and sorted(opts) == ["adversary", "main"]
+    torch.manual_seed(1)  # the RE path samples its weights
+    out = rec.train_step(m, batch, opts, 0)
+    assert {"loss", "adv_step_ce", "fe_recon"} <= set(out)
+    adv = list(m_ref.fe.adversary.parameters())
+    ids = {id(p) for p in adv}
+    rest = [p for p in m_ref.parameters() if id(p) not in ids]
+    o_main = torch.optim.AdamW(rest, lr=cfg.lr, weight_decay=0.0)
+    o_adv = torch.optim.AdamW(adv, lr=cfg.lr, weight_decay=0.0)
+    x, b, _ = batch
+    torch.manual_seed(1)
+    medl_alternating_step(m_ref, x, b, None, o_main, o_adv, **rec._loss_kw)
+    for p, q in zip(m.parameters(), m_ref.parameters()):
+        assert torch.equal(p, q)
+    m_joint = copy.deepcopy(m_ref)
+    cj = make_config(rec, steps=2, batch_size=32, schedule="joint")
+    torch.manual_seed(2)
+    rec.train_step(m_joint, batch, rec.optimizer(cj, m_joint), 0)
+    torch.manual_seed(2)
+    rec.train_step(m_ref, batch, rec.optimizer(cfg, m_ref), 0)
+    assert not all(torch.equal(p, q) for p, q in zip(m_joint.parameters(), m_ref.parameters()))
+    # the core loop picks the recipe's train_step and runs both optimisers
+    calls = []
+    orig = MEDLRecipe.train_step
+
+    class Counting(MEDLRecipe):
+        def train_step(self, model, batch, optimizer, step):
+            calls.append(type(optimizer).__name__)
+            return orig(self, model, batch, optimizer, step)
+
+    fit_recipe(Counting(), cfg, progress=False)
+    assert calls == ["NamedOptimizers", "NamedOptimizers"]
+    with pytest.raises(ValueError, match="schedule must be"):
+        rec.optimizer(make_config(rec, schedule="both"), m)
+
+
 def test_medl_shapes_and_counterfactual():
     m = MEDL(n_genes=12, n_batches=3, n_classes=4, hidden=(8,), latent=2)
     x = torch.rand(5, 12)

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from invariance.core import RunDir, fit, load_checkpoint, save_checkpoint
+from invariance.core import NamedOptimizers, RunDir, fit, load_checkpoint, save_checkpoint
 from invariance.core.checkpoint import load_state, save_state
 
 
@@ -146,3 +146,193 @@ def test_train_arms_runs_each_seed_and_arm(tmp_path):
     assert list(res) == ["small", "big"] and all(len(v) == 2 for v in res.values())
     logged = [(m["arm"], m["seed"]) for m in run.read_metrics()]
     assert logged == [("small", 0), ("big", 0), ("small", 1), ("big", 1)]
+
+
+# --------------------------------------------------------------------------- manual optimisation
+def two_part_model(seed=0):
+    torch.manual_seed(seed)
+    m = nn.ModuleDict({"body": nn.Linear(4, 8), "head": nn.Linear(8, 1)})
+    opts = NamedOptimizers(
+        body=torch.optim.Adam(m["body"].parameters(), lr=1e-2),
+        head=torch.optim.SGD(m["head"].parameters(), lr=1e-2, momentum=0.9),
+    )
+    return m, opts
+
+
+def alternating(model, batch, opts, step):
+    """Even steps move the body, odd steps the head (each with its own optimiser)."""
+    x, y = batch
+    loss = ((model["head"](torch.relu(model["body"](x))) - y) ** 2).mean()
+    name = "body" if step % 2 == 0 else "head"
+    opts.zero_grad()
+    loss.backward()
+    opts[name].step()
+    return {"loss": loss.detach(), "phase": torch.tensor(float(step % 2))}
+
+
+def test_manual_step_alternates_optimisers_and_learns():
+    m, opts = two_part_model()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    res = fit(
+        m,
+        opts,
+        regression(),
+        None,
+        steps=1,
+        batch_size=16,
+        progress=False,
+        train_step_fn=alternating,
+        log_every=1,
+    )
+    # one step: only the body moved
+    assert not torch.equal(before["body.weight"], m["body"].weight)
+    assert torch.equal(before["head.weight"], m["head"].weight)
+    m, opts = two_part_model()
+    res = fit(
+        m,
+        opts,
+        regression(),
+        None,
+        steps=80,
+        batch_size=16,
+        progress=False,
+        train_step_fn=alternating,
+        log_every=10,
+    )
+    assert res.history[-1]["loss"] < 0.5 * res.history[0]["loss"]
+    assert {"loss", "phase"} <= set(res.history[-1])
+
+
+def test_manual_step_resume_is_bit_identical(tmp_path):
+    import shutil
+
+    data = regression()
+    m1, o1 = two_part_model()
+    fit(m1, o1, data, None, steps=30, batch_size=16, progress=False, train_step_fn=alternating)
+    run = RunDir(tmp_path / "r")
+    m2, o2 = two_part_model()
+    fit(
+        m2,
+        o2,
+        data,
+        None,
+        steps=13,
+        batch_size=16,
+        run=run,
+        progress=False,
+        train_step_fn=alternating,
+    )
+    shutil.copytree(tmp_path / "r", tmp_path / "r_copy")
+    torch.manual_seed(999)
+    m3, o3 = two_part_model(seed=5)
+    fit(
+        m3,
+        o3,
+        data,
+        None,
+        steps=30,
+        batch_size=16,
+        run=run,
+        resume=True,
+        progress=False,
+        train_step_fn=alternating,
+    )
+    for a, b in zip(m1.state_dict().values(), m3.state_dict().values()):
+        assert torch.equal(a, b)
+
+    # negative control: a resume that drops the head optimiser's momentum ends elsewhere
+    class BodyOnly(NamedOptimizers):
+        def load_state_dict(self, state):
+            self["body"].load_state_dict(state["body"])
+
+    m4, o4 = two_part_model(seed=5)
+    o4 = BodyOnly(body=o4["body"], head=o4["head"])
+    fit(
+        m4,
+        o4,
+        data,
+        None,
+        steps=30,
+        batch_size=16,
+        run=RunDir(tmp_path / "r_copy"),
+        resume=True,
+        progress=False,
+        train_step_fn=alternating,
+    )
+    assert not all(
+        torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m4.state_dict().values())
+    )
+
+
+def test_named_optimizers_errors():
+    lin = nn.Linear(2, 2)
+    with pytest.raises(ValueError, match="at least one"):
+        NamedOptimizers()
+    with pytest.raises(TypeError, match="must be a torch.optim.Optimizer"):
+        NamedOptimizers(a=lin)
+    with pytest.raises(ValueError, match=r"shape \(2, 2\) is in both"):
+        NamedOptimizers(
+            a=torch.optim.SGD(lin.parameters(), lr=1), b=torch.optim.SGD([lin.weight], lr=1)
+        )
+    opts = NamedOptimizers(a=torch.optim.SGD(lin.parameters(), lr=1))
+    with pytest.raises(KeyError, match="no optimiser 'b'"):
+        opts["b"]
+    with pytest.raises(ValueError, match="checkpoint has optimisers"):
+        opts.load_state_dict({"b": {}})
+    with pytest.raises(ValueError, match="needs a train_step_fn"):
+        fit(lin, opts, regression(), mse, steps=1, batch_size=4, progress=False)
+    m, o = two_part_model()
+    with pytest.raises(ValueError, match="grad_clip"):
+        fit(
+            m,
+            o,
+            regression(),
+            None,
+            steps=1,
+            batch_size=4,
+            progress=False,
+            train_step_fn=alternating,
+            grad_clip=1.0,
+        )
+    with pytest.raises(TypeError, match="with a 'loss'"):
+        fit(
+            m,
+            o,
+            regression(),
+            None,
+            steps=1,
+            batch_size=4,
+            progress=False,
+            train_step_fn=lambda *a: {"x": torch.tensor(1.0)},
+        )
+
+
+def test_fit_recipe_uses_train_step_when_overridden():
+    from invariance.core import Recipe, TrainConfig, fit_recipe
+
+    calls = []
+
+    class Alt(Recipe):
+        def make_data(self, cfg, split):
+            return regression()
+
+        def build(self, cfg):
+            return two_part_model()[0]
+
+        def optimizer(self, cfg, model):
+            return NamedOptimizers(
+                body=torch.optim.Adam(model["body"].parameters(), lr=1e-2),
+                head=torch.optim.Adam(model["head"].parameters(), lr=1e-2),
+            )
+
+        def step(self, model, batch):
+            x, y = batch
+            return {"loss": ((model["head"](torch.relu(model["body"](x))) - y) ** 2).mean()}
+
+        def train_step(self, model, batch, opts, step):
+            calls.append(step)
+            return alternating(model, batch, opts, step)
+
+    cfg = TrainConfig(steps=5, batch_size=16)
+    fit_recipe(Alt(), cfg, progress=False)
+    assert calls == [0, 1, 2, 3, 4]

@@ -30,7 +30,14 @@ from invariance.causal.data.exchangeable import (
 )
 from invariance.causal.data.scrna import load_pbmc68k_reduced, make_scrna_counts
 from invariance.causal.data.sem import LinearSEM, empirical_covariance
-from invariance.causal.medl import MEDL, MEDLRecipe, RandomEffectBlock, fit_medl, medl_loss
+from invariance.causal.medl import (
+    MEDL,
+    MEDLRecipe,
+    RandomEffectBlock,
+    fit_medl,
+    medl_alternating_step,
+    medl_loss,
+)
 from invariance.causal.pac_invariance import (
     InvariantLinear,
     PACInvarianceRecipe,
@@ -71,6 +78,7 @@ __all__ = [
     "RandomEffectBlock",
     "medl_loss",
     "fit_medl",
+    "medl_alternating_step",
     "MEDLRecipe",
     "make_scrna_counts",
     "load_pbmc68k_reduced",

@@ -48,15 +48,17 @@ Schedule: :func:`fit_medl` (and ``reproduce``) use the official alternating step
 (``schedule="alternating"``, as in ``DomainAdversarialAE.train_step``): the adversary takes a step
 of its own Adam on the encoder activations, then a fresh forward pass and a step of a second Adam
 on the autoencoder losses against the *updated* adversary. ``schedule="joint"`` is the single-step
-variant (both in one optimiser step, the autoencoder sees the pre-update adversary); the
-registry's ``step`` (``invariance-causal train medl``) uses it, because the core loop drives one
-optimiser (``test_medl_alternating_schedule_separates_optimisers`` checks the split).
+variant (both in one optimiser step, the autoencoder sees the pre-update adversary).
+``invariance-causal train medl`` follows the config's ``schedule`` (default ``"alternating"``):
+the recipe's ``train_step`` runs :func:`medl_alternating_step` with two optimisers (a
+``NamedOptimizers`` of ``main`` and ``adversary``, checkpointed and resumed together);
+``test_medl_alternating_schedule_separates_optimisers`` checks the split and
+``test_medl_train_uses_alternating_schedule`` that ``train`` takes the same step.
 
-Deviations: (1) ``invariance-causal train`` uses the joint step (above); ``fit_medl`` and
-``reproduce`` use the official alternating one. (2) FE, RE and MEC are trained together in one
+Deviations: (1) FE, RE and MEC are trained together in one
 module (their parameters are disjoint; the MEC sees detached latents), instead of three separate
 runs.
-(3) Tiny presets use narrower layers, a larger learning rate and ``lambda_rec = 1`` instead of
+(2) Tiny presets use narrower layers, a larger learning rate and ``lambda_rec = 1`` instead of
 the AML config (512/132, Adam 1e-4, ``lambda_rec = 4000``, 500 epochs): at a few hundred steps
 ``lambda_rec = 4000`` left the adversary without measurable effect. The paper widths are the
 defaults of :class:`MEDL`; the loss defaults of :func:`medl_loss` are the AML config.
@@ -81,6 +83,7 @@ __all__ = [
     "RandomEffectBlock",
     "batch_silhouette",
     "fit_medl",
+    "medl_alternating_step",
     "medl_loss",
     "probe_accuracy",
 ]
@@ -474,6 +477,38 @@ def medl_loss(
     return losses
 
 
+def medl_alternating_step(
+    model: MEDL,
+    x: Tensor,
+    batch: Tensor,
+    labels: Tensor | None,
+    opt: torch.optim.Optimizer,
+    opt_adv: torch.optim.Optimizer,
+    **loss_kw,
+) -> dict[str, Tensor]:
+    """One step of the official scMEDAL-FE alternating schedule.
+
+    (1) The adversary takes a step of ``opt_adv`` on the batch CE of the encoder activations (no
+    gradient reaches the encoder); (2) a fresh forward pass, and ``opt`` (every other parameter)
+    takes a step on the autoencoder losses, the generator term against the *updated* adversary.
+    Returns the detached losses of phase (2) plus ``adv_step_ce``, the CE phase (1) minimised.
+    """
+    with torch.no_grad():
+        acts = torch.cat(model.fe.encode(x), dim=1)
+    opt_adv.zero_grad(set_to_none=True)
+    b_lab = batch if batch.dim() == 1 else batch.argmax(1)
+    adv_ce = F.cross_entropy(model.fe.adversary(acts), b_lab)
+    adv_ce.backward()
+    opt_adv.step()
+    opt.zero_grad(set_to_none=True)
+    out = medl_loss(model, x, batch, labels, train_adversary=False, **loss_kw)
+    out["loss"].backward()
+    opt.step()
+    res = {k: v.detach() for k, v in out.items()}
+    res["adv_step_ce"] = adv_ce.detach()
+    return res
+
+
 def fit_medl(
     model: MEDL,
     x: Tensor,
@@ -518,15 +553,7 @@ def fit_medl(
         xb, bb = x[idx], batch[idx]
         lb = None if labels is None else labels[idx]
         if schedule == "alternating":
-            with torch.no_grad():
-                acts = torch.cat(model.fe.encode(xb), dim=1)
-            opt_adv.zero_grad()
-            b_lab = bb if bb.dim() == 1 else bb.argmax(1)
-            F.cross_entropy(model.fe.adversary(acts), b_lab).backward()
-            opt_adv.step()
-            opt.zero_grad()
-            medl_loss(model, xb, bb, lb, train_adversary=False, **loss_kw)["loss"].backward()
-            opt.step()
+            medl_alternating_step(model, xb, bb, lb, opt, opt_adv, **loss_kw)
         else:
             opt.zero_grad()
             medl_loss(model, xb, bb, lb, **loss_kw)["loss"].backward()
@@ -575,6 +602,8 @@ class MEDLConfig(TrainConfig):
     lambda_gen: float = 1.0
     lambda_cls: float = 1.0
     use_labels: bool = False
+    schedule: str = "alternating"
+    lr_adversary: float | None = None
     steps: int = 150
     batch_size: int = 128
     lr: float = 3e-3
@@ -649,6 +678,36 @@ class MEDLRecipe(Recipe):
         x, b, c = batch
         labels = c if getattr(self, "_use_labels", False) else None
         return medl_loss(model, x, b, labels, **getattr(self, "_loss_kw", {}))
+
+    def optimizer(self, cfg, model):
+        if cfg.schedule not in ("alternating", "joint"):
+            raise ValueError(f"schedule must be 'alternating' or 'joint', got {cfg.schedule!r}")
+        if cfg.schedule == "joint":
+            return super().optimizer(cfg, model)
+        from invariance.core.train import NamedOptimizers
+
+        adv = list(model.fe.adversary.parameters())
+        ids = {id(p) for p in adv}
+        rest = [p for p in model.parameters() if id(p) not in ids]
+        lr_adv = cfg.lr if cfg.lr_adversary is None else cfg.lr_adversary
+        return NamedOptimizers(
+            main=torch.optim.AdamW(rest, lr=cfg.lr, weight_decay=cfg.weight_decay),
+            adversary=torch.optim.AdamW(adv, lr=lr_adv, weight_decay=cfg.weight_decay),
+        )
+
+    def train_step(self, model, batch, optimizer, step):
+        if not hasattr(optimizer, "items"):  # joint schedule: one optimiser, one loss
+            optimizer.zero_grad(set_to_none=True)
+            out = self.step(model, batch)
+            out["loss"].backward()
+            optimizer.step()
+            return {k: v.detach() for k, v in out.items()}
+        x, b, c = batch
+        labels = c if getattr(self, "_use_labels", False) else None
+        return medl_alternating_step(
+            model, x, b, labels, optimizer["main"], optimizer["adversary"],
+            **getattr(self, "_loss_kw", {}),
+        )
 
     def metrics(self, model, dataset):
         x, b, c = dataset.tensors

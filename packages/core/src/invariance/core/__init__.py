@@ -28,7 +28,7 @@ from invariance.core.testing import (
     assert_not_invariant,
     equivariance_error,
 )
-from invariance.core.train import evaluate, fit, fit_recipe
+from invariance.core.train import NamedOptimizers, evaluate, fit, fit_recipe
 
 __version__ = "0.1.0"
 
@@ -46,6 +46,7 @@ __all__ = [
     "list_methods",
     "load_plugins",
     "Recipe",
+    "NamedOptimizers",
     "TrainConfig",
     "CheckResult",
     "ReproduceResult",

@@ -119,8 +119,21 @@ class Recipe:
     def step(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
         raise MissingMethodError(f"{type(self).__name__} must define step(model, batch)")
 
-    def optimizer(self, cfg: Any, model: nn.Module) -> torch.optim.Optimizer:
-        """Default: AdamW with the config's ``lr`` and ``weight_decay``."""
+    def train_step(
+        self, model: nn.Module, batch: Any, optimizer: Any, step: int
+    ) -> dict[str, torch.Tensor]:
+        """Manual optimisation (override only for schedules that are not one loss and one
+        optimiser step: min-max games, alternating phases). Do the ``zero_grad``/``backward``/
+        optimiser steps here and return the scalars to log, with ``"loss"``. ``optimizer`` is what
+        :meth:`optimizer` returned (e.g. a :class:`~invariance.core.train.NamedOptimizers`);
+        ``step`` counts the steps already taken. When not overridden, ``train`` backpropagates
+        ``step(model, batch)["loss"]`` through one optimiser. ``step`` stays the evaluation loss."""
+        raise MissingMethodError(f"{type(self).__name__} does not define train_step")
+
+    def optimizer(self, cfg: Any, model: nn.Module) -> Any:
+        """Default: AdamW with the config's ``lr`` and ``weight_decay``. Return a
+        :class:`~invariance.core.train.NamedOptimizers` together with :meth:`train_step` for
+        schedules with several optimisers."""
         return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     def scheduler(self, cfg: Any, optimizer: torch.optim.Optimizer) -> Any:

@@ -12,6 +12,11 @@ step, scheduler step. Around it:
 * ``resume=True`` reloads that checkpoint, restores the RNG states, skips the batches already seen
   in the current epoch and continues: an interrupted run ends bit-identical to an uninterrupted one
   (CPU).
+
+Methods whose step is not "one loss, one optimiser" (min-max games, alternating phases with their
+own optimisers, as in GREA or scMEDAL) pass ``train_step_fn(model, batch, optimizer, step)``: it
+does its own ``zero_grad``/``backward``/``step`` and ``fit`` only logs what it returns. Several
+optimisers travel as one :class:`NamedOptimizers`, which checkpoints and resumes like a single one.
 """
 
 from __future__ import annotations
@@ -32,7 +37,15 @@ from invariance.core.dist import Runtime
 from invariance.core.io import RunDir
 from invariance.core.seed import get_rng_state, seed_everything, set_rng_state
 
-__all__ = ["fit", "fit_recipe", "evaluate", "train_arms", "FitResult", "to_device"]
+__all__ = [
+    "fit",
+    "fit_recipe",
+    "evaluate",
+    "train_arms",
+    "FitResult",
+    "NamedOptimizers",
+    "to_device",
+]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +62,83 @@ class FitResult:
     @property
     def last(self) -> dict:
         return self.history[-1] if self.history else {}
+
+
+class NamedOptimizers:
+    """Several named optimisers that :func:`fit` and the checkpoints treat as one.
+
+    For schedules with more than one optimiser (an adversary and the rest, alternating phases):
+    ``opts["adversary"].step()`` inside a recipe's ``train_step``; ``state_dict`` /
+    ``load_state_dict`` cover every optimiser, so checkpoint and exact resume work unchanged.
+
+    Example::
+
+        opts = NamedOptimizers(main=torch.optim.Adam(enc.parameters()),
+                               adversary=torch.optim.Adam(adv.parameters()))
+    """
+
+    def __init__(self, **optimizers: torch.optim.Optimizer) -> None:
+        if not optimizers:
+            raise ValueError("NamedOptimizers needs at least one optimiser")
+        for name, o in optimizers.items():
+            if not isinstance(o, torch.optim.Optimizer):
+                raise TypeError(
+                    f"NamedOptimizers({name}=...) must be a torch.optim.Optimizer, "
+                    f"got {type(o).__name__}"
+                )
+        seen: dict[int, str] = {}
+        for name, o in optimizers.items():
+            for g in o.param_groups:
+                for p in g["params"]:
+                    if id(p) in seen and seen[id(p)] != name:
+                        raise ValueError(
+                            f"a parameter of shape {tuple(p.shape)} is in both optimisers "
+                            f"{seen[id(p)]!r} and {name!r}"
+                        )
+                    seen[id(p)] = name
+        self._opts = dict(optimizers)
+
+    def __getitem__(self, name: str) -> torch.optim.Optimizer:
+        try:
+            return self._opts[name]
+        except KeyError:
+            raise KeyError(f"no optimiser {name!r}; have {sorted(self._opts)}") from None
+
+    def __iter__(self):
+        return iter(self._opts)
+
+    def __len__(self) -> int:
+        return len(self._opts)
+
+    def items(self):
+        return self._opts.items()
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [g for o in self._opts.values() for g in o.param_groups]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for o in self._opts.values():
+            o.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for o in self._opts.values():
+            o.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {name: o.state_dict() for name, o in self._opts.items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if set(state) != set(self._opts):
+            raise ValueError(
+                f"checkpoint has optimisers {sorted(state)}, this run has {sorted(self._opts)}"
+            )
+        for name, o in self._opts.items():
+            o.load_state_dict(state[name])
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{k}={type(o).__name__}" for k, o in self._opts.items())
+        return f"NamedOptimizers({inner})"
 
 
 def to_device(batch: Any, device: torch.device) -> Any:
@@ -70,7 +160,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 def fit(
     model: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | NamedOptimizers,
     dataset: Dataset,
     step_fn: Callable[[nn.Module, Any], dict],
     *,
@@ -90,6 +180,7 @@ def fit(
     callbacks: Iterable[Callable[[str, int, dict], None]] = (),
     progress: bool = True,
     find_unused_parameters: bool = False,
+    train_step_fn: Callable[[nn.Module, Any, Any, int], dict] | None = None,
 ) -> FitResult:
     """Train ``model`` for ``steps`` optimiser steps.
 
@@ -114,11 +205,21 @@ def fit(
         grad_clip: max global gradient norm (default: ``None``).
         callbacks: ``cb(event, step, info)`` for events ``"log"`` and ``"checkpoint"``.
         progress: a tqdm bar on the main rank (off automatically when not a TTY).
+        train_step_fn: manual optimisation. ``train_step_fn(model, batch, optimizer, step)``
+            (``step`` = number of steps already taken) does its own ``zero_grad``, ``backward``
+            and optimiser steps and returns the scalars to log (with ``"loss"``); ``step_fn`` is
+            then unused during training. ``grad_clip`` must be ``None`` (clip inside the step).
     """
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if train_step_fn is not None and grad_clip is not None:
+        raise ValueError("grad_clip is applied by fit only without train_step_fn; clip inside it")
+    if train_step_fn is None and isinstance(optimizer, NamedOptimizers):
+        raise ValueError(
+            f"{optimizer!r} needs a train_step_fn that says which optimiser steps when"
+        )
     if runtime is None:
         p = next(iter(model.parameters()), None)
         runtime = Runtime(device=p.device if p is not None else torch.device("cpu"))
@@ -172,17 +273,28 @@ def fit(
             idx = order[b * per_rank : (b + 1) * per_rank]
             batch = to_device(collate([dataset[i] for i in idx]), runtime.device)
             model.train()
-            out = step_fn(model, batch)
-            loss = out["loss"]
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"non-finite loss {float(loss.detach())} at step {step + 1}"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            optimizer.step()
+            if train_step_fn is not None:
+                out = train_step_fn(model, batch, optimizer, step)
+                if not isinstance(out, dict) or "loss" not in out:
+                    raise TypeError(
+                        f"train_step_fn must return a dict with a 'loss', got {type(out).__name__}"
+                        + (f" with keys {sorted(out)}" if isinstance(out, dict) else "")
+                    )
+                loss = torch.as_tensor(out["loss"]).detach()
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"non-finite loss {float(loss)} at step {step + 1}")
+            else:
+                out = step_fn(model, batch)
+                loss = out["loss"]
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"non-finite loss {float(loss.detach())} at step {step + 1}"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                optimizer.step()
             if scheduler is not None:
                 scheduler.step()
             step += 1
@@ -275,8 +387,19 @@ def fit_recipe(
         progress=progress,
         callbacks=callbacks,
         find_unused_parameters=bool(getattr(recipe, "unused_parameters", ())),
+        train_step_fn=_manual_step(recipe),
     )
     return res.model, res
+
+
+def _manual_step(recipe: Any) -> Callable | None:
+    """The recipe's ``train_step`` when it overrides :meth:`Recipe.train_step`, else ``None``."""
+    from invariance.core.recipe import Recipe
+
+    fn = getattr(type(recipe), "train_step", None)
+    if fn is None or fn is Recipe.train_step:
+        return None
+    return recipe.train_step
 
 
 def train_arms(
