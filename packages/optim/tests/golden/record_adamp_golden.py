@@ -26,7 +26,7 @@ out = {"provenance": {
 for name, (pkg, cls, kw) in CFGS.items():
     mod = adamp if pkg == "adamp" else to
     C = getattr(mod, cls)
-    P = run_parity_problem(lambda ps: C(ps, **kw))
+    P = run_parity_problem(lambda ps, C=C, kw=kw: C(ps, **kw))
     out["configs"][name] = {"package": pkg, "class": cls, "kwargs": kw,
                             "params": {k: v.flatten().tolist() for k, v in P.items()}}
 json.dump(out, open(sys.argv[1], "w"), indent=0)

@@ -257,8 +257,9 @@ class ICMGaussian(nn.Module):
     r"""Gaussian de Finetti (ICM) mixture model of grouped bivariate data, one per hypothesis.
 
     For the hypothesis ``cause -> effect`` each group draws independent latent means
-    :math:`\theta \sim \mathcal N(\mu_c, \tau_c^2)` and :math:`\psi \sim \mathcal N(\mu_e, \tau_e^2)`;
-    samples are :math:`c_n = \theta + \sigma_c\epsilon`, :math:`e_n = b\,c_n + \psi + \sigma_e\epsilon'`.
+    :math:`\theta \sim \mathcal N(\mu_c, \tau_c^2)` and
+    :math:`\psi \sim \mathcal N(\mu_e, \tau_e^2)`; samples are
+    :math:`c_n = \theta + \sigma_c\epsilon`, :math:`e_n = b\,c_n + \psi + \sigma_e\epsilon'`.
     This is the causal de Finetti representation
     :math:`\iint\prod_n p(e_n|c_n,\psi)p(c_n|\theta)d\mu(\theta)d\nu(\psi)` with Gaussian mixing
     measures. Integrating the latents gives a Gaussian over the group's ``2 x n`` values whose

@@ -13,10 +13,11 @@ Mechanism. Cells ``x`` (genes, min-max scaled) come with a one-hot batch design 
   Dense(latent, SELU); a *tied* decoder (transposed encoder kernels, own zero biases, SELU, linear
   output); an adversary MLP (hidden = encoder widths, ReLU) predicts the batch from the
   concatenated activations of *all* encoder layers. The adversary minimises
-  :math:`\mathrm{CE}(Z)`; the autoencoder minimises
-  :math:`\lambda_{rec}\mathrm{MSE} - \lambda_{gen}\mathrm{CE}_{adv} + \lambda_{cls}\mathrm{CE}(y|z_{FE})`.
+  :math:`\mathrm{CE}(Z)`; the autoencoder minimises :math:`\lambda_{rec}\mathrm{MSE} -
+  \lambda_{gen}\mathrm{CE}_{adv} + \lambda_{cls}\mathrm{CE}(y|z_{FE})`.
   So :math:`z_{FE}` is batch-invariant.
-* **Random effects (RE, "AE_RE")**: encoder blocks Dense -> RE block -> SELU, then Dense(latent, SELU);
+* **Random effects (RE, "AE_RE")**: encoder blocks Dense -> RE block -> SELU, then
+  Dense(latent, SELU);
   decoder (not tied) blocks Dense -> RE block -> SELU, last block linear. The RE block is
   :math:`\mathrm{BN}(h)\odot(1 + Z W_\gamma) + Z W_\beta` with variational weights
   :math:`W \sim \mathcal N(\mu, (10^{-5}+\operatorname{softplus}\rho)^2)`, prior
@@ -226,7 +227,7 @@ class _FixedEffectsAE(nn.Module):
 
 
 class _RandomEffectsAE(nn.Module):
-    """scMEDAL-RE: Dense -> RE -> SELU blocks, untied decoder, batch-predicting latent classifier."""
+    """scMEDAL-RE: Dense -> RE -> SELU blocks, untied decoder, a batch classifier on the latent."""
 
     def __init__(
         self,

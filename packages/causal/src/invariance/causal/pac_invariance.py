@@ -25,8 +25,9 @@ enough, uniformly over representations. We provide:
   stacked least-squares head, accepting :math:`\max_e\|r_e\|\le\varepsilon`, returning the accepted
   subset with the lowest pooled MSE (and every accepted subset, for the uniform certificate);
 * :class:`InvariantLinear` + :func:`fit_invariant_linear`: an IRM-style learner with unit-norm rows
-  of :math:`\Phi` (the residual is bilinear, so the norm constraint prevents scale collapse), trained
-  on pooled MSE :math:`+\lambda\sum_e\|\hat r_e\|^2` (or :math:`\lambda\max_e\|\hat r_e\|^2`);
+  of :math:`\Phi` (the residual is bilinear, so the norm constraint prevents scale collapse),
+  trained on pooled MSE :math:`+\lambda\sum_e\|\hat r_e\|^2`
+  (or :math:`\lambda\max_e\|\hat r_e\|^2`);
 * :func:`certify_invariance`: the violation rate :math:`P_\theta(\|r_\theta\| > 2\varepsilon)` on
   fresh interventions (population or ``n``-sample residuals), for one representation or the worst
   of a family of accepted ones.
@@ -186,7 +187,8 @@ def sample_residual(x: Tensor, y: Tensor, phi: Tensor, w: Tensor) -> Tensor:
 
 
 def population_mse(cov: Tensor, phi: Tensor, w: Tensor) -> Tensor:
-    r"""Per-environment MSE :math:`\Sigma_{yy} - 2 w^\top\Phi\Sigma_{xy} + w^\top\Phi\Sigma_{xx}\Phi^\top w`: ``(E,)``."""
+    r"""Per-environment MSE, shape ``(E,)``:
+    :math:`\Sigma_{yy} - 2 w^\top\Phi\Sigma_{xy} + w^\top\Phi\Sigma_{xx}\Phi^\top w`."""
     cov = _check_cov(cov)
     d = cov.shape[-1] - 1
     phi = _as_phi(phi, d, cov.dtype)
@@ -320,7 +322,8 @@ class InvariantLinear(nn.Module):
         return (x @ self.phi.T) @ self.w
 
     def residual(self, x: Tensor, y: Tensor) -> Tensor:
-        """Sample invariance residual per environment: ``x (E, n, d)``, ``y (E, n)`` -> ``(E, r)``."""
+        """Sample invariance residual per environment: ``x (E, n, d)``, ``y (E, n)`` ->
+        ``(E, r)``."""
         return sample_residual(x, y, self.phi, self.w)
 
     def extra_repr(self) -> str:
@@ -330,7 +333,8 @@ class InvariantLinear(nn.Module):
 def irm_linear_loss(
     model: InvariantLinear, x: Tensor, y: Tensor, *, lam: float = 10.0, penalty: str = "sum"
 ) -> dict[str, Tensor]:
-    r"""Pooled MSE + :math:`\lambda\cdot` invariance penalty; returns ``mse``, ``penalty``, ``loss``.
+    r"""Pooled MSE + :math:`\lambda\cdot` invariance penalty; returns ``mse``, ``penalty``,
+    ``loss``.
 
     ``penalty="sum"``: :math:`\sum_e\|\hat r_e\|^2` (IRMv1 for linear models);
     ``penalty="max"``: :math:`\max_e\|\hat r_e\|^2`. Shapes: ``x (E, n, d)``, ``y (E, n)``.
@@ -462,7 +466,8 @@ def certify_invariance(
     n_samples: int | None = None,
     seed: int = 0,
 ) -> dict[str, float | Tensor]:
-    r"""Violation rate of :math:`\|r_\theta(\Phi, w)\| > 2\varepsilon` on fresh :math:`\theta\sim P`.
+    r"""Violation rate of :math:`\|r_\theta(\Phi, w)\| > 2\varepsilon` on fresh
+    :math:`\theta\sim P`.
 
     ``phi`` is a representation ``(r, d)`` or a feature subset, with head ``w``; or ``phi`` is a
     list of ``(subset_or_phi, w)`` pairs (then ``w`` must be None) and the *uniform* certificate is
@@ -622,7 +627,7 @@ class Intervention(_G.Group):
 
 
 def optimal_head(sem: LinearSEM, subset: list[int]):
-    """``theta -> argmin_w MSE_theta(X_S w, Y)``: the population-optimal head on a feature subset."""
+    """``theta -> argmin_w MSE_theta(X_S w, Y)``: the population-optimal head on a subset."""
     idx = torch.tensor(subset, dtype=torch.long)
 
     def fn(theta: Tensor) -> Tensor:

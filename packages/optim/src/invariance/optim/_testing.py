@@ -1,4 +1,4 @@
-"""Seeded problems shared by the optim tests, the golden-value recorder and the benches (private)."""
+"""Seeded problems shared by the optim tests, the golden recorder and the benches (private)."""
 
 from __future__ import annotations
 

@@ -2,17 +2,17 @@ r"""AdamP and SGDP: momentum optimizers that do not inflate scale-invariant weig
 
 Paper: Heo, Chun, Oh, Han, Yun, Uh, Ha, *AdamP: Slowing Down the Slowdown for Momentum Optimizers on
 Scale-invariant Weights*, ICLR 2021, arXiv:2006.08217.
-Official code: https://github.com/clovaai/AdamP (``adamp/adamp.py``, ``adamp/sgdp.py``), MIT licence,
-Copyright (c) 2020-present NAVER Corp. The algorithm below follows that code; the implementation
-(multi-tensor layout, branch-free projection) is our own.
+Official code: https://github.com/clovaai/AdamP (``adamp/adamp.py``, ``adamp/sgdp.py``), MIT
+licence, Copyright (c) 2020-present NAVER Corp. The algorithm below follows that code; the
+implementation (multi-tensor layout, branch-free projection) is our own.
 
 Mechanism. A weight :math:`w` is scale-invariant when :math:`L(c w) = L(w)` for all :math:`c>0` (a
 conv/linear weight feeding a BatchNorm/LayerNorm). Its gradient is then orthogonal to :math:`w`, yet
 momentum adds a radial part to the *update*, so :math:`\|w\|` grows and the effective step
 :math:`\eta/\|w\|^2` decays too early. AdamP/SGDP compute the usual Adam/SGD update ``perturb`` and,
 for every parameter with ``ndim > 1``, test whether it looks scale-invariant with the cosine between
-the **raw gradient** and the weight, first per output channel (view ``(out, -1)``), then for the whole
-layer (view ``(1, -1)``):
+the **raw gradient** and the weight, first per output channel (view ``(out, -1)``), then for the
+whole layer (view ``(1, -1)``):
 
 .. math::
     \max_{\text{rows}} |\cos(g_r, w_r)| < \delta / \sqrt{\text{row length}}.
@@ -35,7 +35,8 @@ Tested properties (``packages/optim/tests/test_adamp.py``):
   that trigger the channel view, the layer view and no projection, Nesterov on and off, for the
   foreach/for-loop and branching/branch-free paths (``test_adamp_parity_golden``,
   ``test_adamp_parity_live``, ``test_adamp_parity_problem_triggers_every_view``); the official
-  in-place buffer projection differs from timm's (``test_sgdp_project_buffer_matches_official_not_timm``);
+  in-place buffer projection differs from timm's
+  (``test_sgdp_project_buffer_matches_official_not_timm``);
 - a projected update is tangent: ``||w+Δ||² − ||w||² = ||Δ||²`` (``test_adamp_tangent_update``);
 - 1-D parameters step exactly like ``torch.optim.AdamW(foreach=True)``
   (``test_adamp_1d_matches_adamw_exactly``);
@@ -220,7 +221,8 @@ class AdamP(_ProjectedBase):
         params (iterable): parameters or parameter groups.
         lr (float, optional): learning rate (default: ``1e-3``).
         betas (tuple[float, float], optional): moment coefficients (default: ``(0.9, 0.999)``).
-        eps (float, optional): epsilon of the denominator, the cosine and the norm (default: ``1e-8``).
+        eps (float, optional): epsilon of the denominator, the cosine and the norm
+            (default: ``1e-8``).
         weight_decay (float, optional): decoupled weight decay (default: ``0``).
         delta (float, optional): cosine threshold constant, divided by sqrt(view length)
             (default: ``0.1``).

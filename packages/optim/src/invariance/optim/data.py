@@ -1,4 +1,4 @@
-"""Offline data for the optim recipes: sklearn's bundled digits and procedural tasks with ground truth.
+"""Offline data for the optim recipes: sklearn's bundled digits, procedural tasks with ground truth.
 
 * :func:`digits_split`: the 1,797 8x8 digits shipped inside scikit-learn (no download).
 * :func:`make_extreme_classification`: a random linear teacher over ``D`` classes with Zipf priors;

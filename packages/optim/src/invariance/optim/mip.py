@@ -13,11 +13,11 @@ the input magnitude, which destabilises training. MIP removes this proportionali
 
 1. an input encoding of constant norm, :math:`E(\gamma) = [\cos(\pi\gamma/2), \sin(\pi\gamma/2)]`,
    :math:`\|E(\gamma)\| = \sqrt k`;
-2. a residual output, :math:`\theta = \theta_0 + \Delta\theta(E(\gamma))`, where :math:`\theta_0` is a
-   learnable set of primary parameters initialised like an ordinary network (Kaiming weights, zero
-   biases) and held as the bias of the final layer;
-3. a per-tensor initialisation of the final layer (each predicted tensor's block gets its own Kaiming
-   fan-out init; blocks predicting biases start at zero).
+2. a residual output, :math:`\theta = \theta_0 + \Delta\theta(E(\gamma))`, where
+   :math:`\theta_0` is a learnable set of primary parameters initialised like an ordinary network
+   (Kaiming weights, zero biases) and held as the bias of the final layer;
+3. a per-tensor initialisation of the final layer (each predicted tensor's block gets its own
+   Kaiming fan-out init; blocks predicting biases start at zero).
 
 The baseline (``mip=False``) is the plain hypernetwork: raw :math:`\gamma`, Kaiming-normal
 (fan-in) init with zero biases everywhere, the output read directly as :math:`\theta`; it is

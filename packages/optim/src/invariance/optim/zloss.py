@@ -21,9 +21,10 @@ z-normalises the target score and applies a scaled softplus:
 
 :math:`L` depends on :math:`o` only through :math:`(q=\sum o_k^2,\ s=\sum o_k,\ o_c)`: it is a
 *spherical* loss, like the squared error and the Taylor softmax. It is invariant to
-:math:`o\mapsto\alpha o+\beta\mathbf 1` (:math:`\alpha>0`), its gradient sums to zero and is orthogonal
-to :math:`o`. For :math:`o = Wh` (:math:`W\in\mathbb R^{D\times d}`) a plain SGD step on a spherical
-loss is :math:`W \leftarrow W(I - 2\eta\sum_i \ell_{q,i} h_i h_i^\top) - \eta\mathbf 1 a^\top -\eta Y`
+:math:`o\mapsto\alpha o+\beta\mathbf 1` (:math:`\alpha>0`), its gradient sums to zero and is
+orthogonal to :math:`o`. For :math:`o = Wh` (:math:`W\in\mathbb R^{D\times d}`) a plain SGD step on
+a spherical loss is
+:math:`W \leftarrow W(I - 2\eta\sum_i \ell_{q,i} h_i h_i^\top) - \eta\mathbf 1 a^\top -\eta Y`
 (dense rank-:math:`m` multiplicative part, all-ones part, :math:`m` sparse target rows).
 :class:`FactoredSphericalOutput` keeps :math:`W = VU + \mathbf 1\omega^\top` with
 :math:`Q=W^\top W`, :math:`\bar w=W^\top\mathbf 1` and :math:`U^{-1}`, and applies that step by
@@ -33,7 +34,8 @@ low-rank updates (Woodbury for :math:`U^{-1}`, or a direct d x d solve when the 
 Tested properties (``packages/optim/tests/test_zloss.py``):
 - shift and scale invariance of ``z_loss`` under random positive affine maps of the logits, with
   cross-entropy as the negative control (``test_zloss_shift_scale_invariant``);
-- gradient sums to zero and is orthogonal to the logits (``test_zloss_gradient_sum_and_orthogonal``);
+- gradient sums to zero and is orthogonal to the logits
+  (``test_zloss_gradient_sum_and_orthogonal``);
   ``gradcheck`` (``test_zloss_gradcheck``);
 - the factored layer's q, s from (Q, w̄) equal the dense values, and its trajectory equals dense SGD
   on W over 20 steps in float64 to 1e-8 relative, for batches m < d (Woodbury update of
@@ -182,7 +184,7 @@ def spherical_mse_loss(logits: Tensor, target: Tensor, *, reduction: str = "mean
 
 
 def taylor_softmax_loss(logits: Tensor, target: Tensor, *, reduction: str = "mean") -> Tensor:
-    """Negative log of the second-order Taylor softmax ``t(o_c) / sum_k t(o_k)``, ``t = 1+o+o²/2``."""
+    """Negative log of the 2nd-order Taylor softmax ``t(o_c) / sum_k t(o_k)``, ``t = 1+o+o²/2``."""
     _check_logits_target(logits, target)
     t = 1 + logits + 0.5 * logits.square()
     tc = t.gather(1, target.long().unsqueeze(1)).squeeze(1)
@@ -362,7 +364,7 @@ class FactoredSphericalOutput(nn.Module):
 
     # ---------------------------------------------------------------------------- forward
     def stats(self, h: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """``(q, s, o_c)`` of ``o = W h`` for each row of ``h``, each shape ``(m,)``, ``O(m d^2)``."""
+        """``(q, s, o_c)`` of ``o = W h`` per row of ``h``, each shape ``(m,)``, ``O(m d^2)``."""
         hs = h.to(self.U.dtype)
         q = ((hs @ self.Q) * hs).sum(-1)
         s = hs @ self.w_bar

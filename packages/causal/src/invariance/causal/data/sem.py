@@ -11,8 +11,8 @@ their incoming ``Y -> site`` weight and their noise scale replaced by an interve
 mechanism is never intervened on, so the regression of ``Y`` on its parents (and on any set of
 non-descendants of ``Y``) is exactly invariant, while any set containing a site is not.
 
-The population covariance of one environment is
-:math:`\Sigma_\theta = (I - B_\theta)^{-1} \operatorname{diag}(\sigma_\theta^2) (I - B_\theta)^{-\top}`.
+The population covariance of one environment is :math:`\Sigma_\theta =
+(I - B_\theta)^{-1} \operatorname{diag}(\sigma_\theta^2) (I - B_\theta)^{-\top}`.
 Covariances are returned with the features first and ``Y`` last (shape ``(d + 1, d + 1)``).
 """
 
@@ -37,7 +37,7 @@ def _gen(seed: int | None, generator: torch.Generator | None) -> torch.Generator
 
 @dataclass
 class LinearSEM:
-    r"""A random linear SEM over ``d`` features and a target ``Y`` with interventions on Y's children.
+    r"""A random linear SEM over ``d`` features and a target ``Y``, intervening on Y's children.
 
     Construction (seeded): nodes are ordered topologically, ``Y`` sits at position ``d // 2``;
     every earlier pair ``j -> i`` is an edge with probability ``expected_degree / d`` and weight
@@ -56,7 +56,7 @@ class LinearSEM:
         dtype (torch.dtype): dtype of every tensor (default: ``torch.float64``).
 
     Attributes:
-        B (Tensor): ``(d + 1, d + 1)`` weights in node order, ``B[i, j]`` is the weight of ``j -> i``.
+        B (Tensor): ``(d + 1, d + 1)`` weights in node order; ``B[i, j]`` weighs ``j -> i``.
         sigma (Tensor): ``(d + 1,)`` noise scales in node order.
         y_node (int): node index of ``Y``; ``feature_nodes`` the node index of each feature.
         parents (list[int]): feature indices (``0..d-1``) of ``Y``'s parents.
@@ -188,7 +188,8 @@ class LinearSEM:
 
 
 def empirical_covariance(x: Tensor, y: Tensor) -> Tensor:
-    """Per-environment second moments of ``(x, y)``: ``x (E, n, d)``, ``y (E, n)`` -> ``(E, d+1, d+1)``.
+    """Per-environment second moments of ``(x, y)``: ``x (E, n, d)``, ``y (E, n)`` ->
+    ``(E, d+1, d+1)``.
 
     Uncentred (the SEM is zero-mean); ``Y`` is the last coordinate.
     """
