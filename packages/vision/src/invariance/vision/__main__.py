@@ -2,4 +2,4 @@
 
 from invariance.vision.cli import main
 
-main()
+raise SystemExit(main())
