@@ -73,6 +73,26 @@ def test_mol_motif_labels_and_rationale():
     assert abs(sum(ring) / len(ring) - 0.8) < 0.03
 
 
+@with_package("rdkit")
+def test_mol_motif_tag_shortcut_biased_in_train_broken_in_test():
+    """The tag shortcut agrees with the label at rate ``bias`` in train and ~chance on test; it
+    sits on non-rationale atoms only, and leaves the molecules, features and masks unchanged."""
+    tr = make_mol_motif(split="train", seed=0, bias=0.9, tag_shortcut=True)
+    te = make_mol_motif(split="test", seed=0, bias=0.9, tag_shortcut=True)
+    plain = make_mol_motif(split="train", seed=0, bias=0.9)
+    assert len(tr) == len(plain) > 300 and len(te) > 300
+    for g, p in zip(tr[:50], plain[:50]):
+        assert g.smiles == p.smiles and torch.equal(g.node_mask, p.node_mask)
+        assert g.x.shape == (p.num_nodes, 14) and torch.equal(g.x[:, :12], p.x)
+        env = ~g.node_mask
+        assert (g.x[env, 12 + int(g.tag)] == 1).all() and (g.x[env, 13 - int(g.tag)] == 0).all()
+    agree_tr = sum(int(g.tag) == int(g.y) for g in tr) / len(tr)
+    agree_te = sum(int(g.tag) == int(g.y) for g in te) / len(te)
+    # 3 binomial standard deviations
+    assert abs(agree_tr - 0.9) < 3 * (0.09 / len(tr)) ** 0.5, agree_tr
+    assert abs(agree_te - 0.5) < 3 * (0.25 / len(te)) ** 0.5, agree_te
+
+
 def test_drosophila_connectome_from_graspologic_wheel():
     """Real mixed-homophily graph read from the graspologic wheel's data files (optional
     dependency): counts and homophily as recorded in the spec (§0), homophily-biased split."""

@@ -1,4 +1,5 @@
 import copy
+import json
 
 import pytest
 import torch
@@ -287,3 +288,139 @@ def test_igt_hard_reencode_options_validated():
         IGT(4, 3, mask="sharp")
     with pytest.raises(ValueError, match="reencode"):
         IGT(4, 3, variant="virtual", reencode=True)
+
+
+def test_reproduce_grid_cache_reuses_cells_and_misses_on_config_change(tmp_path, monkeypatch):
+    """The shared reproduce grid: a cached cell is reused (no training), the result is the same,
+    and a change in the training config (lr) or in the data (bias) misses the cache."""
+    import invariance.graph.igt as igt_mod
+
+    calls = []
+    real = igt_mod.run_grid_cell
+
+    def counting(kind, cfg, seed):
+        calls.append((kind, cfg.dataset, cfg.bias, seed, cfg.lr))
+        return real(kind, cfg, seed)
+
+    monkeypatch.setattr(igt_mod, "run_grid_cell", counting)
+    cfg = igt_mod.IGTConfig(n_train=8, n_test=6, hidden=8, epochs=1, seeds=2, batch_size=4)
+    kinds, cache = ["erm", "grea"], tmp_path / "cache"
+    first = igt_mod.run_graph_reproduce(kinds, cfg, [0.9], ["spmotif"], cache_dir=cache)
+    assert len(calls) == 4 and len(list(cache.glob("*.json"))) == 4
+    seen = []
+    again = igt_mod.run_graph_reproduce(kinds, cfg, [0.9], ["spmotif"], cache_dir=cache,
+                                        progress=lambda cell, cached: seen.append(cached))
+    assert len(calls) == 4 and seen == [True] * 4  # every cell reused
+    assert json.dumps(again, sort_keys=True) == json.dumps(first, sort_keys=True)  # NaN-safe
+    assert set(first) == {"spmotif/b=0.9/erm", "spmotif/b=0.9/grea"}
+    assert len(first["spmotif/b=0.9/grea"]["ood_acc_per_seed"]) == 2
+    # a config that affects training misses; one that does not (steps) still hits
+    igt_mod.run_graph_reproduce(kinds, igt_mod.IGTConfig(**{**cfg.__dict__, "steps": 7}), [0.9],
+                                ["spmotif"], cache_dir=cache)
+    assert len(calls) == 4
+    igt_mod.run_graph_reproduce(["erm"], igt_mod.IGTConfig(**{**cfg.__dict__, "lr": 1e-2}),
+                                [0.9], ["spmotif"], cache_dir=cache)
+    assert len(calls) == 6 and {c[4] for c in calls[4:]} == {1e-2}
+    igt_mod.run_graph_reproduce(["erm"], cfg, [0.7], ["spmotif"], cache_dir=cache)
+    assert len(calls) == 8 and len(list(cache.glob("*.json"))) == 8
+    # without a cache directory every call trains
+    igt_mod.run_graph_reproduce(["erm"], cfg, [0.9], ["spmotif"], cache_dir=None)
+    assert len(calls) == 10
+
+
+def test_reproduce_recipes_share_the_grid_cache(tmp_path, monkeypatch):
+    """`reproduce igt` then `reproduce grea` with run dirs under one root: the second trains
+    nothing (the cache sits in <root>/grid-cache), and both write the grid table."""
+    import invariance.graph.igt as igt_mod
+    from invariance.core.io import make_run_dir
+
+    calls = []
+    monkeypatch.setattr(igt_mod, "run_grid_cell", lambda kind, cfg, seed: calls.append(kind) or {
+        "kind": kind, "dataset": cfg.dataset, "bias": cfg.bias, "seed": seed, "ood_acc": 0.5,
+        "rationale_auc": float("nan") if kind == "erm" else 0.6, "train_seconds": 1.0,
+        "n_train": 1, "n_test": 1})
+    cfg = igt_mod.IGTConfig(seeds=3)
+    r1 = igt_mod.IGTRecipe().reproduce(cfg, make_run_dir("graph", "igt", tmp_path / "a"),
+                                       quick=False)
+    assert len(calls) == 5 * 4 * 3  # 5 kinds x (3 biases + Mol-Motif) x 3 seeds
+    r2 = igt_mod.GREARecipe().reproduce(cfg, make_run_dir("graph", "grea", tmp_path / "b"),
+                                        quick=False)
+    assert len(calls) == 60
+    assert json.dumps(r2.details, sort_keys=True) == json.dumps(r1.details, sort_keys=True)
+    assert (tmp_path / "grid-cache").is_dir() and (tmp_path / "b" / "grid.md").exists()
+    assert "0.60 ± 0.00" in (tmp_path / "b" / "grid.md").read_text()
+    off = igt_mod.IGTConfig(seeds=1, cache=False)
+    igt_mod.IGTVNRecipe().reproduce(off, make_run_dir("graph", "vn", tmp_path / "c"), quick=True)
+    assert len(calls) == 65
+
+
+def test_adv_lr_sets_the_adversary_step_not_adv_scale():
+    """Adam divides out a constant gradient scale, so ``adv_scale`` alone does not slow the
+    adversary; ``adv_lr`` does: with ``adv_lr=0`` the intervener stays put while the other
+    players move; with the default it moves, by the same amount for adv_scale 0.1 and 0.9."""
+    from invariance.graph.igt import train_graph_model
+
+    tr = make_spurious_motif(16, bias=0.9, split="train", seed=0)
+
+    def moved(adv_lr=None, adv_scale=0.3):
+        torch.manual_seed(0)
+        m = IGT(4, 3, hidden=8, num_layers=1, adv_scale=adv_scale, adv_clip=0.0)
+        before = copy.deepcopy(m.state_dict())
+        train_graph_model(m, tr, epochs=1, batch_size=8, seed=0, schedule="alternate",
+                          adv_every=1, adv_lr=adv_lr, clip=0.0)
+        after = m.state_dict()
+        return {grp: max(float((after[k] - before[k]).abs().max()) for k in before
+                         if k.startswith(grp)) for grp in ("intervener.", "separator.")}
+
+    frozen, default = moved(adv_lr=0.0), moved()
+    assert frozen["intervener."] == 0.0 and frozen["separator."] > 0
+    assert default["intervener."] > 1e-4
+    small, large = moved(adv_scale=0.1), moved(adv_scale=0.9)
+    assert abs(small["intervener."] - large["intervener."]) < 1e-6  # Adam: scale-free
+    with pytest.raises(ValueError, match="adv_lr"):
+        train_graph_model(IGT(4, 3, hidden=8), tr, epochs=1, schedule="joint", adv_lr=1e-4)
+
+
+def test_train_runs_the_alternating_schedule_of_reproduce():
+    # `invariance-graph train grea|igt` takes GREA's alternating phases (idle player frozen) and
+    # the slow adversary of `reproduce`; `schedule="joint"` (negative control) moves everything
+    from invariance.core import NamedOptimizers, make_config
+    from invariance.core.registry import get_method
+
+    rec = get_method("grea").recipe()
+    cfg = make_config(rec, steps=2, batch_size=32)
+    torch.manual_seed(0)
+    model = rec.build(cfg)
+    data = rec.make_data(cfg, "train")
+    batch = rec.collate(data[:32])
+    opts = rec.optimizer(cfg, model)
+    assert isinstance(opts, NamedOptimizers) and sorted(opts) == ["predictor", "separator"]
+    groups = model.param_groups()
+    snap = {k: [p.detach().clone() for p in ps] for k, ps in groups.items()}
+
+    def moved(k):
+        return any(not torch.equal(a, p) for a, p in zip(snap[k], groups[k]))
+
+    rec.train_step(model, batch, opts, 0)  # epoch 0: separator phase
+    assert moved("separator") and not moved("predictor")
+    assert all(p.requires_grad for p in model.parameters())  # unfrozen afterwards
+    snap = {k: [p.detach().clone() for p in ps] for k, ps in groups.items()}
+    rec.train_step(model, batch, opts, rec._per_epoch)  # epoch 1: predictor phase
+    assert moved("predictor") and not moved("separator")
+    # joint: one optimiser, both players move in one step
+    cj = make_config(rec, steps=2, batch_size=32, schedule="joint")
+    mj = rec.build(cj)
+    gj = mj.param_groups()
+    snap = {k: [p.detach().clone() for p in ps] for k, ps in gj.items()}
+    rec.train_step(mj, batch, rec.optimizer(cj, mj), 0)
+    assert all(any(not torch.equal(a, p) for a, p in zip(snap[k], gj[k])) for k in gj)
+    # IGT: the intervener has its own, slower optimiser
+    ri = get_method("igt").recipe()
+    ci = make_config(ri, steps=2, batch_size=32)
+    mi = ri.build(ci)
+    oi = ri.optimizer(ci, mi)
+    assert sorted(oi) == ["intervener", "predictor", "separator"]
+    assert oi["intervener"].param_groups[0]["lr"] == pytest.approx(ci.lr * ci.adv_lr_scale)
+    assert oi["predictor"].param_groups[0]["lr"] == pytest.approx(ci.lr)
+    with pytest.raises(ValueError, match="schedule must be"):
+        ri.optimizer(make_config(ri, schedule="both"), mi)

@@ -10,7 +10,13 @@ matched atoms (``node_mask``) and the bonds between them (``edge_mask``).
 Distribution shifts [ours, spec §1.3]: a *size shift* (train/val <= ``size_split`` heavy atoms, test
 larger) and a *spurious correlate* in training only: the subset is resampled so that "has a ring"
 agrees with the label with probability ``bias`` (ring membership is an atom feature, so it is an
-easy shortcut); the test split is not resampled.
+easy shortcut); the test split is not resampled. The ring correlate alone separates nothing (every
+model, ERM included, reaches ~1.0 OOD accuracy: the C(=O)O group is easier to detect than
+rings). ``tag_shortcut=True`` [ours] adds the analogue of Spurious-Motif's base colour: two extra
+atom features, a one-hot "tag" ``t`` per molecule on every atom outside the rationale
+(``t = label`` with probability ``bias`` in train/val, uniform on test), uniformly random per atom
+inside the rationale. It is a 0-hop, label-correlated shortcut that the test split breaks; the
+ground-truth masks are still the substructure match.
 
 Atom features (12): one-hot C/N/O/F, one-hot degree 1..4 (0 folded into 1), aromatic, in ring,
 number of hydrogens > 0, formal constant 1. Bond features (4): one-hot
@@ -123,6 +129,7 @@ def make_mol_motif(
     size_split: int = 14,
     smarts: str = DEFAULT_SMARTS,
     max_graphs: int | None = None,
+    tag_shortcut: bool = False,
 ) -> list[Data]:
     r"""Molecules from rdkit's NCI sample labelled by ``smarts`` presence, with a size shift.
 
@@ -135,10 +142,13 @@ def make_mol_motif(
         size_split (int): heavy-atom threshold of the size shift. (default: ``14``)
         smarts (str): the substructure that defines the label. (default: carboxylic acid/ester)
         max_graphs (int, optional): cap on the number of returned graphs (seeded subsample).
+        tag_shortcut (bool): append the 2-d label-correlated tag on non-rationale atoms (P(tag =
+            label) = ``bias`` in train/val, 0.5 on test; random on rationale atoms); the graph
+            also gets ``tag`` (1,). (default: ``False``)
 
     Returns:
-        list of PyG ``Data`` with ``x`` (N, 12), ``edge_attr`` (E, 4), ``y`` (1,), ``node_mask``,
-        ``edge_mask``, ``smiles``.
+        list of PyG ``Data`` with ``x`` (N, 12) (N, 14 with ``tag_shortcut``), ``edge_attr``
+        (E, 4), ``y`` (1,), ``node_mask``, ``edge_mask``, ``smiles``.
     """
     if split not in ("train", "val", "test"):
         raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
@@ -164,9 +174,22 @@ def make_mol_motif(
     if max_graphs is not None and len(chosen) > max_graphs:
         perm = torch.randperm(len(chosen), generator=g).tolist()[:max_graphs]
         chosen = [chosen[i] for i in perm]
+    # the tags draw from their own stream, so tag_shortcut changes no molecule choice
+    gt = torch.Generator().manual_seed(int(seed) * 7919 + {"train": 1, "val": 2, "test": 3}[split])
+    p_agree = 0.5 if split == "test" else bias
     out = []
     for smi, _, label, _, atoms in chosen:
         d = mol_to_data(smi, atoms)
         d.y = torch.tensor([int(label)])
+        if tag_shortcut:
+            agree = bool(torch.rand((), generator=gt) < p_agree)
+            t = int(label) if agree else 1 - int(label)
+            tag = torch.zeros(d.num_nodes, 2)
+            tag[:, t] = 1.0
+            inside = d.node_mask
+            r = torch.randint(0, 2, (int(inside.sum()),), generator=gt)
+            tag[inside] = torch.nn.functional.one_hot(r, 2).float()
+            d.x = torch.cat([d.x, tag], dim=1)
+            d.tag = torch.tensor([t])
         out.append(d)
     return out
