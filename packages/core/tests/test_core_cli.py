@@ -52,3 +52,27 @@ def test_umbrella_usage_errors(capsys):
     assert umbrella_main(["nope"]) == 2
     assert "usage: invariance" in capsys.readouterr().err
     assert umbrella_main(["check", "--domain", "nodomain"]) == 2
+
+
+def test_reproduce_keeps_a_recipe_written_results_json(tmp_path):
+    import json
+    import time
+
+    from invariance.core.cli import _keep_recipe_results, _write_reproduce
+    from invariance.core.io import RunDir
+    from invariance.core.recipe import ReproduceResult
+
+    run = RunDir(tmp_path / "r")
+    started = time.time()
+    run.write_results({"per_seed": [1, 2, 3]})  # what a recipe writes during reproduce
+    _keep_recipe_results(run, started)
+    res = ReproduceResult(task="t", metric="m", method="a", baseline="b", method_value=1.0,
+                          baseline_value=0.0)
+    _write_reproduce(run, [("core", "toy", res)], title="x")
+    assert json.loads((run.path / "recipe_results.json").read_text()) == {"per_seed": [1, 2, 3]}
+    assert json.loads((run.path / "results.json").read_text())[0]["name"] == "toy"
+    # a results.json older than the reproduce run (a previous run's) is left to be overwritten
+    old = RunDir(tmp_path / "old")
+    old.write_results({"stale": True})
+    _keep_recipe_results(old, time.time() + 60)
+    assert not (old.path / "recipe_results.json").exists()

@@ -240,9 +240,11 @@ def _run_method_command(domain: str, prog: str, command: str, method: str, rest:
         (run.path / "config.yaml").write_text(_strip_config_key(parser.dump(ns)))
         seed_everything(cfg.seed)
         t0 = time.perf_counter()
+        started = time.time()
         res = recipe.reproduce(cfg, run, quick=ns.quick)
         if not res.seconds:
             res.seconds = time.perf_counter() - t0
+        _keep_recipe_results(run, started)
         _write_reproduce(run, [(domain, method, res)], title=f"{domain} / {method}")
         _print(ns.quiet, _reproduce_table([(domain, method, res)]))
         _print(ns.quiet, f"report: {run.path / 'REPORT.md'}")
@@ -306,6 +308,14 @@ def _reproduce_table(items: list[tuple]) -> str:
     from invariance.core._table import format_table
 
     return format_table(_reproduce_rows(items), _REPRO_HEAD)
+
+
+def _keep_recipe_results(run: Any, since: float) -> None:
+    """A recipe may write its own ``results.json`` during ``reproduce`` (per-seed tables); move it
+    to ``recipe_results.json`` so the CLI's summary does not overwrite it."""
+    p = Path(run.path) / "results.json"
+    if getattr(run, "enabled", True) and p.exists() and p.stat().st_mtime >= since - 1:
+        p.replace(p.with_name("recipe_results.json"))
 
 
 def _write_reproduce(run: Any, items: list[tuple], *, title: str) -> None:
