@@ -370,7 +370,7 @@ def _rotated(ds: NBodyDataset, seed: int) -> NBodyDataset:
     arxiv="2303.10876",
     code_url="https://github.com/MediaBrain-SJTU/EqMotion",
     symmetry="E(3)-equivariant trajectories, agent-permutation-equivariant, E(3)-invariant relations",  # noqa: E501
-    baseline="constant velocity, non-equivariant MLP and GNN",
+    baseline="constant velocity, non-equivariant MLP and GNN, EGNN",
     tags=("trajectory", "n-body", "equivariant"),
 )
 class EqMotionRecipe(Recipe):
