@@ -146,6 +146,7 @@ def test_train_arms_runs_each_seed_and_arm(tmp_path):
     assert list(res) == ["small", "big"] and all(len(v) == 2 for v in res.values())
     logged = [(m["arm"], m["seed"]) for m in run.read_metrics()]
     assert logged == [("small", 0), ("big", 0), ("small", 1), ("big", 1)]
+    assert all(m["seconds"] > 0 for v in res.values() for m in v)
 
 
 # --------------------------------------------------------------------------- manual optimisation

@@ -413,7 +413,9 @@ def train_arms(
 ) -> dict[str, list[dict]]:
     """The usual reproduce loop: for every seed and arm, train a fresh recipe on ``cfg`` with
     ``seed`` and the arm's field overrides, evaluate it on ``split`` and log ``{"arm", "seed",
-    ...metrics}`` to ``run``. Returns ``{arm: [metrics per seed]}``."""
+    ...metrics, "seconds"}`` to ``run`` as soon as that run ends (a killed reproduce keeps its
+    finished runs). ``seconds`` is the run's training + evaluation wall time. Returns
+    ``{arm: [metrics per seed]}``, each with ``seconds``."""
     import dataclasses
 
     res: dict[str, list[dict]] = {a: [] for a in arms}
@@ -421,8 +423,10 @@ def train_arms(
         for arm, over in arms.items():
             c = dataclasses.replace(cfg, seed=s, **over)
             r = type(recipe)()
+            t0 = time.perf_counter()
             model, _ = fit_recipe(r, c, progress=False)
-            mt = evaluate(r, model, c, split)
+            mt = dict(evaluate(r, model, c, split))
+            mt["seconds"] = round(time.perf_counter() - t0, 3)
             res[arm].append(mt)
             if run is not None:
                 run.log_metrics({"arm": arm, "seed": s, **mt})

@@ -25,23 +25,8 @@ def mean_sd(values: list[float]) -> tuple[float, float]:
 
 def train_arms_timed(recipe: Any, cfg: Any, arms: dict[str, dict[str, Any]], seeds: list[int],
                      run: Any = None, split: str = "test") -> dict[str, list[dict]]:
-    """Like ``invariance.core.train.train_arms`` (seed-major loop, a fresh recipe per run), but
-    each run's metrics also carry ``seconds`` (training + evaluation wall time) and every run is
-    logged to ``run`` as soon as it finishes, so a killed reproduce keeps its finished runs."""
-    import time
+    """``invariance.core.train.train_arms``: seed-major loop, a fresh recipe per run, each run's
+    metrics with ``seconds`` and logged to ``run`` as soon as it ends."""
+    from invariance.core.train import train_arms
 
-    from invariance.core.train import evaluate, fit_recipe
-
-    res: dict[str, list[dict]] = {a: [] for a in arms}
-    for s in seeds:
-        for arm, over in arms.items():
-            c = dataclasses.replace(cfg, seed=s, **over)
-            r = type(recipe)()
-            t0 = time.perf_counter()
-            model, _ = fit_recipe(r, c, progress=False)
-            mt = dict(evaluate(r, model, c, split))
-            mt["seconds"] = round(time.perf_counter() - t0, 1)
-            res[arm].append(mt)
-            if run is not None:
-                run.log_metrics({"arm": arm, "seed": s, **mt})
-    return res
+    return train_arms(recipe, cfg, arms, seeds, run=run, split=split)
