@@ -1,8 +1,12 @@
 """Worker script for the root integration tests (not a test module).
 
 usage: python _fit_worker.py OUT_DIR STEPS [--kill-at STEP] [--resume] [--no-dropout]
+                             [--method | --bypass-ddp]
 Trains a small regression model with ``invariance.core.fit`` (under torchrun when launched by it)
 and writes the final weights of every rank to OUT_DIR/weights-rank<R>.safetensors.
+``--method``: the step calls the model's ``loss`` method (``model.loss(batch)``) instead of
+``forward``; ``--bypass-ddp``: the same method called on the unwrapped module (``model.module``),
+i.e. outside DDP's forward (the negative control: gradients are not synchronised).
 """
 
 import os
@@ -18,6 +22,12 @@ from torch.utils.data import TensorDataset
 from invariance.core import RunDir, Runtime, fit
 
 
+class Regressor(nn.Sequential):
+    def loss(self, batch):
+        x, y = batch
+        return {"loss": ((self(x) - y) ** 2).mean()}
+
+
 def main() -> None:
     out, steps = Path(sys.argv[1]), int(sys.argv[2])
     kill_at = int(sys.argv[sys.argv.index("--kill-at") + 1]) if "--kill-at" in sys.argv else None
@@ -27,12 +37,16 @@ def main() -> None:
     x = torch.randn(256, 5, generator=g)
     y = torch.sin(x @ torch.randn(5, 1, generator=g))
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(5, 32), nn.Tanh(), nn.Dropout(0.1), nn.Linear(32, 1))
+    model = Regressor(nn.Linear(5, 32), nn.Tanh(), nn.Dropout(0.1), nn.Linear(32, 1))
     if "--no-dropout" in sys.argv:  # dropout masks differ per rank: the DDP equivalence test
         model[2].p = 0.0
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
 
     def step(m, b):
+        if "--method" in sys.argv:
+            return m.loss(b)
+        if "--bypass-ddp" in sys.argv:
+            return getattr(m, "module", m).loss(b)
         return {"loss": ((m(b[0]) - b[1]) ** 2).mean()}
 
     def killer(event, s, info):

@@ -58,3 +58,39 @@ def test_two_rank_fit_matches_one_rank(tmp_path):
     # rank 0 alone wrote the metrics, one line per log period
     lines = (two / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 4
+
+
+def _two_rank(out, *flags):
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(WORKER),
+            str(out),
+            "10",
+            "--no-dropout",
+            *flags,
+        ],
+        check=True,
+        env=_env(),
+        timeout=300,
+    )
+    return (
+        load_file(str(out / "weights-rank0.safetensors")),
+        load_file(str(out / "weights-rank1.safetensors")),
+    )
+
+
+@pytest.mark.dist
+def test_two_rank_fit_through_a_model_method_synchronises(tmp_path):
+    # recipes train through methods (`model.loss(batch)`): the runtime's DDP runs them as its
+    # forward, so gradients are all-reduced and both ranks stay identical; calling the method on
+    # the unwrapped module (negative control) leaves each rank on its own half of the batch
+    r0, r1 = _two_rank(tmp_path / "method", "--method")
+    for k in r0:
+        assert torch.equal(r0[k], r1[k]), f"ranks disagree on {k}"
+    b0, b1 = _two_rank(tmp_path / "bypass", "--bypass-ddp")
+    assert any(not torch.allclose(b0[k], b1[k], atol=1e-6) for k in b0)

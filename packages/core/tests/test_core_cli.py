@@ -66,8 +66,9 @@ def test_reproduce_keeps_a_recipe_written_results_json(tmp_path):
     started = time.time()
     run.write_results({"per_seed": [1, 2, 3]})  # what a recipe writes during reproduce
     _keep_recipe_results(run, started)
-    res = ReproduceResult(task="t", metric="m", method="a", baseline="b", method_value=1.0,
-                          baseline_value=0.0)
+    res = ReproduceResult(
+        task="t", metric="m", method="a", baseline="b", method_value=1.0, baseline_value=0.0
+    )
     _write_reproduce(run, [("core", "toy", res)], title="x")
     assert json.loads((run.path / "recipe_results.json").read_text()) == {"per_seed": [1, 2, 3]}
     assert json.loads((run.path / "results.json").read_text())[0]["name"] == "toy"

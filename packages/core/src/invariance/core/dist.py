@@ -8,6 +8,7 @@ accelerate or Fabric; nothing here depends on them.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from dataclasses import dataclass
@@ -86,9 +87,7 @@ class Runtime:
         if sync_batchnorm:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         ids = [self.device.index] if self.device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(
-            model, device_ids=ids, find_unused_parameters=find_unused_parameters
-        )
+        return MethodDDP(model, device_ids=ids, find_unused_parameters=find_unused_parameters)
 
     def sampler(
         self, dataset: Dataset, *, shuffle: bool = True, seed: int = 0, drop_last: bool = True
@@ -126,3 +125,46 @@ class Runtime:
         if self.initialized_here and tdist.is_initialized():
             tdist.destroy_process_group()
             self.initialized_here = False
+
+
+class MethodDDP(nn.parallel.DistributedDataParallel):
+    """``DistributedDataParallel`` that also serves the wrapped model's own methods.
+
+    Recipes often train through a method (``model.loss(batch)``) rather than ``forward``. Plain
+    DDP has no such attribute, and calling ``ddp.module.loss`` would bypass DDP's forward, so the
+    gradients would not be synchronised. Here ``ddp.loss(batch)`` runs ``module.loss`` *as* the
+    forward of one DDP call (the method is bound as ``module.forward`` for that call), and any other
+    attribute (a submodule, a buffer, a flag) is read from the wrapped module.
+    """
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            pass
+        module = super().__getattr__("module")
+        attr = getattr(module, name)
+        if not (inspect.ismethod(attr) and attr.__self__ is module) or name == "forward":
+            return attr
+
+        def through_ddp(*args, **kwargs):
+            had = "forward" in module.__dict__
+            saved = module.__dict__.get("forward")
+
+            def restore() -> None:
+                if had:
+                    module.forward = saved
+                else:
+                    module.__dict__.pop("forward", None)
+
+            def once(*a, **k):
+                restore()  # the method may call the module's own forward (self(x)) inside
+                return attr(*a, **k)
+
+            module.forward = once
+            try:
+                return self(*args, **kwargs)
+            finally:
+                restore()
+
+        return through_ddp

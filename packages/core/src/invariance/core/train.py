@@ -386,7 +386,10 @@ def fit_recipe(
         seed=cfg.seed,
         progress=progress,
         callbacks=callbacks,
-        find_unused_parameters=bool(getattr(recipe, "unused_parameters", ())),
+        # manual schedules (alternating players, frozen phases) leave parameters without
+        # gradients on purpose: DDP must then look for unused parameters every step
+        find_unused_parameters=bool(getattr(recipe, "unused_parameters", ()))
+        or _manual_step(recipe) is not None,
         train_step_fn=_manual_step(recipe),
     )
     return res.model, res
