@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-import invariance.vision._common as common
+import invariance.core.train as core_train
 from invariance.core import make_config
 from invariance.vision.bss import BSSRecipe
 from invariance.vision.galaxy import GalaxyNetRecipe
@@ -30,7 +30,7 @@ def test_vision_reproduce_seeds_and_full_preset(monkeypatch, name, cls, quick):
         return {a: [{**_FAKE[name], key: 0.1 + 0.01 * i, "seconds": 1.0}
                     for i, _ in enumerate(seeds)] for a in arms}
 
-    monkeypatch.setattr(common, "train_arms_timed", fake)
+    monkeypatch.setattr(core_train, "train_arms", fake)
     if name == "galaxy":  # the rmse of predicting the training mean needs the data: keep small
         monkeypatch.setitem(cls.presets, "full", {**cls.presets["full"], "n_train": 8,
                                                   "n_test": 8})

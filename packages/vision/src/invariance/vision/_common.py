@@ -22,11 +22,3 @@ def mean_sd(values: list[float]) -> tuple[float, float]:
     m = sum(values) / n
     return m, (sum((v - m) ** 2 for v in values) / max(1, n - 1)) ** 0.5
 
-
-def train_arms_timed(recipe: Any, cfg: Any, arms: dict[str, dict[str, Any]], seeds: list[int],
-                     run: Any = None, split: str = "test") -> dict[str, list[dict]]:
-    """``invariance.core.train.train_arms``: seed-major loop, a fresh recipe per run, each run's
-    metrics with ``seconds`` and logged to ``run`` as soon as it ends."""
-    from invariance.core.train import train_arms
-
-    return train_arms(recipe, cfg, arms, seeds, run=run, split=split)

@@ -360,7 +360,8 @@ class BSSRecipe(Recipe):
         ]
 
     def reproduce(self, cfg: BSSConfig, run, *, quick: bool) -> ReproduceResult:
-        from invariance.vision._common import mean_sd, reproduce_config, train_arms_timed
+        from invariance.core.train import train_arms
+        from invariance.vision._common import mean_sd, reproduce_config
 
         cfg = reproduce_config(self, cfg, quick)
         t0 = time.perf_counter()
@@ -370,7 +371,7 @@ class BSSRecipe(Recipe):
         # the paper's "bss"), whose control is the per-image FA arm
         arms = (("bss", "simclr", "fa_per_image") if quick
                 else ("bss", "simclr", "bw_jitter", "bss_image_jitter", "fa_per_image"))
-        res = train_arms_timed(self, cfg, {a: {"variant": a} for a in arms}, seeds, run=run)
+        res = train_arms(self, cfg, {a: {"variant": a} for a in arms}, seeds, run=run)
         keys = [k for k in res["bss"][0] if k.startswith("acc")]
         stats = {a: {k: mean_sd([m[k] for m in v]) for k in keys} for a, v in res.items()}
         summary = {a: {k: f"{m:.3f} +- {sd:.3f}" for k, (m, sd) in st.items()}

@@ -424,7 +424,8 @@ class GalaxyRecipe(Recipe):
         return out
 
     def reproduce(self, cfg: GalaxyConfig, run, *, quick: bool) -> ReproduceResult:
-        from invariance.vision._common import mean_sd, reproduce_config, train_arms_timed
+        from invariance.core.train import train_arms
+        from invariance.vision._common import mean_sd, reproduce_config
 
         cfg = reproduce_config(self, cfg, quick)
         t0 = time.perf_counter()
@@ -439,7 +440,7 @@ class GalaxyRecipe(Recipe):
             "plain": dict(model="plain", augment=False),
             "plain_rot_aug": dict(model="plain", augment=True),
         }
-        runs = train_arms_timed(self, cfg, arms, seeds, run=run)
+        runs = train_arms(self, cfg, arms, seeds, run=run)
         res = {k: [m["rmse"] for m in v] for k, v in runs.items()}
         sens = {k: [m["d4_std"] for m in v] for k, v in runs.items()}
         secs = {k: [m["seconds"] for m in v] for k, v in runs.items()}

@@ -361,13 +361,14 @@ class SEPCRecipe(Recipe):
         return out
 
     def reproduce(self, cfg: SEPCConfig, run, *, quick: bool) -> ReproduceResult:
-        from invariance.vision._common import mean_sd, reproduce_config, train_arms_timed
+        from invariance.core.train import train_arms
+        from invariance.vision._common import mean_sd, reproduce_config
 
         cfg = reproduce_config(self, cfg, quick)
         t0 = time.perf_counter()
         seeds = [cfg.seed] if quick else [cfg.seed, cfg.seed + 1, cfg.seed + 2]
         arms = ("sepc", "retina")
-        res = train_arms_timed(self, cfg, {a: {"head": a} for a in arms}, seeds, run=run)
+        res = train_arms(self, cfg, {a: {"head": a} for a in arms}, seeds, run=run)
         ap = {a: mean_sd([m["ap"] for m in v]) for a, v in res.items()}
         ap50 = {a: mean_sd([m["ap50"] for m in v]) for a, v in res.items()}
         return ReproduceResult(
