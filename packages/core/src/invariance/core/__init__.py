@@ -14,11 +14,20 @@ Importing this package loads torch, numpy, safetensors and PyYAML only.
 """
 
 from invariance.core import groups, testing
-from invariance.core.bench import register_bench, time_fn
+from invariance.core.bench import compare, register_bench, time_fn
+from invariance.core.cache import ResultCache
 from invariance.core.checkpoint import load_checkpoint, save_checkpoint
 from invariance.core.dist import Runtime
 from invariance.core.io import RunDir, make_run_dir
-from invariance.core.recipe import CheckResult, Recipe, ReproduceResult, TrainConfig, make_config
+from invariance.core.recipe import (
+    VERDICT_RULE,
+    CheckResult,
+    ConfigError,
+    Recipe,
+    ReproduceResult,
+    TrainConfig,
+    make_config,
+)
 from invariance.core.registry import MethodInfo, get_method, list_methods, load_plugins, register
 from invariance.core.seed import make_generator, seed_everything
 from invariance.core.testing import (
@@ -28,7 +37,14 @@ from invariance.core.testing import (
     assert_not_invariant,
     equivariance_error,
 )
-from invariance.core.train import NamedOptimizers, evaluate, fit, fit_recipe
+from invariance.core.train import (
+    NamedOptimizers,
+    build_optimizer,
+    evaluate,
+    fit,
+    fit_recipe,
+    train_arms,
+)
 
 __version__ = "0.1.0"
 
@@ -63,4 +79,10 @@ __all__ = [
     "make_generator",
     "register_bench",
     "time_fn",
+    "compare",
+    "ResultCache",
+    "ConfigError",
+    "VERDICT_RULE",
+    "build_optimizer",
+    "train_arms",
 ]

@@ -5,6 +5,7 @@ feature ``|x|``, with a dropout layer so that exact resume must restore the RNG.
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -23,6 +24,8 @@ class ToyConfig(TrainConfig):
     steps: int = 40
     lr: float = 1e-2
     dropout: float = 0.1
+
+    ranges: ClassVar[dict] = {"dropout": (0.0, 1.0), "n": (8, None), "hidden": (1, None)}
 
 
 class ToyNormRegression(Recipe):
@@ -66,19 +69,23 @@ class ToyNormRegression(Recipe):
     def reproduce(self, cfg, run, *, quick):
         from invariance.core.train import evaluate, fit_recipe
 
-        model, _ = fit_recipe(self, cfg, run=run, progress=False)
-        mse = evaluate(self, model, cfg)["loss"]
-        data = self.make_data(cfg, "test")
-        y = data.tensors[1]
-        base = float(((y - y.mean()) ** 2).mean())
+        seeds = [0, 1, 2]
+        mses, bases = [], []
+        for seed in seeds:
+            c = dataclasses.replace(cfg, seed=seed)
+            model, _ = fit_recipe(self, c, progress=False)
+            mses.append(evaluate(self, model, c)["loss"])
+            y = self.make_data(c, "test").tensors[1]
+            bases.append(float(((y - y.mean()) ** 2).mean()))
         return ReproduceResult(
             "|x| regression",
             "test MSE",
             "toy MLP",
             "predict the mean",
-            mse,
-            base,
+            mses,
+            bases,
             higher_is_better=False,
+            seeds=seeds,
         )
 
 

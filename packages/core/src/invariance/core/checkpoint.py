@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,31 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "latest_checkpoint",
+    "CheckpointError",
 ]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, truncated, corrupt or does not fit the model."""
+
+
+def _read_safetensors(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path), device=device)
+    except FileNotFoundError:
+        raise CheckpointError(f"missing checkpoint file {path}") from None
+    except Exception as e:  # safetensors raises its own error types for truncated files
+        raise CheckpointError(f"corrupt or truncated checkpoint file {path}: {e}") from None
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise CheckpointError(f"missing checkpoint file {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"corrupt or truncated checkpoint file {path}: {e}") from None
 
 
 def flatten_state(obj: Any, tensors: dict[str, torch.Tensor] | None = None, prefix: str = "s"):
@@ -88,10 +113,12 @@ def load_state(path: str | Path) -> Any:
     st, js = path.with_suffix(".safetensors"), path.with_suffix(".json")
     if not st.exists() or not js.exists():
         raise FileNotFoundError(f"no checkpoint at {path} (expected {st.name} and {js.name})")
-    tensors = load_file(str(st))
-    with open(js) as f:
-        skel = json.load(f)
-    return unflatten_state(skel, tensors)
+    tensors = _read_safetensors(st)
+    skel = _read_json(js)
+    try:
+        return unflatten_state(skel, tensors)
+    except (KeyError, ValueError, TypeError) as e:
+        raise CheckpointError(f"corrupt checkpoint file {js}: {e}") from None
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -109,21 +136,35 @@ def save_checkpoint(
     extra: dict | None = None,
 ) -> Path:
     """Write ``model.safetensors`` (weights only, loadable by any safetensors reader) and
-    ``trainer.safetensors/json`` (optimizer, scheduler, step, extra) into ``directory``."""
+    ``trainer.safetensors/json`` (optimizer, scheduler, step, extra) into ``directory``.
+
+    The files are written as a set: into ``<directory>.tmp`` first, then swapped in by renames
+    (the previous set is kept as ``<directory>.old`` until the swap is done), so a process killed
+    at any point leaves either the old or the new complete checkpoint, never a mix of steps."""
     d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
+    tmp = d.with_name(d.name + ".tmp")
+    old = d.with_name(d.name + ".old")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
     model_sd = {
         k: v.detach().to("cpu").contiguous().clone() for k, v in _unwrap(model).state_dict().items()
     }
-    save_file(model_sd, str(d / "model.safetensors.tmp"))
-    os.replace(d / "model.safetensors.tmp", d / "model.safetensors")
+    save_file(model_sd, str(tmp / "model.safetensors"))
     state = {
         "step": int(step),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "extra": extra or {},
     }
-    save_state(d / "trainer", state)
+    save_state(tmp / "trainer", state)
+    if d.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(d, old)
+    os.replace(tmp, d)
+    if old.exists():
+        shutil.rmtree(old)
     return d
 
 
@@ -139,20 +180,35 @@ def load_checkpoint(
     d = Path(directory)
     if not (d / "model.safetensors").exists():
         raise FileNotFoundError(f"no model.safetensors in {d}")
-    sd = load_file(str(d / "model.safetensors"), device=str(map_location))
-    _unwrap(model).load_state_dict(sd)
+    sd = _read_safetensors(d / "model.safetensors", device=str(map_location))
+    try:
+        _unwrap(model).load_state_dict(sd)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        raise CheckpointError(
+            f"{d / 'model.safetensors'} does not fit this model (was it trained with another "
+            f"config?): {' '.join(first[:3])[:400]}"
+        ) from None
     out: dict = {"step": 0, "extra": {}}
     if (d / "trainer.json").exists():
         state = load_state(d / "trainer")
-        if optimizer is not None and state["optimizer"] is not None:
-            optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None and state["scheduler"] is not None:
-            scheduler.load_state_dict(state["scheduler"])
+        try:
+            if optimizer is not None and state["optimizer"] is not None:
+                optimizer.load_state_dict(state["optimizer"])
+            if scheduler is not None and state["scheduler"] is not None:
+                scheduler.load_state_dict(state["scheduler"])
+        except (ValueError, KeyError, RuntimeError) as e:
+            raise CheckpointError(
+                f"{d / 'trainer.json'}: optimizer/scheduler state does not fit this run: {e}"
+            ) from None
         out = {"step": state["step"], "extra": state["extra"]}
     return out
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
     """The checkpoint directory of a run (``<run>/checkpoint``), if one is complete."""
-    d = Path(run_dir) / "checkpoint"
-    return d if (d / "model.safetensors").exists() and (d / "trainer.json").exists() else None
+    base = Path(run_dir)
+    for d in (base / "checkpoint", base / "checkpoint.old"):
+        if (d / "model.safetensors").exists() and (d / "trainer.json").exists():
+            return d
+    return None

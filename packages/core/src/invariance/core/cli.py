@@ -56,6 +56,15 @@ def _usage(prog: str) -> str:
     )
 
 
+def _option_value(argv: list[str], name: str) -> str | None:
+    for i, a in enumerate(argv):
+        if a == name and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith(name + "="):
+            return a.split("=", 1)[1]
+    return None
+
+
 def _presize(argv: list[str]) -> str:
     for i, a in enumerate(argv):
         if a == "--size" and i + 1 < len(argv):
@@ -65,7 +74,7 @@ def _presize(argv: list[str]) -> str:
     return "tiny"
 
 
-def _method_parser(prog: str, command: str, info: Any, size: str):
+def _method_parser(prog: str, command: str, info: Any, size: str, base_cfg: dict | None = None):
     from jsonargparse import ActionConfigFile, ArgumentParser
 
     recipe_cls = info.recipe
@@ -80,6 +89,11 @@ def _method_parser(prog: str, command: str, info: Any, size: str):
     p.add_argument("--size", type=str, default="tiny", help=f"preset: {', '.join(sizes)}")
     p.add_class_arguments(recipe_cls.Config, "cfg")
     p.set_defaults({f"cfg.{k}": v for k, v in presets.get(size, {}).items()})
+    if base_cfg:
+        p.set_defaults({f"cfg.{k}": v for k, v in base_cfg.items()})
+    p.add_argument(
+        "--method", type=str, default=info.name, help="the method a saved config belongs to"
+    )
     p.add_argument("--seed", type=int | None, default=None, help="overrides cfg.seed")
     p.add_argument("--device", type=str, default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--out", type=str | None, default=None, help="run directory")
@@ -126,11 +140,98 @@ def _load_ckpt_model(recipe: Any, cfg: Any, ckpt: str | None):
     return model
 
 
+def _run_config(ckpt: str | None) -> tuple[dict | None, str | None]:
+    """``(cfg dict, method)`` saved in a run directory's ``config.yaml`` (``None`` when absent)."""
+    import yaml
+
+    if not ckpt:
+        return None, None
+    path = Path(ckpt)
+    run = path.parent if path.name == "checkpoint" else path
+    cfg_file = run / "config.yaml"
+    if not cfg_file.exists():
+        return None, None
+    try:
+        saved = yaml.safe_load(cfg_file.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UsageError(f"{cfg_file}: not a readable config ({e})") from None
+    cfg = saved.get("cfg")
+    return (dict(cfg) if isinstance(cfg, dict) else None), saved.get("method")
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    if device == "auto":
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UsageError(
+            f"--device {device!r} is not a device; use auto, cpu or cuda[:N]"
+        ) from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {device}: CUDA is not available on this machine")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UsageError(
+                f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here"
+            )
+    elif dev.type != "cpu":
+        raise UsageError(f"--device {device!r}: use auto, cpu or cuda[:N]")
+
+
+#: config fields a resumed run may change (more steps, other logging/checkpoint periods)
+RESUMABLE_CHANGES = ("steps", "ckpt_every", "log_every")
+
+
+def _check_resume_config(run_path: Path, cfg: Any) -> None:
+    import dataclasses
+
+    import yaml
+
+    cfg_file = run_path / "config.yaml"
+    if not cfg_file.exists():
+        raise UsageError(f"--resume: {cfg_file} does not exist (nothing to resume)")
+    saved = (yaml.safe_load(cfg_file.read_text()) or {}).get("cfg") or {}
+    now = dataclasses.asdict(cfg)
+    diff = [
+        k
+        for k, v in now.items()
+        if k in saved and k not in RESUMABLE_CHANGES and _norm(saved[k]) != _norm(v)
+    ]
+    if diff:
+        parts = ", ".join(f"{k}: {saved[k]!r} -> {now[k]!r}" for k in diff)
+        raise UsageError(
+            f"--resume with hyper-parameters that differ from the run's checkpoint ({parts}); "
+            f"only {', '.join(RESUMABLE_CHANGES)} may change on resume: start a new run instead"
+        )
+
+
+def _norm(v: Any) -> Any:
+    if isinstance(v, (list, tuple)):
+        return [_norm(x) for x in v]
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return v
+
+
 def _config_from_ns(info: Any, ns: Any):
+    from invariance.core.train import known_optimizers
+
     cfg_dict = ns.cfg.as_dict() if hasattr(ns.cfg, "as_dict") else dict(vars(ns.cfg))
     if ns.seed is not None:
         cfg_dict["seed"] = ns.seed
-    return info.recipe.Config(**cfg_dict)
+    try:
+        cfg = info.recipe.Config(**cfg_dict)
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"invalid config: {e}") from None
+    opt = getattr(cfg, "optimizer", None)
+    if opt is not None and opt not in known_optimizers():
+        raise UsageError(
+            f"invalid config: optimizer {opt!r} is unknown; choose from {known_optimizers()}"
+        )
+    return cfg
 
 
 def _check_table(rows: list[tuple]) -> str:
@@ -163,8 +264,19 @@ def _run_method_command(domain: str, prog: str, command: str, method: str, rest:
     if method not in known:
         raise UsageError(f"unknown method {method!r} for {domain}; known: {', '.join(known)}")
     info = get_method(method)
-    parser = _method_parser(prog, command, info, _presize(rest))
+    base_cfg = None
+    if command in ("eval", "check"):
+        ckpt_arg = _option_value(rest, "--ckpt")
+        base_cfg, saved_method = _run_config(ckpt_arg)
+        if saved_method is not None and saved_method != method:
+            raise UsageError(
+                f"--ckpt {ckpt_arg} is a run of method {saved_method!r}, not {method!r}"
+            )
+    parser = _method_parser(prog, command, info, _presize(rest), base_cfg)
     ns = parser.parse_args(_flagify(rest, ("--quiet", "--resume", "--quick")))
+    if ns.method != method:
+        raise UsageError(f"this config is for method {ns.method!r}, not {method!r}")
+    _check_device(ns.device)
     cfg = _config_from_ns(info, ns)
     recipe = info.recipe()
     logging.basicConfig(
@@ -173,8 +285,18 @@ def _run_method_command(domain: str, prog: str, command: str, method: str, rest:
     )
 
     if command == "train":
+        from invariance.core.checkpoint import latest_checkpoint
         from invariance.core.train import evaluate, fit_recipe
 
+        if ns.resume:
+            if not ns.out:
+                raise UsageError("--resume needs --out RUN_DIR (the run to continue)")
+            _check_resume_config(Path(ns.out), cfg)
+            if latest_checkpoint(ns.out) is None:
+                raise UsageError(
+                    f"--resume: no complete checkpoint in {Path(ns.out) / 'checkpoint'}; "
+                    f"train without --resume to start a new run"
+                )
         rt = Runtime.from_env(ns.device)
         try:
             run = make_run_dir(domain, method, ns.out, enabled=rt.is_main)
@@ -245,6 +367,8 @@ def _run_method_command(domain: str, prog: str, command: str, method: str, rest:
         if not res.seconds:
             res.seconds = time.perf_counter() - t0
         _keep_recipe_results(run, started)
+        _ensure_plot(res, run.path, method)
+        res.plots = [_relpath(p, run.path) for p in res.plots]
         _write_reproduce(run, [(domain, method, res)], title=f"{domain} / {method}")
         _print(ns.quiet, _reproduce_table([(domain, method, res)]))
         _print(ns.quiet, f"report: {run.path / 'REPORT.md'}")
@@ -275,11 +399,11 @@ def _reproduce_rows(items: list[tuple]) -> list[tuple]:
                 method,
                 res.task,
                 f"{res.metric} {arrow}",
-                f"{res.baseline}: {_f(res.baseline_value)}",
-                f"{res.method}: {_f(res.method_value)}",
+                f"{res.baseline}: {res.summary('baseline')}",
+                f"{res.method}: {res.summary('method')}",
                 res.invariance_error,
                 res.seconds,
-                "wins" if res.method_wins else "loses",
+                res.verdict,
             )
         )
     return rows
@@ -296,11 +420,11 @@ _REPRO_HEAD = [
     "method",
     "task",
     "metric",
-    "baseline",
-    "method",
+    "baseline (mean ± sd, n)",
+    "method (mean ± sd, n)",
     "inv. error",
     "s",
-    "result",
+    "verdict",
 ]
 
 
@@ -318,8 +442,32 @@ def _keep_recipe_results(run: Any, since: float) -> None:
         p.replace(p.with_name("recipe_results.json"))
 
 
+def _relpath(p: str | Path, base: Path) -> str:
+    """``p`` relative to ``base`` when it lies below it (report links), else as given."""
+    p = Path(p)
+    if not p.is_absolute():
+        p = (Path.cwd() / p) if (Path.cwd() / p).exists() else base / p
+    try:
+        return str(p.resolve().relative_to(Path(base).resolve()))
+    except ValueError:
+        return str(p)
+
+
+def _ensure_plot(res: Any, where: Path, name: str) -> None:
+    """Every reproduce shows at least one plot: when the recipe wrote none, plot the per-seed
+    values of every arm."""
+    if res.plots or not Path(where).exists():
+        return
+    try:
+        from invariance.core.plots import plot_seeds
+    except ImportError:  # pragma: no cover - matplotlib is a core dependency
+        return
+    res.plots.append(str(plot_seeds(res, Path(where) / f"{name}-seeds.png")))
+
+
 def _write_reproduce(run: Any, items: list[tuple], *, title: str) -> None:
     from invariance.core._table import markdown_table
+    from invariance.core.recipe import VERDICT_RULE
 
     md = [
         f"# Reproduce: {title}",
@@ -327,6 +475,8 @@ def _write_reproduce(run: Any, items: list[tuple], *, title: str) -> None:
         time.strftime("%Y-%m-%d %H:%M:%S"),
         "",
         markdown_table(_reproduce_rows(items), _REPRO_HEAD),
+        "",
+        f"Verdict rule: {VERDICT_RULE}.",
         "",
     ]
     results = []
@@ -336,13 +486,21 @@ def _write_reproduce(run: Any, items: list[tuple], *, title: str) -> None:
             continue
         # "name" is the registry key; "method"/"baseline" are the result's display names
         results.append({"domain": domain, "name": method, **res.to_dict()})
-        if res.details:
-            md += [f"## {domain} / {method}", ""]
-            for k, v in res.details.items():
-                md.append(f"- **{k}**: {v}")
-            md.append("")
+        md += [f"## {domain} / {method}", ""]
+        md.append(f"- **{res.method}**: {res.method_values}")
+        md.append(f"- **{res.baseline}** (baseline): {res.baseline_values}")
+        for arm, vals in res.arms.items():
+            md.append(f"- **{arm}**: {vals}")
+        if res.seeds is not None:
+            md.append(f"- seeds: {res.seeds}")
+        if res.not_showable:
+            md.append(f"- **not shown at this size**: {res.not_showable}")
+        for k, v in res.details.items():
+            md.append(f"- **{k}**: {v}")
+        md.append("")
         for p in res.plots:
-            md.append(f"![{Path(p).stem}]({Path(p).name})")
+            md.append(f"![{Path(p).stem}]({p})")
+        md.append("")
     run.write_results(results)
     run.write_report("\n".join(md) + "\n")
 
@@ -436,6 +594,14 @@ def build_cli(domain: str) -> Callable[[Sequence[str] | None], int]:
             print(_usage(prog), file=sys.stderr)
             print(f"error: {e}", file=sys.stderr)
             return 2
+        except Exception as e:
+            from invariance.core.checkpoint import CheckpointError
+            from invariance.core.train import ResumeError
+
+            if isinstance(e, (CheckpointError, ResumeError)):  # one line, no traceback
+                print(f"error: {e}", file=sys.stderr)
+                return 2
+            raise
 
     def entry() -> None:
         sys.exit(main())
@@ -534,7 +700,8 @@ def _umbrella_reproduce(domain, method, quick, out, quiet) -> int:
             res = recipe.reproduce(cfg, sub, quick=quick)
             if not res.seconds:
                 res.seconds = time.perf_counter() - t0
-            res.plots = [str(Path(sub.path.name) / Path(p).name) for p in res.plots]
+            _ensure_plot(res, sub.path, info.name)
+            res.plots = [_relpath(p, root.path) for p in res.plots]
             items.append((info.domain, info.name, res))
         except Exception as e:  # keep going; reported as an ERROR row and a non-zero exit
             log.exception("reproduce failed for %s", info.name)

@@ -31,11 +31,22 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from invariance.core.fuzz import (
+    BadCase,
+    FuzzReport,
+    assert_rejects_bad_inputs,
+    bad_input_cases,
+    fuzz_bad_inputs,
+    fuzz_table,
+)
 from invariance.core.groups import Group
 from invariance.core.recipe import CheckResult
 
 __all__ = [
     "SymmetryReport",
+    "VacuousCheckError",
+    "output_variation",
+    "DEFAULT_MIN_VARIATION",
     "default_tol",
     "equivariance_error",
     "assert_invariant",
@@ -50,7 +61,35 @@ __all__ = [
     "run_contract",
     "readme_snippets",
     "run_readme_snippets",
+    "BadCase",
+    "FuzzReport",
+    "bad_input_cases",
+    "fuzz_bad_inputs",
+    "assert_rejects_bad_inputs",
+    "fuzz_table",
 ]
+
+DEFAULT_MIN_VARIATION = 1e-3
+
+
+class VacuousCheckError(AssertionError):
+    """A symmetry check on outputs that barely vary across the inputs: it cannot fail, so it
+    proves nothing. Feed inputs whose outputs vary (or pass ``min_variation=0`` knowingly)."""
+
+
+def output_variation(y: Any) -> float:
+    """``(max - min) / max(1, max|y|)`` over the elements of each tensor in ``y``; the largest."""
+    best = 0.0
+    for _, v in _flatten(y):
+        if not isinstance(v, Tensor) or v.numel() == 0 or v.is_complex():
+            continue
+        v64 = v.detach().double()
+        if not torch.isfinite(v64).all():
+            continue
+        scale = max(1.0, float(v64.abs().max()))
+        best = max(best, float(v64.max() - v64.min()) / scale)
+    return best
+
 
 _TOL = {torch.float64: 1e-9, torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 3e-3}
 
@@ -71,6 +110,10 @@ class SymmetryReport:
         worst_output: name of the output with the worst relative error.
         worst_element: description of the group element that produced it.
         scale: ``max(1, max|output|)`` of that output.
+        variation: how much the reference outputs vary: ``(max - min) / max(1, max|y|)`` over
+            the elements of each output, the largest over outputs. A check whose outputs barely
+            vary (an untrained model with tiny output variance, a constant function) passes any
+            symmetry test, so the asserts refuse it below ``min_variation``.
     """
 
     max_error: float
@@ -81,6 +124,7 @@ class SymmetryReport:
     scale: float = 1.0
     group: str = ""
     trials: int = 0
+    variation: float = 0.0
 
     def __float__(self) -> float:
         return float(self.max_error)
@@ -247,6 +291,7 @@ def equivariance_error(
                 worst.worst_output = name
                 worst.worst_element = group.describe(g)
     worst.per_output = per
+    worst.variation = output_variation(y)
     worst.max_error = max(per.values(), default=0.0)
     worst.relative_error = max(worst.relative_error, 0.0)
     return worst
@@ -272,13 +317,23 @@ def assert_equivariant(
     trials: int = 3,
     seed: int = 0,
     dtype: torch.dtype | None = torch.float64,
+    min_variation: float = DEFAULT_MIN_VARIATION,
 ) -> SymmetryReport:
-    """Assert ``fn(g . x) == g . fn(x)`` up to ``tol * max(1, max|output|)``; return the report."""
+    """Assert ``fn(g . x) == g . fn(x)`` up to ``tol * max(1, max|output|)``; return the report.
+
+    Raises :class:`VacuousCheckError` when the outputs vary by less than ``min_variation``
+    (relative spread, see :class:`SymmetryReport`): such a check cannot fail."""
     __tracebackhide__ = True
     rep = equivariance_error(
         fn, inputs, group, act_in, act_out, trials=trials, seed=seed, dtype=dtype
     )
     t = _tol_for(dtype, inputs, tol)
+    if rep.variation < min_variation:
+        raise VacuousCheckError(
+            f"vacuous check under {group.name}: the outputs vary by only {rep.variation:.3g} "
+            f"(relative spread) across the inputs, below min_variation={min_variation:.1g}; a "
+            f"near-constant output passes any symmetry check. Use inputs whose outputs vary."
+        )
     if not rep.relative_error <= t:
         raise AssertionError(
             f"not {'invariant' if act_out is None else 'equivariant'} under {group.name}: "
@@ -298,11 +353,22 @@ def assert_invariant(
     trials: int = 3,
     seed: int = 0,
     dtype: torch.dtype | None = torch.float64,
+    min_variation: float = DEFAULT_MIN_VARIATION,
 ) -> SymmetryReport:
-    """Assert ``fn(g . x) == fn(x)`` up to ``tol * max(1, max|output|)``; return the report."""
+    """Assert ``fn(g . x) == fn(x)`` up to ``tol * max(1, max|output|)``; return the report
+    (refuses vacuous checks like :func:`assert_equivariant`)."""
     __tracebackhide__ = True
     return assert_equivariant(
-        fn, inputs, group, act_in, None, tol=tol, trials=trials, seed=seed, dtype=dtype
+        fn,
+        inputs,
+        group,
+        act_in,
+        None,
+        tol=tol,
+        trials=trials,
+        seed=seed,
+        dtype=dtype,
+        min_variation=min_variation,
     )
 
 
@@ -348,13 +414,27 @@ def check_equivariant(
     trials: int = 3,
     seed: int = 0,
     dtype: torch.dtype | None = torch.float64,
+    min_variation: float = DEFAULT_MIN_VARIATION,
 ) -> CheckResult:
-    """Like :func:`assert_equivariant` (``act_out=None``: invariant) but returns a CheckResult."""
+    """Like :func:`assert_equivariant` (``act_out=None``: invariant) but returns a CheckResult;
+    a vacuous check (outputs varying less than ``min_variation``) does not pass."""
     rep = equivariance_error(
         fn, inputs, group, act_in, act_out, trials=trials, seed=seed, dtype=dtype
     )
     t = _tol_for(dtype, inputs, tol)
-    return CheckResult(name, rep.relative_error, t, rep.relative_error <= t, False, str(rep))
+    if rep.variation < min_variation:
+        return CheckResult(
+            name,
+            rep.relative_error,
+            t,
+            False,
+            False,
+            f"vacuous: outputs vary by only {rep.variation:.3g} < {min_variation:.1g}; {rep}",
+            rep.variation,
+        )
+    return CheckResult(
+        name, rep.relative_error, t, rep.relative_error <= t, False, str(rep), rep.variation
+    )
 
 
 def check_invariant(name: str, fn, inputs, group, act_in, **kw) -> CheckResult:
@@ -380,7 +460,13 @@ def check_not_invariant(
         fn, inputs, group, act_in, act_out, trials=trials, seed=seed, dtype=dtype
     )
     return CheckResult(
-        name, rep.relative_error, min_error, rep.relative_error > min_error, True, str(rep)
+        name,
+        rep.relative_error,
+        min_error,
+        rep.relative_error > min_error,
+        True,
+        str(rep),
+        rep.variation,
     )
 
 
@@ -480,3 +566,14 @@ def run_contract(info: Any, size: str = "tiny", *, seed: int = 0) -> None:
         )
     if results and not any(r.negative_control for r in results):
         raise AssertionError(f"{info.name}: check() has no negative control")
+    vacuous = [
+        r.name
+        for r in results
+        if not r.negative_control
+        and r.variation is not None
+        and r.variation < DEFAULT_MIN_VARIATION
+    ]
+    if vacuous:
+        raise AssertionError(
+            f"{info.name}: vacuous checks (outputs barely vary across the inputs): {vacuous}"
+        )

@@ -21,6 +21,7 @@ optimisers travel as one :class:`NamedOptimizers`, which checkpoints and resumes
 
 from __future__ import annotations
 
+import importlib
 import logging
 import math
 import time
@@ -42,12 +43,57 @@ __all__ = [
     "fit_recipe",
     "evaluate",
     "train_arms",
+    "build_optimizer",
+    "known_optimizers",
+    "ResumeError",
     "FitResult",
     "NamedOptimizers",
     "to_device",
 ]
 
 log = logging.getLogger(__name__)
+
+_TORCH_OPTIMIZERS = {
+    "adamw": torch.optim.AdamW,
+    "adam": torch.optim.Adam,
+    "sgd": torch.optim.SGD,
+}
+
+
+class ResumeError(RuntimeError):
+    """``resume=True`` without a complete checkpoint to resume from."""
+
+
+def _optim_plugin() -> Any:
+    """``invariance.optim`` when installed (every domain package depends on it): the shared
+    optimizer factory. Looked up by name so that core itself depends on no other package."""
+    try:
+        return importlib.import_module("invariance.optim")
+    except ImportError:
+        return None
+
+
+def known_optimizers() -> list[str]:
+    """Names :func:`build_optimizer` accepts."""
+    plug = _optim_plugin()
+    if plug is not None:
+        return list(plug.list_optimizers())
+    return sorted(_TORCH_OPTIMIZERS)
+
+
+def build_optimizer(
+    model: nn.Module | Iterable, name: str = "adamw", *, lr: float, weight_decay: float = 0.0
+) -> torch.optim.Optimizer:
+    """The optimizer ``name`` over ``model``: :func:`invariance.optim.create_optimizer` when
+    invariance-optim is installed (AdamP, SGDP, AdamW, ... with no decay on 1-D parameters),
+    else torch's AdamW/Adam/SGD over all parameters."""
+    plug = _optim_plugin()
+    if plug is not None:
+        return plug.create_optimizer(model, name, lr=lr, weight_decay=weight_decay)
+    if name not in _TORCH_OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; choose from {sorted(_TORCH_OPTIMIZERS)}")
+    params = model.parameters() if isinstance(model, nn.Module) else model
+    return _TORCH_OPTIMIZERS[name](params, lr=lr, weight_decay=weight_decay)
 
 
 @dataclass
@@ -237,15 +283,21 @@ def fit(
             f"on {runtime.world_size} process(es)"
         )
     start = 0
-    if resume and run is not None:
+    if resume:
+        if run is None:
+            raise ResumeError("resume=True needs a run directory (run=...) to resume from")
         ck = latest_checkpoint(run.path)
-        if ck is not None:
-            state = load_checkpoint(ck, model, optimizer, scheduler, map_location="cpu")
-            start = int(state["step"])
-            if "rng" in state["extra"]:
-                set_rng_state(state["extra"]["rng"])
-            run.truncate_metrics(start)
-            log.info("resumed from %s at step %d", ck, start)
+        if ck is None:
+            raise ResumeError(
+                f"resume: no complete checkpoint in {run.path / 'checkpoint'} (train without "
+                f"--resume to start a new run)"
+            )
+        state = load_checkpoint(ck, model, optimizer, scheduler, map_location="cpu")
+        start = int(state["step"])
+        if "rng" in state["extra"]:
+            set_rng_state(state["extra"]["rng"])
+        run.truncate_metrics(start)
+        log.info("resumed from %s at step %d", ck, start)
     model = runtime.setup(model, find_unused_parameters=find_unused_parameters)
     history: list[dict] = []
     callbacks = list(callbacks)

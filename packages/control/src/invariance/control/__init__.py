@@ -1,0 +1,1 @@
+"""invariance.control: invariant multi-agent reinforcement learning for Rayleigh-Benard convection."""

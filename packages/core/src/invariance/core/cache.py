@@ -1,0 +1,68 @@
+"""A small JSON cache for reproduce grids: one file per cell, keyed by a dict.
+
+Reproduce experiments that share cells (several registered methods reading one grid of
+``dataset x bias x seed x arm`` runs) compute each cell once::
+
+    cache = ResultCache(run.path.parent / ".cache" / "graph-grid")
+    metrics = cache.get_or_compute({"arm": "igt", "seed": 0, "cfg": cfg_dict}, lambda: train(...))
+
+The key is hashed (SHA-256 of its canonical JSON); the value must be JSON-serialisable. A cell is
+written atomically (temporary file, then rename), so a killed run never leaves half a cell.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ResultCache", "cache_key"]
+
+
+def cache_key(key: Any) -> str:
+    """SHA-256 (first 24 hex digits) of ``key``'s canonical JSON (sorted keys)."""
+    try:
+        text = json.dumps(key, sort_keys=True, default=str)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"cache key must be JSON-serialisable: {e}") from None
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+class ResultCache:
+    """JSON results keyed by a dict, stored one file per key under ``root``."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+
+    def path(self, key: Any) -> Path:
+        return self.root / f"{cache_key(key)}.json"
+
+    def get(self, key: Any) -> Any | None:
+        p = self.path(key)
+        if not p.exists():
+            return None
+        try:
+            return json.loads(p.read_text())["value"]
+        except (json.JSONDecodeError, KeyError):
+            return None  # a damaged cell is recomputed
+
+    def put(self, key: Any, value: Any) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        p = self.path(key)
+        tmp = p.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps({"key": key, "value": value}, default=str))
+        os.replace(tmp, p)
+
+    def get_or_compute(self, key: Any, fn: Callable[[], Any]) -> Any:
+        hit = self.get(key)
+        if hit is not None:
+            return hit
+        value = fn()
+        self.put(key, value)
+        return value
+
+    def __len__(self) -> int:
+        return len(list(self.root.glob("*.json"))) if self.root.exists() else 0
