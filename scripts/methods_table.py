@@ -1,9 +1,12 @@
 """Regenerate the methods table of the root README from the registry.
 
 usage: uv run python scripts/methods_table.py [RESULTS_JSON ...]
+       ... | uv run python scripts/methods_table.py --results-json -   (what figures.py sends)
 
-With RESULTS_JSON files (the ``results.json`` written by ``invariance reproduce --quick``) the table
-gets the measured quick-analog figures; without them, that column keeps what the README says.
+With results (the ``results.json`` written by ``invariance reproduce --quick``) the table gets the
+measured quick-analog figures (mean ± sd over seeds and the noise-rule verdict); without them,
+that column keeps what the README says. ``scripts/figures.py methods`` runs the quick reproduce
+and calls this.
 """
 
 from __future__ import annotations
@@ -13,14 +16,18 @@ import re
 import sys
 from pathlib import Path
 
-from invariance.core._table import fmt, markdown_table
-from invariance.core.registry import list_methods
+from invariance.core._table import markdown_table
+from invariance.core.registry import list_methods, load_plugins
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+from figures import result_cell  # noqa: E402  (sibling script)
+
 START, END = "<!-- methods-table", "<!-- /methods-table -->"
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
+    load_plugins()
     readme = ROOT / "README.md"
     text = readme.read_text()
     old = {}
@@ -29,17 +36,14 @@ def main() -> int:
         cells = [c.strip() for c in re.split(r"(?<!\\)\|", line.strip().strip("|"))]
         if len(cells) == 6 and cells[1].startswith("`"):
             old[cells[1].strip("`")] = cells[5]
-    measured = {}
-    for path in sys.argv[1:]:
-        for r in json.loads(Path(path).read_text()):
-            if "error" in r:
-                measured[r["name"]] = f"error: {r['error'][:60]}"
-            else:
-                arrow = "↑" if r["higher_is_better"] else "↓"
-                measured[r["name"]] = (
-                    f"{r['metric']} {arrow}: {r['baseline']} {fmt(r['baseline_value'])} → "
-                    f"{r['method']} {fmt(r['method_value'])} ({fmt(r['seconds'])} s)"
-                )
+    measured, machine = {}, ""
+    if argv[:2] == ["--results-json", "-"]:
+        payload = json.loads(sys.stdin.read())
+        results, machine = payload["results"], payload.get("machine", "")
+    else:
+        results = [r for p in argv for r in json.loads(Path(p).read_text())]
+    for r in results:
+        measured[r["name"]] = result_cell(r).replace("|", "\\|")
     rows = []
     for m in list_methods():
         if m.domain == "coretoy":
@@ -66,9 +70,14 @@ def main() -> int:
             "quick reproduce (measured)",
         ],
     )
+    # markdown_table escapes pipes already; measured cells were escaped above, unescape once
+    table = table.replace("\\\\|", "\\|")
+    head = f"{START}: regenerate with `uv run python scripts/figures.py methods` -->"
+    if machine:
+        table += f"\n\nMeasured with `uv run invariance reproduce --quick`: {machine}."
     new = re.sub(
         rf"{re.escape(START)}.*?\n.*?{re.escape(END)}",
-        f"{START}: regenerate with `uv run python scripts/methods_table.py` -->\n{table}\n{END}",
+        lambda _m: f"{head}\n{table}\n{END}",
         text,
         flags=re.S,
     )
@@ -78,4 +87,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(sys.argv[1:]))

@@ -67,6 +67,7 @@ def test_contract_passes_for_toy_and_catches_dead_parameters():
 def test_entry_points_discover_installed_domains():
     from invariance.core.registry import domains
 
+    pytest.importorskip("invariance.causal", reason="the whole workspace is not installed")
     assert {"optim", "geometry", "sequence", "graph", "vision", "causal"} <= set(domains())
 
 
