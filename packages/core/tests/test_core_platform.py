@@ -296,3 +296,12 @@ def test_reproduce_report_links_real_plot_files(tmp_path):
     assert links and all((out / p).exists() for p in links), links
     res = json.loads((out / "results.json").read_text())[0]
     assert res["n"] == 3 and res["verdict"] == "wins"
+
+
+def test_bench_output_has_no_nested_dicts_in_table_cells():
+    from invariance.core.cli import _bench_text
+
+    text = _bench_text(
+        {"rows": [{"name": "a", "median_ms": 1.5}], "machine": "x", "extra": {"rows": [{"n": 2}]}}
+    )
+    assert "{" not in text and "median_ms" in text and "extra.rows:" in text

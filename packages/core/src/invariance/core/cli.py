@@ -508,7 +508,6 @@ def _write_reproduce(run: Any, items: list[tuple], *, title: str) -> None:
 def _run_bench(domain: str, prog: str, rest: list[str]) -> int:
     from jsonargparse import ArgumentParser
 
-    from invariance.core._table import format_table
     from invariance.core.bench import get_bench, list_benches
     from invariance.core.io import make_run_dir, to_jsonable
 
@@ -527,18 +526,52 @@ def _run_bench(domain: str, prog: str, rest: list[str]) -> int:
     ns = p.parse_args(_flagify(rest, bool_flags))
     kwargs = {k: v for k, v in ns.as_dict().items() if k not in ("out", "config")}
     result = fn(**kwargs)
-    rows = result.get("rows") if isinstance(result, dict) else None
-    if rows and isinstance(rows, list) and isinstance(rows[0], dict):
-        heads = list(rows[0])
-        print(format_table([[r.get(h) for h in heads] for r in rows], heads))
-        for k, v in result.items():
-            if k != "rows":
-                print(f"{k}: {v}")
-    else:
-        print(format_table([(k, v) for k, v in (result or {}).items()], ["key", "value"]))
+    print(_bench_text(result or {}))
     if ns.out:
         make_run_dir(domain, f"bench-{name}", ns.out).write_results(to_jsonable(result))
     return 0
+
+
+def _is_rows(v: Any) -> bool:
+    return isinstance(v, list) and bool(v) and all(isinstance(r, dict) for r in v)
+
+
+def _rows_table(rows: list[dict]) -> str:
+    from invariance.core._table import format_table
+
+    heads: list[str] = []
+    for r in rows:
+        heads += [k for k in r if k not in heads]
+    return format_table([[_cell(r.get(h)) for h in heads] for r in rows], heads)
+
+
+def _cell(v: Any) -> Any:
+    if isinstance(v, dict):
+        return ", ".join(f"{k}={_cell(x)}" for k, x in v.items())
+    if isinstance(v, (list, tuple)):
+        return ", ".join(str(_cell(x)) for x in v)
+    return v
+
+
+def _bench_text(result: dict, prefix: str = "") -> str:
+    """A bench result as text: every list of flat dicts as its own table (``rows`` first), scalars
+    as ``key: value`` lines; nested dicts are walked, never printed inside a table cell."""
+    out: list[str] = []
+    scalars: list[str] = []
+    items = sorted(result.items(), key=lambda kv: kv[0] != "rows")
+    for k, v in items:
+        name = f"{prefix}{k}"
+        if _is_rows(v):
+            out += [f"{name}:" if name != "rows" else "", _rows_table(v), ""]
+        elif isinstance(v, dict):
+            sub = _bench_text(v, f"{name}.")
+            if sub:
+                out.append(sub)
+        else:
+            from invariance.core._table import fmt
+
+            scalars.append(f"{name}: {fmt(_cell(v))}")
+    return "\n".join([line for line in out if line is not None] + scalars).strip()
 
 
 def _signature_defaults(fn: Callable) -> dict:
