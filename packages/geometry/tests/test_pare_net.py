@@ -1,0 +1,142 @@
+"""PARE-Net blocks: exact SO(3) equivariance of the VN layers and PARE-Conv, invariance of the
+Gram-Schmidt head, rotations recovered from features, equivariant hypotheses; negative controls
+(the official +1e-9 normalisation, a coordinate-wise non-linearity, features that ignore the
+rotation)."""
+
+import torch
+
+from invariance.core import groups as G
+from invariance.core.testing import (
+    as_float64,
+    assert_equivariant,
+    assert_invariant,
+    assert_not_equivariant,
+    assert_rejects_bad_inputs,
+)
+from invariance.geometry.ops import knn
+from invariance.geometry.pare_net import (
+    PAREConv,
+    VNInvariantHead,
+    VNLinearLeakyReLU,
+    feature_hypotheses,
+    solve_local_rotations,
+)
+
+
+def _cloud(n=64, seed=0):
+    return torch.randn(n, 3, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def _rot(seed):
+    return G.SO3().sample(torch.Generator().manual_seed(seed)).double()
+
+
+class _QuirkVN(VNLinearLeakyReLU):
+    """The official normalisation: F.normalize(p + 1e-9) adds a constant *vector*."""
+
+    def normalize(self, p):
+        q = p + 1e-9
+        return q / q.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def test_vn_layer_is_exactly_equivariant_and_the_official_quirk_is_not():
+    torch.manual_seed(0)
+    x = 1e-3 * torch.randn(32, 8, 3, dtype=torch.float64)  # small vectors make the quirk visible
+    layer = VNLinearLeakyReLU(8, 16).double()
+    assert_equivariant(layer, (x,), G.SO3(), ("vector",), "vector", tol=1e-10)
+    quirk = _QuirkVN(8, 16).double()
+    quirk.load_state_dict(layer.state_dict())
+    assert_not_equivariant(quirk, (x,), G.SO3(), ("vector",), "vector", min_error=1e-10)
+
+
+def _conv_fn(first, res):
+    def f(pos):
+        idx, _ = knn(pos, 8, method="brute")
+        h = first(pos, pos, idx)
+        return res(pos, pos, idx, h)
+
+    return f
+
+
+def test_pare_conv_blocks_are_so3_equivariant_and_translation_invariant():
+    torch.manual_seed(0)
+    first = as_float64(PAREConv(0, 8)).eval()
+    res = as_float64(PAREConv(8, 16, residual=True)).eval()
+    pos = _cloud()
+    f = _conv_fn(first, res)
+    assert_equivariant(f, (pos,), G.SO3(), ("points",), "vector", tol=1e-10)
+    shift = lambda g, x: x + torch.tensor([0.3, -1.0, 2.0], dtype=x.dtype)
+    assert_equivariant(f, (pos,), G.SO3(), (shift,), None, tol=1e-10)
+    # negative control: a coordinate-wise ReLU on the output is not equivariant
+    broken = lambda p: torch.relu(f(p))
+    assert_not_equivariant(broken, (pos,), G.SO3(), ("points",), "vector")
+
+
+def test_invariant_head_and_its_negative_control():
+    torch.manual_seed(0)
+    first = as_float64(PAREConv(0, 8)).eval()
+    head = as_float64(VNInvariantHead(8)).eval()
+    pos = _cloud()
+    idx_of = lambda p: knn(p, 8, method="brute")[0]
+    inv = lambda p: head(first(p, p, idx_of(p)))
+    assert_invariant(inv, (pos,), G.SO3(), ("points",), tol=1e-10)
+    raw = lambda p: first(p, p, idx_of(p))  # the equivariant features themselves
+    assert_not_equivariant(raw, (pos,), G.SO3(), ("points",), None)
+
+
+def test_rotations_are_recovered_from_rotated_features():
+    f = torch.randn(10, 6, 3, dtype=torch.float64)
+    R = torch.stack([_rot(i) for i in range(10)])
+    Re, valid = solve_local_rotations(f, f @ R.transpose(-1, -2))
+    assert valid.all() and torch.allclose(Re, R, atol=1e-12)
+    # rank-1 features do not determine a rotation: flagged
+    line = (
+        torch.randn(1, 1, 3, dtype=torch.float64).expand(1, 6, 3) * torch.arange(1.0, 7.0)[:, None]
+    )
+    _, ok = solve_local_rotations(line, line)
+    assert not ok.any()
+
+
+def test_hypotheses_are_equivariant_and_find_the_pose():
+    g = torch.Generator().manual_seed(0)
+    src = torch.randn(40, 3, generator=g, dtype=torch.float64)
+    R, t = _rot(3), torch.tensor([0.2, 0.1, -0.4], dtype=torch.float64)
+    ref = src @ R.T + t
+    f_src = torch.randn(40, 5, 3, generator=g, dtype=torch.float64)
+    f_ref = f_src @ R.T + 0.01 * torch.randn(40, 5, 3, generator=g, dtype=torch.float64)
+    out = torch.rand(40, generator=g) < 0.5
+    ref_noisy = ref.clone()
+    ref_noisy[out] = torch.randn(int(out.sum()), 3, generator=g, dtype=torch.float64)
+    res = feature_hypotheses(src, ref_noisy, f_src, f_ref, src, ref_noisy)
+    assert torch.allclose(res.R, R, atol=1e-9) and torch.allclose(res.t, t, atol=1e-9)
+    assert res.num_hypotheses == 40
+    R1 = _rot(7)
+    rot = feature_hypotheses(src @ R1.T, ref_noisy, f_src @ R1.T, f_ref, src @ R1.T, ref_noisy)
+    assert torch.allclose(rot.R, res.R @ R1.T, atol=1e-9) and torch.allclose(
+        rot.t, res.t, atol=1e-9
+    )
+    # negative control: features that ignore the source rotation propose the old rotation
+    stale = feature_hypotheses(
+        src @ R1.T, ref_noisy, f_src, f_ref, src @ R1.T, ref_noisy, refine_steps=0
+    )
+    assert not torch.allclose(stale.R, res.R @ R1.T, atol=1e-3)
+
+
+def test_bad_inputs():
+    pos = _cloud(32)
+    idx, _ = knn(pos, 4, method="brute")
+    conv = PAREConv(0, 8).double().eval()
+    assert_rejects_bad_inputs(
+        conv,
+        {"pos": pos, "query": pos, "idx": idx},
+        name="PAREConv.forward",
+        skip=("pos:fewer_dims", "pos:empty"),  # idx then points past the end: also rejected
+        aliases={"query": ["idx"], "idx": ["query"]},
+    )
+    f = torch.randn(8, 4, 3, dtype=torch.float64)
+    assert_rejects_bad_inputs(
+        solve_local_rotations,
+        {"f_src": f, "f_ref": f.clone()},
+        name="solve_local_rotations",
+        aliases={"f_src": ["f_ref"], "f_ref": ["f_src"]},
+    )
