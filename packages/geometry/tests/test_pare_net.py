@@ -13,11 +13,11 @@ from invariance.core.testing import (
     assert_not_equivariant,
     assert_rejects_bad_inputs,
 )
+from invariance.geometry.nn.vector_neurons import VNLinearLeakyReLU
 from invariance.geometry.ops import knn
 from invariance.geometry.pare_net import (
     PAREConv,
     VNInvariantHead,
-    VNLinearLeakyReLU,
     feature_hypotheses,
     solve_local_rotations,
 )
@@ -140,3 +140,54 @@ def test_bad_inputs():
         name="solve_local_rotations",
         aliases={"f_src": ["f_ref"], "f_ref": ["f_src"]},
     )
+
+
+# --------------------------------------------------------------------------- the PARE-lite model
+
+
+def _small_net(invariant=True):
+    from invariance.geometry.pare_net import PARENet
+
+    torch.manual_seed(0)
+    return as_float64(PARENet(channels=(4, 8, 16), out_channels=8, k=8, invariant=invariant)).eval()
+
+
+def test_parenet_descriptors_are_se3_invariant_and_the_twin_is_not():
+    from invariance.geometry.registration import make_pair
+
+    net, twin = _small_net(), _small_net(invariant=False)
+    twin.load_state_dict(net.state_dict())
+    pos = make_pair(0, n_points=128, dtype=torch.float64).src
+    for key in ("coarse_in", "fine", "match"):
+        assert_invariant(lambda p, k=key: net.encode(p)[k], (pos,), G.SE3(), ("points",), tol=1e-8)
+    assert_equivariant(lambda p: net.encode(p)["eq0"], (pos,), G.SO3(), ("points",), "vector",
+                       tol=1e-8)  # fmt: skip
+    assert_not_equivariant(
+        lambda p: twin.encode(p)["coarse_in"], (pos,), G.SO3(), ("points",), None
+    )
+
+
+def test_parenet_registration_is_equivariant():
+    from invariance.geometry.registration import make_pair
+
+    net = _small_net()
+    p = make_pair(1, n_points=128, dtype=torch.float64)
+    res, c = net.register(p.src, p.tgt)
+    R1 = _rot(4)
+    res2, c2 = net.register(p.src @ R1.T, p.tgt)
+    assert torch.equal(c["src_idx"], c2["src_idx"]) and torch.equal(c["tgt_idx"], c2["tgt_idx"])
+    assert torch.allclose(res2.R, res.R @ R1.T, atol=1e-8)
+    assert torch.allclose(res2.t, res.t, atol=1e-8)
+
+
+def test_parenet_loss_trains_every_parameter():
+    from invariance.geometry.pare_net import PARENet
+    from invariance.geometry.registration import make_pair
+
+    torch.manual_seed(0)
+    net = PARENet(channels=(4, 8, 16), out_channels=8, k=8)
+    p = make_pair(2, n_points=128, split="full")
+    out = net.loss(p.src, p.tgt, p.R, p.t)
+    assert torch.isfinite(out["loss"]) and out["loss"] > 0
+    out["loss"].backward()
+    assert all(q.grad is not None for q in net.parameters())

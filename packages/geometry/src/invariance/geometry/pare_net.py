@@ -45,7 +45,24 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from invariance.geometry.nn.vector_neurons import (
+    VNLeakyReLU,
+    VNLinear,
+    VNLinearLeakyReLU,
+    check_channels,
+    check_vn,
+    unit_channels,
+)
+from invariance.geometry.ops import farthest_point_sample, knn
+from invariance.geometry.registration.matching import (
+    circle_loss,
+    dual_normalized_scores,
+    mutual_topk,
+    node_overlaps,
+    point_to_node,
+)
 from invariance.geometry.registration.solvers import weighted_procrustes
+from invariance.geometry.registration.transformer import GeometricTransformer
 
 __all__ = [
     "VNLinear",
@@ -57,98 +74,8 @@ __all__ = [
     "solve_local_rotations",
     "feature_hypotheses",
     "HypothesisResult",
+    "PARENet",
 ]
-
-_EPS = 1e-12
-
-
-def _check_vn(x: Tensor, name: str, channels: int | None = None) -> None:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must be a floating tensor, got dtype {x.dtype}")
-    if x.dim() < 2 or x.shape[-1] != 3:
-        raise ValueError(f"{name} must have shape (..., C, 3), got {tuple(x.shape)}")
-    if channels is not None and x.shape[-2] != channels:
-        raise ValueError(f"{name} must have {channels} vector channels, got {tuple(x.shape)}")
-    if not torch.isfinite(x).all():
-        raise ValueError(f"{name} contains NaN or Inf values")
-
-
-def _check_channels(**kw: int) -> None:
-    for name, v in kw.items():
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
-
-
-def _unit(x: Tensor) -> Tensor:
-    """Unit-normalise each vector channel; the clamp acts on the (invariant) norm only."""
-    return x / x.norm(dim=-1, keepdim=True).clamp_min(_EPS)
-
-
-class VNLinear(nn.Module):
-    """Channel-mixing linear map ``(..., C_in, 3) -> (..., C_out, 3)`` (no bias: equivariant)."""
-
-    def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__()
-        _check_channels(in_channels=in_channels, out_channels=out_channels)
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.weight = nn.Parameter(torch.empty(out_channels, in_channels))
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-
-    def forward(self, x: Tensor) -> Tensor:
-        _check_vn(x, "x", self.in_channels)
-        return torch.einsum("oc,...cd->...od", self.weight, x)
-
-    def extra_repr(self) -> str:
-        return f"{self.in_channels} -> {self.out_channels}"
-
-
-def _vn_leaky(x: Tensor, d: Tensor, slope: float) -> Tensor:
-    dot = (x * d).sum(-1, keepdim=True)
-    dd = (d * d).sum(-1, keepdim=True).clamp_min(_EPS)
-    keep = (dot >= 0).to(x.dtype)
-    proj = x - (dot / dd) * d
-    return slope * x + (1 - slope) * (keep * x + (1 - keep) * proj)
-
-
-class VNLeakyReLU(nn.Module):
-    """Vector-neuron leaky ReLU with a learned direction per channel (``slope`` 0.2)."""
-
-    def __init__(self, channels: int, *, slope: float = 0.2) -> None:
-        super().__init__()
-        _check_channels(channels=channels)
-        if not 0.0 <= slope < 1.0:
-            raise ValueError(f"slope must be in [0, 1), got {slope}")
-        self.channels, self.slope = channels, float(slope)
-        self.direction = VNLinear(channels, channels)
-
-    def forward(self, x: Tensor) -> Tensor:
-        _check_vn(x, "x", self.channels)
-        return _vn_leaky(x, self.direction(x), self.slope)
-
-
-class VNLinearLeakyReLU(nn.Module):
-    """``VNLinear`` -> unit-normalised channels -> VN leaky ReLU (direction from the input)."""
-
-    def __init__(self, in_channels: int, out_channels: int, *, slope: float = 0.2) -> None:
-        super().__init__()
-        _check_channels(in_channels=in_channels, out_channels=out_channels)
-        if not 0.0 <= slope < 1.0:
-            raise ValueError(f"slope must be in [0, 1), got {slope}")
-        self.in_channels, self.slope = in_channels, float(slope)
-        self.linear = VNLinear(in_channels, out_channels)
-        self.direction = VNLinear(in_channels, out_channels)
-
-    def normalize(self, p: Tensor) -> Tensor:
-        return _unit(p)
-
-    def forward(self, x: Tensor) -> Tensor:
-        _check_vn(x, "x", self.in_channels)
-        return _vn_leaky(self.normalize(self.linear(x)), self.direction(x), self.slope)
 
 
 def position_aware_channels(rel: Tensor) -> Tensor:
@@ -182,7 +109,7 @@ class PAREConv(nn.Module):
         slope: float = 0.2,
     ) -> None:
         super().__init__()
-        _check_channels(out_channels=out_channels, kernel_size=kernel_size)
+        check_channels(out_channels=out_channels, kernel_size=kernel_size)
         if out_channels % 2:
             raise ValueError(f"out_channels must be even, got {out_channels}")
         if residual and (not isinstance(in_channels, int) or in_channels < 1):
@@ -234,7 +161,7 @@ class PAREConv(nn.Module):
         if self.residual:
             if feats is None:
                 raise ValueError("feats is required for a residual block")
-            _check_vn(feats, "feats", self.in_channels)
+            check_vn(feats, "feats", self.in_channels)
             if feats.shape[0] != pos.shape[0]:
                 raise ValueError(f"feats must have one row per support point ({pos.shape[0]})")
             fk = feats[idx]  # (M, k, C, 3)
@@ -243,7 +170,7 @@ class PAREConv(nn.Module):
         else:
             x = lk
         w = torch.einsum("mkq,qoc->mkoc", s, self.bank)  # per-neighbour mixing weights
-        y = _unit(torch.einsum("mkoc,mkcd->mkod", w, x)).mean(dim=1)
+        y = unit_channels(torch.einsum("mkoc,mkcd->mkod", w, x)).mean(dim=1)
         y = self.out(self.act(y))
         if self.shortcut is not None:
             y = y + self.shortcut(feats[idx[:, 0]])
@@ -258,7 +185,7 @@ class VNInvariantHead(nn.Module):
 
     def __init__(self, channels: int, *, slope: float = 0.2) -> None:
         super().__init__()
-        _check_channels(channels=channels)
+        check_channels(channels=channels)
         if channels < 4:
             raise ValueError(f"channels must be >= 4, got {channels}")
         self.channels = channels
@@ -270,13 +197,13 @@ class VNInvariantHead(nn.Module):
 
     def frame(self, x: Tensor) -> Tensor:
         v = self.to_frame(self.net(x))
-        u1 = _unit(v[..., 0, :])
-        u2 = _unit(v[..., 1, :] - (v[..., 1, :] * u1).sum(-1, keepdim=True) * u1)
+        u1 = unit_channels(v[..., 0, :])
+        u2 = unit_channels(v[..., 1, :] - (v[..., 1, :] * u1).sum(-1, keepdim=True) * u1)
         u3 = torch.linalg.cross(u1, u2, dim=-1)
         return torch.stack([u1, u2, u3], dim=-2)
 
     def forward(self, x: Tensor) -> Tensor:
-        _check_vn(x, "x", self.channels)
+        check_vn(x, "x", self.channels)
         return x @ self.frame(x).transpose(-1, -2)
 
 
@@ -293,8 +220,8 @@ def solve_local_rotations(
     Returns:
         ``R (P, 3, 3)`` (proper rotations) and ``valid (P,)`` bool.
     """
-    _check_vn(f_src, "f_src")
-    _check_vn(f_ref, "f_ref")
+    check_vn(f_src, "f_src")
+    check_vn(f_ref, "f_ref")
     if f_src.shape != f_ref.shape or f_src.dim() != 3:
         raise ValueError(
             f"f_src {tuple(f_src.shape)} and f_ref {tuple(f_ref.shape)} must both be (P, D, 3)"
@@ -381,3 +308,236 @@ def feature_hypotheses(
             break
         inl = (voters_src @ Rb.T + tb - voters_ref).norm(dim=-1) < radius
     return HypothesisResult(Rb, tb, inl, int(src.shape[0]), best)
+
+
+def _pyramid(pos: Tensor, k: int, ratio: int) -> dict[str, Tensor]:
+    """Three levels by farthest point sampling (N, N/ratio, N/ratio^2) and the neighbour indices
+    each block needs: same level (``nb*``, first = the point itself), fine to coarse (``sub*``)
+    and coarse to fine (``up*``, 1-NN)."""
+    n0 = pos.shape[0]
+    n1, n2 = max(n0 // ratio, 4), max(n0 // ratio**2, 4)
+    p1 = pos[farthest_point_sample(pos, n1)]
+    p2 = p1[farthest_point_sample(p1, n2)]
+    nb = lambda x: knn(x, min(k, x.shape[0]), method="brute")[0]  # noqa: E731
+    sub = lambda x, q: knn(x, min(k, x.shape[0]), q, method="brute")[0]  # noqa: E731
+    return {
+        "p0": pos,
+        "p1": p1,
+        "p2": p2,
+        "nb0": nb(pos),
+        "nb1": nb(p1),
+        "nb2": nb(p2),
+        "sub1": sub(pos, p1),
+        "sub2": sub(p1, p2),
+        "up1": knn(p2, 1, p1, method="brute")[0][:, 0],
+        "up0": knn(p1, 1, pos, method="brute")[0][:, 0],
+    }
+
+
+class PARENet(nn.Module):
+    """PARE-lite: a three-level PARE-Conv pyramid, invariant heads, a geometric transformer on the
+    superpoints, dual matching in patches and the feature-based hypothesis proposer.
+
+    Args:
+        channels: vector channels of the three encoder levels (default: ``(16, 32, 64)``).
+        out_channels: vector channels of the fine (level-0) equivariant features.
+        k: neighbours per block; ratio: FPS subsampling ratio between levels.
+        coarse_dim: width of the geometric transformer; fine_dim: fine descriptor size.
+        patch_k: points per superpoint patch; num_coarse: superpoint pairs matched.
+        invariant: ``False`` builds the non-invariant twin (descriptors from the raw equivariant
+            features instead of their projection on the learned frame).
+    """
+
+    def __init__(
+        self,
+        *,
+        channels: tuple[int, int, int] = (16, 32, 64),
+        out_channels: int = 32,
+        k: int = 16,
+        ratio: int = 4,
+        coarse_dim: int = 64,
+        fine_dim: int = 64,
+        patch_k: int = 32,
+        num_coarse: int = 16,
+        invariant: bool = True,
+    ) -> None:
+        super().__init__()
+        if len(channels) != 3:
+            raise ValueError(f"channels must have 3 entries, got {channels!r}")
+        check_channels(k=k, ratio=ratio, patch_k=patch_k, num_coarse=num_coarse)
+        c1, c2, c3 = channels
+        self.k, self.ratio, self.patch_k, self.num_coarse = k, ratio, patch_k, num_coarse
+        self.invariant = invariant
+        self.enc = nn.ModuleList(
+            [
+                PAREConv(0, c1),
+                PAREConv(c1, c1, residual=True),
+                PAREConv(c1, c2, residual=True),
+                PAREConv(c2, c2, residual=True),
+                PAREConv(c2, c3, residual=True),
+                PAREConv(c3, c3, residual=True),
+            ]
+        )
+        self.dec2 = VNLinearLeakyReLU(c3 + c2, c2)
+        self.dec1 = VNLinearLeakyReLU(c2 + c1, out_channels)
+        self.coarse_head = VNInvariantHead(c3)
+        self.fine_head = VNInvariantHead(out_channels)
+        self.transformer = GeometricTransformer(3 * c3, coarse_dim, blocks=1, sigma_d=0.2)
+        self.fine_proj = nn.Linear(3 * out_channels, fine_dim)
+        self.matchability = nn.Linear(3 * out_channels, 1)
+        self.match_proj = nn.Linear(fine_dim, fine_dim)
+
+    def encode(self, pos: Tensor) -> dict[str, Tensor]:
+        """Pyramid, equivariant features (``eq0`` level 0, ``eq2`` superpoints) and the
+        (in)variant descriptors of one cloud ``(N, 3)``."""
+        if pos.dim() != 2 or pos.shape[-1] != 3 or pos.shape[0] < 4 * self.ratio**2:
+            raise ValueError(
+                f"pos must be (N, 3) with N >= {4 * self.ratio**2}, got {tuple(pos.shape)}"
+            )
+        if not torch.isfinite(pos).all():
+            raise ValueError("pos contains NaN or Inf values")
+        P = _pyramid(pos, self.k, self.ratio)
+        e = self.enc
+        f0 = e[1](P["p0"], P["p0"], P["nb0"], e[0](P["p0"], P["p0"], P["nb0"]))
+        f1 = e[2](P["p0"], P["p1"], P["sub1"], f0)
+        f1 = e[3](P["p1"], P["p1"], P["nb1"], f1)
+        f2 = e[4](P["p1"], P["p2"], P["sub2"], f1)
+        f2 = e[5](P["p2"], P["p2"], P["nb2"], f2)
+        d1 = self.dec2(torch.cat([f2[P["up1"]], f1], dim=-2))
+        d0 = self.dec1(torch.cat([d1[P["up0"]], f0], dim=-2))
+        if self.invariant:
+            inv2 = self.coarse_head(f2).flatten(-2)
+            inv0 = self.fine_head(d0).flatten(-2)
+        else:  # the twin: the same features, not made invariant
+            inv2, inv0 = f2.flatten(-2), d0.flatten(-2)
+        return {
+            **P,
+            "eq0": d0,
+            "eq2": f2,
+            "coarse_in": inv2,
+            "fine": self.fine_proj(inv0),
+            "match": torch.sigmoid(self.matchability(inv0)).squeeze(-1),
+        }
+
+    def forward(self, src: Tensor, tgt: Tensor) -> dict[str, dict[str, Tensor]]:
+        a, b = self.encode(src), self.encode(tgt)
+        a["coarse"], b["coarse"] = self.transformer(
+            a["p2"], a["coarse_in"], b["p2"], b["coarse_in"]
+        )
+        return {"src": a, "tgt": b}
+
+    # ------------------------------------------------------------------ matching
+    def _patch_scores(self, a: dict, b: dict, pi: Tensor, pj: Tensor) -> tuple[Tensor, ...]:
+        ia, ma = point_to_node(a["p0"], a["p2"], self.patch_k)
+        ib, mb = point_to_node(b["p0"], b["p2"], self.patch_k)
+        Pa, Pb = ia[pi], ib[pj]  # (K, k) point indices
+        Ma, Mb = ma[pi], mb[pj]
+        fa, fb = self.match_proj(a["fine"][Pa]), self.match_proj(b["fine"][Pb])
+        S = torch.einsum("kpd,kqd->kpq", fa, fb) / math.sqrt(fa.shape[-1])
+        valid = Ma[:, :, None] & Mb[:, None, :]
+        S = S.masked_fill(~valid, float("-inf"))
+        row = S.softmax(dim=2).nan_to_num(0.0)
+        col = S.softmax(dim=1).nan_to_num(0.0)
+        M = row * col * a["match"][Pa][:, :, None] * b["match"][Pb][:, None, :]
+        return M, Pa, Pb, valid
+
+    def correspondences(self, out: dict, *, num: int = 256) -> dict[str, Tensor]:
+        """Coarse pairs by dual-normalised scores, then dual matching in their patches: the top
+        ``num`` correspondences (points, equivariant features, scores) and the voters (mutual
+        top-3 per patch with confidence > 0.005)."""
+        a, b = out["src"], out["tgt"]
+        S = dual_normalized_scores(a["coarse"], b["coarse"])
+        kk = min(self.num_coarse, S.numel())
+        flat = S.flatten().topk(kk).indices
+        pi, pj = flat // S.shape[1], flat % S.shape[1]
+        M, Pa, Pb, valid = self._patch_scores(a, b, pi, pj)
+        scores = M.flatten()
+        n = min(num, int((scores > 0).sum().clamp_min(3)))
+        top = scores.topk(n).indices
+        K, p, q = M.shape
+        kidx, rem = top // (p * q), top % (p * q)
+        si, ti = Pa[kidx, rem // q], Pb[kidx, rem % q]
+        vs, vt = [], []
+        for kk_ in range(K):
+            r, c = mutual_topk(M[kk_], 3, 0.005)
+            vs.append(Pa[kk_, r])
+            vt.append(Pb[kk_, c])
+        vsi, vti = torch.cat(vs), torch.cat(vt)
+        if vsi.numel() < 3:
+            vsi, vti = si, ti
+        return {
+            "src_idx": si,
+            "tgt_idx": ti,
+            "score": scores[top],
+            "voter_src": vsi,
+            "voter_tgt": vti,
+        }
+
+    @torch.no_grad()
+    def register(self, src: Tensor, tgt: Tensor, *, num: int = 256, radius: float = 0.1):
+        """Estimate the pose ``tgt ≈ src @ R.T + t``: returns the :class:`HypothesisResult` of
+        the feature-based proposer and the correspondences it used."""
+        out = self(src, tgt)
+        c = self.correspondences(out, num=num)
+        a, b = out["src"], out["tgt"]
+        res = feature_hypotheses(
+            src[c["src_idx"]],
+            tgt[c["tgt_idx"]],
+            a["eq0"][c["src_idx"]],
+            b["eq0"][c["tgt_idx"]],
+            src[c["voter_src"]],
+            tgt[c["voter_tgt"]],
+            radius=radius,
+        )
+        return res, c
+
+    # ------------------------------------------------------------------ training
+    def loss(self, src: Tensor, tgt: Tensor, R: Tensor, t: Tensor, *, radius: float = 0.05):
+        """Coarse circle loss + fine matching loss + rotation contrastive loss (weights 1:1:1)."""
+        out = self(src, tgt)
+        a, b = out["src"], out["tgt"]
+        own_a = torch.cdist(a["p0"], a["p2"]).argmin(1)
+        own_b = torch.cdist(b["p0"], b["p2"]).argmin(1)
+        ov = node_overlaps(src, tgt, own_a, own_b, a["p2"].shape[0], b["p2"].shape[0], R, t, radius)
+        l_coarse = circle_loss(a["coarse"], b["coarse"], ov)
+        pi, pj = (ov > 0.1).nonzero(as_tuple=True)
+        if pi.numel() > self.num_coarse:
+            pick = ov[pi, pj].topk(self.num_coarse).indices
+            pi, pj = pi[pick], pj[pick]
+        l_fine = src.new_zeros(())
+        if pi.numel():
+            M, Pa, Pb, valid = self._patch_scores(a, b, pi, pj)
+            d = torch.cdist(src[Pa] @ R.T + t, tgt[Pb])  # (K, p, q)
+            gt = (d < radius) & valid
+            logM = M.clamp_min(1e-9).log()
+            l_pos = -(logM[gt]).mean() if gt.any() else M.sum() * 0
+            un_a = ~gt.any(2) & valid.any(2)
+            un_b = ~gt.any(1) & valid.any(1)
+            ma, mb = a["match"][Pa], b["match"][Pb]
+            l_un = -0.5 * (1 - ma[un_a]).clamp_min(1e-9).log().mean() if un_a.any() else 0.0
+            l_un2 = -0.5 * (1 - mb[un_b]).clamp_min(1e-9).log().mean() if un_b.any() else 0.0
+            l_fine = l_pos + l_un + l_un2
+        # rotation contrastive loss on the unit equivariant feature channels
+        moved = src @ R.T + t
+        dist, j = torch.cdist(moved, tgt).min(dim=1)
+        fa = unit_channels(a["eq0"]) @ R.T
+        fb = unit_channels(b["eq0"])
+        pos = dist < radius
+        l_rot = src.new_zeros(())
+        if pos.any():
+            l_rot = (fa[pos] - fb[j[pos]]).norm(dim=-1).sub(0.1).relu().mean()
+        perm = torch.randperm(tgt.shape[0], generator=torch.Generator().manual_seed(0))[
+            : src.shape[0]
+        ]
+        far = (moved[: len(perm)] - tgt[perm]).norm(dim=-1) > 0.2
+        if far.any():
+            l_rot = (
+                l_rot + (1.4 - (fa[: len(perm)][far] - fb[perm][far]).norm(dim=-1)).relu().mean()
+            )
+        total = l_coarse + l_fine + l_rot
+        return {
+            "loss": total,
+            "coarse": l_coarse.detach(),
+            "fine": torch.as_tensor(l_fine).detach(),
+            "rot": l_rot.detach(),
+        }
