@@ -265,3 +265,16 @@ def test_make_pair_bad_input():
         {"seed": 0, "n_points": 64, "split": "low", "rotation": "so3", "noise": 0.01},
         name="make_pair",
     )
+
+
+@with_package("open3d")
+def test_fpfh_ransac_baseline_registers_a_full_overlap_pair():
+    from invariance.geometry.registration.fpfh import fpfh_features, fpfh_ransac
+
+    p = make_pair(100, n_points=1024, split="full")
+    r = fpfh_ransac(p.src, p.tgt, iterations=20_000)
+    m = registration_metrics(p.src, r.R, r.t, p.R, p.t)
+    assert m["registered"] == 1.0, m
+    assert fpfh_features(p.src).shape == (1024, 33)
+    with pytest.raises(ValueError, match="src"):
+        fpfh_ransac(torch.full((10, 3), float("nan")), p.tgt)
