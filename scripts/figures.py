@@ -85,10 +85,18 @@ def machine_line(load_before: str, seconds: float) -> str:
 
 def _clean(text: str) -> str:
     lines = []
+    skipping = False
     for line in ANSI.sub("", text).splitlines():
         line = line.split("\r")[-1].rstrip()
         if re.search(r"\d+%\|", line) or "Bytecode compiled" in line:
             continue  # progress bars and installer chatter
+        if re.match(r"=+ warnings summary =+", line):
+            skipping = True  # pytest's warnings section is noise in a figure
+            continue
+        if skipping:
+            if line.startswith("-- Docs:"):
+                skipping = False
+            continue
         lines.append(line)
     return "\n".join(lines).strip()
 

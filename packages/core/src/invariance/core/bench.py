@@ -95,7 +95,7 @@ def compare(
     reference: str | None = None,
     repeats: int = 5,
     min_run_time: float = 0.2,
-    num_threads: int = 1,
+    num_threads: int | None = None,
     device: str | torch.device | None = None,
     label: str = "",
 ) -> list[dict[str, Any]]:
@@ -106,7 +106,9 @@ def compare(
         reference: the name others are compared with (default: the first).
         repeats: rounds; in each round every candidate runs one ``blocked_autorange`` (default 5).
         min_run_time: seconds per ``blocked_autorange`` (default 0.2).
-        num_threads: torch threads during timing (default 1: comparable across loads).
+        num_threads: torch threads during timing (default: the current setting, left
+            untouched; toggling MKL's thread count between 1 and 2 was seen to break later
+            batched ``torch.linalg.solve`` calls on CPU, so set threads once, up front).
         device: synchronise CUDA around each measurement when on a GPU.
         label: copied into each row (e.g. the problem size).
 
@@ -139,6 +141,7 @@ def compare(
             return run
         return fn
 
+    threads = torch.get_num_threads() if num_threads is None else int(num_threads)
     wrapped = {n: wrap(f) for n, f in fns.items()}
     for f in wrapped.values():  # warm-up (lazy init, caches, compilation)
         f()
@@ -146,7 +149,7 @@ def compare(
     for r in range(repeats):
         order = names[r % len(names) :] + names[: r % len(names)]
         for n in order:
-            t = benchmark.Timer(stmt="fn()", globals={"fn": wrapped[n]}, num_threads=num_threads)
+            t = benchmark.Timer(stmt="fn()", globals={"fn": wrapped[n]}, num_threads=threads)
             m = t.blocked_autorange(min_run_time=min_run_time)
             medians[n].append(m.median)
     ref_med = statistics.median(medians[ref])

@@ -522,9 +522,22 @@ def _run_bench(domain: str, prog: str, rest: list[str]) -> int:
     p = ArgumentParser(prog=f"{prog} bench {name}", description=(fn.__doc__ or "").strip())
     p.add_function_arguments(fn, as_group=False)
     p.add_argument("--out", type=str | None, default=None)
+    own_threads = "threads" not in _signature_defaults(fn)
+    if own_threads:
+        p.add_argument(
+            "--threads", type=int | None, default=None, help="torch threads for the whole bench"
+        )
     bool_flags = [f"--{k}" for k, v in _signature_defaults(fn).items() if isinstance(v, bool)]
     ns = p.parse_args(_flagify(rest, bool_flags))
-    kwargs = {k: v for k, v in ns.as_dict().items() if k not in ("out", "config")}
+    drop = ("out", "config", "threads") if own_threads else ("out", "config")
+    kwargs = {k: v for k, v in ns.as_dict().items() if k not in drop}
+    threads = ns.as_dict().get("threads") if own_threads else None
+    if threads is not None:
+        if threads < 1:
+            raise UsageError(f"--threads must be >= 1, got {threads}")
+        import torch
+
+        torch.set_num_threads(threads)  # once, up front (see invariance.core.bench.compare)
     result = fn(**kwargs)
     print(_bench_text(result or {}))
     if ns.out:
