@@ -77,8 +77,10 @@ def _commit() -> str:
 
 
 def machine_line(load_before: str, seconds: float) -> str:
+    threads = os.environ.get("OMP_NUM_THREADS")
     return (
-        f"{os.cpu_count()} CPUs, load {load_before} -> {_load()}, {seconds:.0f} s, "
+        f"{os.cpu_count()} CPUs{f', OMP_NUM_THREADS={threads}' if threads else ''}, "
+        f"load {load_before} -> {_load()}, {seconds:.0f} s, "
         f"commit {_commit()}, {time.strftime('%Y-%m-%d')}"
     )
 
@@ -101,6 +103,10 @@ def _clean(text: str) -> str:
     return "\n".join(lines).strip()
 
 
+class CommandFailed(RuntimeError):
+    """A figure's command exited non-zero: its block keeps what it had."""
+
+
 def run_command(cmd: str, timeout: int) -> tuple[str, str]:
     before = _load()
     t0 = time.perf_counter()
@@ -116,7 +122,9 @@ def run_command(cmd: str, timeout: int) -> tuple[str, str]:
     secs = time.perf_counter() - t0
     out = _clean(proc.stdout)
     if proc.returncode != 0:
-        out += f"\n(exit code {proc.returncode})\n" + _clean(proc.stderr)[-2000:]
+        raise CommandFailed(
+            f"exit code {proc.returncode}\n{out[-1500:]}\n{_clean(proc.stderr)[-2000:]}"
+        )
     return out, machine_line(before, secs)
 
 
@@ -194,7 +202,13 @@ def quick_results(path: str | None, timeout: int) -> tuple[list[dict], str]:
         out = ROOT / "runs" / "figures-quick"
         cmd = f"uv run invariance reproduce --quick --quiet --out {shlex.quote(str(out))}"
         print(f"$ {cmd}", flush=True)
-        _, line = run_command(cmd, timeout)
+        try:
+            _, line = run_command(cmd, timeout)
+        except CommandFailed as e:  # a method that errored is a row of its own; keep the rest
+            print(f"reproduce --quick exited non-zero:\n{e}", flush=True)
+            line = f"{os.cpu_count()} CPUs, commit {_commit()}, {time.strftime('%Y-%m-%d')}"
+            if not (out / "results.json").exists():
+                raise
         path = str(out / "results.json")
     else:
         line = f"results read from {path}, commit {_commit()}"
@@ -232,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         found = [b for b in found if QUICK.match(b[2])]
     elif a.only is not None:
         found = [b for b in found if b[1] in set(a.only)]
+    failed: list[str] = []
     for p, fid, cmd in found:
         q = QUICK.match(cmd)
         if q and results is not None:
@@ -240,9 +255,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{fid}: from the quick results")
             continue
         print(f"$ {cmd}", flush=True)
-        out, mline = run_command(cmd, a.timeout)
+        try:
+            out, mline = run_command(cmd, a.timeout)
+        except (CommandFailed, subprocess.TimeoutExpired) as e:
+            failed.append(fid)
+            print(f"{fid}: FAILED, block left as it was\n{e}", flush=True)
+            continue
         write_block(p, fid, f"```text\n{out}\n```\n\nMeasured with `{cmd}`: {mline}.\n")
         print(out[-1500:])
+    if failed:
+        print(f"failed (blocks unchanged): {', '.join(failed)}")
+        return 1
     return 0
 
 

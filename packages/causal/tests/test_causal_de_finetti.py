@@ -1,3 +1,6 @@
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -94,5 +97,40 @@ def test_cdf_bad_inputs():
         causal_de_finetti(torch.randn(50, 2, 2), test="nope")
     with pytest.raises(ValueError, match="n_per_env"):
         make_bivariate_exchangeable(10, n_per_env=1)
-    with pytest.raises(ValueError, match="ICMGaussian expects"):
+    with pytest.raises(ValueError, match="ICMGaussian: data must have shape"):
         ICMGaussian()(torch.randn(10, 2, 3))
+
+
+ORDER = json.loads((Path(__file__).parent / "golden" / "causallearn_order_golden.json").read_text())
+
+
+@pytest.mark.parametrize("case", ORDER["cdf_bivariate"], ids=lambda c: c["name"])
+def test_cdf_bivariate_pvalues_match_official(case):
+    # golden p-values of the official pipeline's calls, recorded by running causal-learn
+    # (tests/golden/record_causallearn_order_golden.py; provenance in the JSON): columns
+    # X1, X2, Y1, Y2 and CIT(...)([0], [3], [1]), ([2], [1], [3]), ([0], [2]). CIT sorts the
+    # indices of the Y->X call, so it tests KCI(X2, Y1 | Y2).
+    data = torch.tensor(case["data"], dtype=torch.float64)
+    pv = causal_de_finetti(data, test="kci").pvalues
+    assert abs(pv["x->y"] - case["p_xy"]) < 1e-6
+    assert abs(pv["y->x"] - case["p_yx"]) < 1e-6
+    assert abs(pv["independent"] - case["p_ind"]) < 1e-6
+
+
+def test_cdf_rejects_degenerate_data():
+    data = make_linear_gaussian_icm(50, mode=0, seed=1)["data"]
+    for bad in (float("nan"), float("inf")):
+        d = data.clone()
+        d[4, 1, 0] = bad
+        with pytest.raises(ValueError, match="finite"):
+            causal_de_finetti(d, test="fisherz")
+    d = data.clone()
+    d[:, 0, 1] = 2.0
+    with pytest.raises(ValueError, match="constant"):
+        causal_de_finetti(d, test="kci")
+    binary = make_multivariate_binary(200, 3, seed=0)["data"].clone()
+    binary[:, 1, 2] = 1
+    with pytest.raises(ValueError, match="constant"):
+        causal_de_finetti(binary, test="gtest")
+    with pytest.raises(TypeError, match="integer"):
+        causal_de_finetti(data, test="gtest")  # float data were cast to integers silently

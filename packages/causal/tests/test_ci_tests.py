@@ -25,8 +25,15 @@ def test_kci_pvalue_invariant_to_sample_permutation():
     D = torch.randn(80, 3, generator=g, dtype=torch.float64)
     D[:, 1] += 0.3 * D[:, 2]
 
-    def p(d):
-        return torch.tensor(kci_test(d[:, 0], d[:, 1], d[:, 2])[0], dtype=torch.float64)
+    def p(d):  # three p-values that differ, so the check is not vacuous
+        return torch.tensor(
+            [
+                kci_test(d[:, 0], d[:, 1], d[:, 2])[0],
+                kci_test(d[:, 0], d[:, 2])[0],
+                kci_test(d[:, 1], d[:, 2])[0],
+            ],
+            dtype=torch.float64,
+        )
 
     assert_invariant(p, (D,), G.Permutation(dim=0), ("nodes",), tol=1e-9)
 
@@ -104,3 +111,57 @@ def test_ci_tests_bad_inputs():
         kci_test(torch.randn(10, 2, 2), torch.randn(10))
     with pytest.raises(ValueError, match="n > "):
         fisher_z_test(torch.randn(4), torch.randn(4), torch.randn(4, 2))
+
+
+ORDER = json.loads((Path(__file__).parent / "golden" / "causallearn_order_golden.json").read_text())
+
+
+@pytest.mark.parametrize("case", ORDER["kci"], ids=lambda c: c["name"])
+def test_kci_argument_order_matches_causallearn(case):
+    # golden p-values recorded by running causal-learn (tests/golden/
+    # record_causallearn_order_golden.py; provenance in the JSON). The x column index exceeds the
+    # y index: causal-learn's CIT sorts the two index lists, so it tests (y, x | z), while
+    # KCI_CInd called directly tests (x, y | z); conditional KCI is not symmetric.
+    D = torch.tensor(case["data"], dtype=torch.float64)
+    x, y, z = D[:, case["x"]], D[:, case["y"]], D[:, case["z"]]
+    assert abs(kci_test(x, y, z)[0] - case["p_direct"]) < 1e-6
+    assert abs(kci_test(y, x, z)[0] - case["p_cit"]) < 1e-6
+
+
+def test_kci_conditional_is_not_symmetric():
+    # the reason the argument order matters (largest gap among the golden cases: ~0.011)
+    gaps = [abs(c["p_cit"] - c["p_direct"]) for c in ORDER["kci"]]
+    assert max(gaps) > 1e-3
+
+
+@pytest.mark.parametrize("fn", [kci_test, fisher_z_test], ids=["kci", "fisherz"])
+def test_ci_tests_reject_nonfinite_and_constant_columns(fn):
+    g = torch.Generator().manual_seed(5)
+    x, y, z = torch.randn(3, 60, generator=g, dtype=torch.float64)
+    for bad in (float("nan"), float("inf")):
+        xb = x.clone()
+        xb[3] = bad
+        with pytest.raises(ValueError, match="x must be finite"):
+            fn(xb, y, z)
+        zb = z.clone()
+        zb[7] = bad
+        with pytest.raises(ValueError, match="z must be finite"):
+            fn(x, y, zb)
+    with pytest.raises(ValueError, match="y has constant"):
+        fn(x, torch.ones(60, dtype=torch.float64), z)
+    with pytest.raises(ValueError, match="z has constant"):
+        fn(x, y, torch.stack([z, torch.zeros(60, dtype=torch.float64)], 1))
+
+
+def test_g_test_rejects_float_and_constant_input():
+    g = torch.Generator().manual_seed(6)
+    x = torch.randint(0, 2, (200,), generator=g)
+    y = torch.randint(0, 3, (200,), generator=g)
+    with pytest.raises(TypeError, match="integer"):
+        g_test(x.double() + 0.4, y)  # floats were cast to integers silently
+    with pytest.raises(TypeError, match="z"):
+        g_test(x, y, torch.full((200,), float("nan")))
+    with pytest.raises(ValueError, match="y is constant"):
+        g_test(x, torch.zeros(200, dtype=torch.long))
+    with pytest.raises(ValueError, match="x must have shape"):
+        g_test(x.reshape(1, -1), y.reshape(1, -1))

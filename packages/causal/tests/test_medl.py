@@ -1,7 +1,14 @@
 import pytest
 import torch
 
-from invariance.causal import MEDL, RandomEffectBlock, fit_medl, make_scrna_counts, medl_loss
+from invariance.causal import (
+    MEDL,
+    RandomEffectBlock,
+    fit_medl,
+    make_scrna_counts,
+    medl_loss,
+    re_relabel_report,
+)
 from invariance.causal.data.scrna import load_pbmc68k_reduced
 from invariance.causal.medl import probe_accuracy
 from invariance.core import groups as G
@@ -194,7 +201,7 @@ def test_medl_shapes_and_counterfactual():
 
 def test_medl_bad_inputs():
     m = MEDL(n_genes=12, n_batches=3, hidden=(8,), latent=2)
-    with pytest.raises(ValueError, match=r"\(N, 12\)"):
+    with pytest.raises(ValueError, match=r"\(N >= 1, 12\)"):
         m(torch.rand(4, 11), torch.zeros(4, dtype=torch.long))
     with pytest.raises(ValueError, match=r"\[0, 3\)"):
         m(torch.rand(4, 12), torch.tensor([0, 1, 2, 3]))
@@ -220,3 +227,20 @@ def test_medl_pbmc_loader_reads_shipped_file():
     p = load_pbmc68k_reduced(3, seed=0)
     assert p["x"].shape == (700, 765) and p["n_types"] == 10
     assert set(p["batch"].tolist()) == {0, 1, 2}
+
+
+def test_medl_whole_re_path_relabel_equivariance():
+    # the RE path of a trained model: relabelling batches together with the RE weight rows
+    # leaves z_re and the RE reconstruction unchanged; relabelling the cells alone does not
+    torch.manual_seed(0)
+    d = make_scrna_counts(120, 10, n_batches=3, n_types=2, seed=0)
+    m = MEDL(n_genes=10, n_batches=3, hidden=(8,), latent=2)
+    fit_medl(m, d["x"], d["batch"], steps=20, batch_size=64, lambda_rec=1.0)
+    x, b = d["x"][:32], d["batch"][:32]
+    rep = re_relabel_report(m, x, b, trials=3)
+    assert rep.variation > 1e-3 and rep.relative_error < 1e-9
+    m.eval()
+    with torch.no_grad():
+        same = m(x, b)["z_re"]
+        moved = m(x, (b + 1) % 3)["z_re"]  # relabel the cells but not the weights
+    assert (same - moved).abs().max() > 1e-4

@@ -4,6 +4,7 @@ import torch
 from invariance.causal import (
     InvariantLinear,
     LinearSEM,
+    PACInvarianceRecipe,
     certify_invariance,
     fit_invariant_linear,
     fit_invariant_subset,
@@ -48,8 +49,11 @@ def test_pac_parents_head_invariant_under_interventions():
     sem = LinearSEM(d=8, seed=2)
     theta = sem.sample_theta(1, seed=3)[0]
     group = Intervention(sem)
-    assert_invariant(optimal_head(sem, sem.parents), (theta,), group, ("theta",), trials=5)
-    assert_not_invariant(optimal_head(sem, list(range(sem.d))), (theta,), group, ("theta",))
+    # the head of the one parent plus its risk: outputs that vary, so the check is not vacuous
+    head = optimal_head(sem, sem.parents, with_risk=True)
+    assert_invariant(head, (theta,), group, ("theta",), trials=5)
+    everything = optimal_head(sem, list(range(sem.d)), with_risk=True)
+    assert_not_invariant(everything, (theta,), group, ("theta",))
 
 
 def test_pac_sample_residual_is_half_gradient():
@@ -146,3 +150,39 @@ def test_pac_bad_inputs():
         invariance_residual(sem.covariance(sem.sample_theta(1)), torch.zeros(2, 5), torch.zeros(2))
     with pytest.raises(ValueError, match="rank"):
         InvariantLinear(d=3, rank=4)
+
+
+def test_fit_invariant_subset_rejects_nonfinite_cov():
+    sem = LinearSEM(d=6, seed=0)
+    cov = sem.covariance(sem.sample_theta(3, seed=1))
+    for bad in (float("nan"), float("inf")):
+        c = cov.clone()
+        c[1, 2, 3] = bad
+        with pytest.raises(ValueError, match="cov must be finite"):
+            fit_invariant_subset(c)
+
+
+def test_pac_pooled_search_is_the_best_pooled_mse_subset():
+    # eps=None: the same search without the invariance test returns the lowest pooled MSE
+    sem = LinearSEM(d=8, seed=3)
+    cov = sem.covariance(sem.sample_theta(10, seed=4))
+    pooled = fit_invariant_subset(cov, max_size=3, eps=None)
+    inv = fit_invariant_subset(cov, max_size=3, eps=0.05)
+    assert len(pooled.accepted) == 1 + 8 + 28 + 56
+    assert pooled.mse == min(a[3] for a in pooled.accepted) <= inv.mse
+    assert pooled.gap > 0.05 >= inv.gap  # on this SEM the pooled-best subset is not invariant
+
+
+def test_pac_reproduce_baseline_is_the_fair_pooled_subset(tmp_path):
+    from invariance.causal.recipes.pac_invariance import subset_comparison
+    from invariance.core import make_config
+    from invariance.core.io import RunDir
+
+    row = subset_comparison(d=8, n_sites=2, m=10, eps=0.05, seed=0)
+    assert row["invariant_violation"] == 0.0 and row["pooled_violation"] > 0.5
+    recipe = PACInvarianceRecipe()
+    cfg = make_config(recipe, seeds=3)
+    res = recipe.reproduce(cfg, RunDir(tmp_path), quick=True)
+    assert res.baseline.startswith("best pooled-MSE subset")
+    assert "ERM on all features" in res.arms and len(res.method_values) == 3
+    assert res.verdict == "wins" and res.invariance_error < 1e-8

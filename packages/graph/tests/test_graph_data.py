@@ -16,8 +16,9 @@ def test_spurious_motif_ground_truth_and_shift():
     tr = make_spurious_motif(60, bias=0.9, split="train", seed=0)
     te = make_spurious_motif(30, bias=0.9, split="test", seed=0)
     again = make_spurious_motif(60, bias=0.9, split="train", seed=0)
-    assert all(torch.equal(a.edge_index, b.edge_index) and torch.equal(a.x, b.x)
-               for a, b in zip(tr, again))
+    assert all(
+        torch.equal(a.edge_index, b.edge_index) and torch.equal(a.x, b.x) for a, b in zip(tr, again)
+    )
     n_edges = {0: 10, 1: 12, 2: 12}  # directed motif edges: cycle 5, house 6, crane 6
     for g in tr + te:
         assert int(g.node_mask.sum()) == 5
@@ -36,10 +37,12 @@ def test_csbm_mixture_homophily_shift():
     d = make_csbm_mixture(300, seed=0)
     h = node_homophily(d.edge_index, d.y, d.num_nodes)
     assert torch.allclose(h.float(), d.node_hom, equal_nan=True)
-    assert abs(float(torch.nan_to_num(h).mean()) - homophily(d.edge_index, d.y, method="node")) \
-        < 1e-6
-    assert float(d.node_hom[d.train_mask].nanmean()) > float(d.node_hom[d.test_mask].nanmean()) \
-        + 0.2
+    assert (
+        abs(float(torch.nan_to_num(h).mean()) - homophily(d.edge_index, d.y, method="node")) < 1e-6
+    )
+    assert (
+        float(d.node_hom[d.train_mask].nanmean()) > float(d.node_hom[d.test_mask].nanmean()) + 0.2
+    )
     masks = d.train_mask.int() + d.val_mask.int() + d.test_mask.int()
     assert bool((masks == 1).all())
     assert torch.equal(make_csbm_mixture(300, seed=0).edge_index, d.edge_index)
@@ -112,3 +115,35 @@ def test_drosophila_connectome_from_graspologic_wheel():
     for m in (d.train_mask, d.test_mask):  # the per-class split keeps every cell type
         assert (torch.bincount(d.y[m], minlength=4) > 0).all()
     assert not (d.train_mask & d.test_mask).any() and d.x.shape == (209, 16)
+
+
+def test_spurious_motif_dir_style_matches_dir_generator():
+    """``style="dir"``: node-count ranges per base and split equal those of DIR's own generator
+    (``Wuyxin/DIR-GNN`` ``spmotif_gen`` at cae0b9f, ``synthetic_structsim.build_graph`` with the
+    notebook's size rules, run by us on 300 graphs per label and base: train tree 6-18, ladder
+    21-27, wheel 20-24 nodes; test tree 20-369, ladder 65-103, wheel 65-84), and its crane has 7
+    edges. The default ``style="cpu"`` keeps its smaller bases and 6-edge crane."""
+    from invariance.graph.data import BASES
+
+    dir_ranges = {
+        ("train", "tree"): (6, 18),
+        ("train", "ladder"): (21, 27),
+        ("train", "wheel"): (20, 24),
+        ("test", "tree"): (20, 369),
+        ("test", "ladder"): (65, 103),
+        ("test", "wheel"): (65, 84),
+    }
+    for split in ("train", "test"):
+        gs = make_spurious_motif(150, bias=1 / 3, split=split, seed=0, style="dir")
+        for b, name in enumerate(BASES):
+            sizes = [g.num_nodes for g in gs if int(g.base) == b]
+            lo, hi = dir_ranges[(split, name)]
+            assert lo <= min(sizes) and max(sizes) <= hi, (split, name, min(sizes), max(sizes))
+        if split == "train":  # the small trees (height 0-2, branching 2-3) do occur
+            assert min(g.num_nodes for g in gs if int(g.base) == 0) <= 9
+    crane = [g for g in make_spurious_motif(30, style="dir", seed=1) if int(g.y) == 2][0]
+    assert int(crane.edge_mask.sum()) // 2 == 7
+    crane_cpu = [g for g in make_spurious_motif(30, seed=1) if int(g.y) == 2][0]
+    assert int(crane_cpu.edge_mask.sum()) // 2 == 6
+    with pytest.raises(ValueError, match="style"):
+        make_spurious_motif(3, style="large")

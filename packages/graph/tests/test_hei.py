@@ -11,14 +11,13 @@ from invariance.graph.data import make_csbm_mixture, node_homophily
 from invariance.graph.hei import (
     HEI,
     EnvironmentInference,
-    _EnvFn,
     hei_penalty,
     homophily_groups,
     local_similarity,
     neighbour_pattern,
     standardise,
-    train_node_model,
 )
+from invariance.graph.recipes.hei import _EnvFn, train_node_model
 
 GOLDEN = json.loads((pathlib.Path(__file__).parent / "hei_golden.json").read_text())
 
@@ -44,17 +43,20 @@ def test_hei_golden_homophily_and_localsim():
     torch.testing.assert_close(h[ok].float(), ref[ok], atol=1e-6, rtol=0)
     # PyG's homophily(method="node") averages over all nodes, isolated ones counting 0
     assert abs(float(torch.nan_to_num(h, nan=0.0).mean()) - homophily(ei, y, method="node")) < 1e-6
-    torch.testing.assert_close(local_similarity(x, ei), torch.tensor(GOLDEN["local_sim_norm2"]),
-                               atol=1e-5, rtol=0)
-    torch.testing.assert_close(local_similarity(x, ei, "cos"),
-                               torch.tensor(GOLDEN["local_sim_cos"]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        local_similarity(x, ei), torch.tensor(GOLDEN["local_sim_norm2"]), atol=1e-5, rtol=0
+    )
+    torch.testing.assert_close(
+        local_similarity(x, ei, "cos"), torch.tensor(GOLDEN["local_sim_cos"]), atol=1e-5, rtol=0
+    )
 
 
 def _golden_env():
     env = EnvironmentInference(1, 16, 4)
     # the official module registers lin1/lin2 twice (also inside `_main`); keep one copy
-    env.load_state_dict({k: torch.tensor(v) for k, v in GOLDEN["env_state"].items()
-                         if k.startswith("lin")})
+    env.load_state_dict(
+        {k: torch.tensor(v) for k, v in GOLDEN["env_state"].items() if k.startswith("lin")}
+    )
     return env
 
 
@@ -101,8 +103,9 @@ def test_hei_estimates_label_free(graph):
     for est in ("local", "agg", "simrank"):
         z1, z2 = neighbour_pattern(graph, est), neighbour_pattern(g2, est)
         assert torch.equal(z1, z2)
-    assert torch.equal(model.environments(neighbour_pattern(graph)),
-                       model.environments(neighbour_pattern(g2)))
+    assert torch.equal(
+        model.environments(neighbour_pattern(graph)), model.environments(neighbour_pattern(g2))
+    )
 
 
 def test_hei_partition(graph):
@@ -122,8 +125,12 @@ def test_hei_ascent_then_frozen(graph):
     model = HEI(graph.num_nodes, graph.x.size(1), 3, hidden=16, anneal_steps=2)
     z = neighbour_pattern(graph)
     tr = graph.train_mask
-    opt = torch.optim.AdamW([{"params": model.backbone.parameters(), "lr": 0.0},
-                             {"params": model.env_net.parameters(), "lr": 1e-2}])
+    opt = torch.optim.AdamW(
+        [
+            {"params": model.backbone.parameters(), "lr": 0.0},
+            {"params": model.env_net.parameters(), "lr": 1e-2},
+        ]
+    )
 
     def live_penalty():
         model.eval()
@@ -173,3 +180,61 @@ def test_hei_bad_input():
     model = HEI(10, 3, 2)
     with pytest.raises(ValueError, match="built for 10 nodes"):
         model(torch.randn(7, 3), torch.zeros(2, 0, dtype=torch.long))
+
+
+def test_hei_reproduce_selects_on_validation_and_logs_nll_penalty(monkeypatch):
+    """``reproduce``'s protocol: every arm picks the grid point with the best mean validation
+    accuracy (never test), and each run logs the training NLL and penalty at the end of annealing
+    and at the selected epoch."""
+    import invariance.graph.recipes.hei as rh
+
+    cfg = rh.HEIConfig(hidden=8, anneal_steps=3)
+    grid = [{"lr": 1e-2, "anneal_steps": 3}, {"lr": 1e-3, "anneal_steps": 6}]
+    best, val = rh.select_on_validation(cfg, {}, grid, n=60, seeds=[0, 1], epochs=8)
+    assert set(val) == {"lr=0.01, anneal_steps=3", "lr=0.001, anneal_steps=6"}
+    assert best["grid_point"] == max(val, key=val.get) and best["val"][0] == max(val.values())
+    for key in (
+        "nll_at_anneal_end_per_seed",
+        "penalty_at_anneal_end_per_seed",
+        "nll_at_selected_per_seed",
+        "penalty_at_selected_per_seed",
+    ):
+        assert len(best[key]) == 2 and all(v == v and v >= 0 for v in best[key])
+    assert all(0 <= e < 8 for e in best["selected_epoch_per_seed"])
+    assert best["invariance_error"] < 1e-9
+
+    # selection never reads the test accuracy: scramble it and the choice stays
+    real = rh._accuracies
+
+    def scrambled(model, data):
+        r = real(model, data)
+        r.full, r.high, r.low = 1.0 - r.full, 0.5, 0.5
+        return r
+
+    monkeypatch.setattr(rh, "_accuracies", scrambled)
+    again, val2 = rh.select_on_validation(cfg, {}, grid, n=60, seeds=[0, 1], epochs=8)
+    assert again["grid_point"] == best["grid_point"] and val2 == val
+
+    # train_node_model logs the end of annealing at step anneal_steps
+    d = make_csbm_mixture(60, seed=0, dim=8)
+    torch.manual_seed(0)
+    m = HEI(d.num_nodes, 8, 3, hidden=8, anneal_steps=4)
+    res = train_node_model(m, d, epochs=6)
+    assert res.anneal_end["epoch"] == 4 and res.selected["epoch"] == res.epoch
+    assert {"nll", "penalty"} <= set(res.anneal_end) and {"nll", "penalty"} <= set(res.selected)
+
+
+def test_hei_train_takes_any_optimizer():
+    """``invariance-graph train hei --cfg.optimizer adamp``: the backbone gets the named
+    optimiser, the environment net Adam, and core's fit runs the recipe's two-optimiser step
+    (before: fit refused NamedOptimizers without a train_step)."""
+    from invariance.core import make_config
+    from invariance.core.registry import get_method
+    from invariance.core.train import fit_recipe
+
+    rec = get_method("hei").recipe()
+    cfg = make_config(rec, steps=3, optimizer="adamp", n=60, hidden=8)
+    opts = rec.optimizer(cfg, rec.build(cfg))
+    assert type(opts["backbone"]).__name__ == "AdamP" and type(opts["env"]).__name__ == "Adam"
+    model, res = fit_recipe(rec, cfg, progress=False)
+    assert int(model.num_steps) == 3

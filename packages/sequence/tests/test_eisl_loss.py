@@ -65,8 +65,21 @@ def test_eisl_golden_official_padded(case):
     assert torch.allclose(logits.grad, torch.tensor(c["grad_logits"]), atol=1e-5)
 
 
+def _per_row(logits, **kw):
+    """Per-sample losses (B,), so that the checked outputs vary across the batch (a single scalar
+    would be a vacuous check)."""
+    return lambda t: torch.stack(
+        [
+            eisl_loss(logits[i : i + 1], t[i : i + 1], gumbel=False, ignore_index=None, **kw)[
+                "loss"
+            ]
+            for i in range(t.shape[0])
+        ]
+    )
+
+
 def _uni(logits):
-    return lambda t: eisl_loss(logits, t, ngram=1, gumbel=False, ignore_index=None)["loss"]
+    return _per_row(logits, ngram=1)
 
 
 def test_eisl_unigram_target_permutation_invariant():
@@ -80,11 +93,10 @@ def test_eisl_ce_not_target_permutation_invariant():
     g = torch.Generator().manual_seed(1)
     logits = torch.randn(2, 9, 13, generator=g, dtype=torch.float64)
     target = torch.randint(0, 13, (2, 9), generator=g)
-    ce = lambda t: F.cross_entropy(logits.transpose(1, 2), t)  # noqa: E731
+    ce = lambda t: F.cross_entropy(logits.transpose(1, 2), t, reduction="none").mean(1)  # noqa: E731
     assert_not_invariant(ce, target, Permutation(dim=1), "nodes", dtype=None)
     # bigram EISL is order-aware too (it is edit-robust, not a bag of words)
-    bi = lambda t: eisl_loss(logits, t, ngram=2, gumbel=False, ignore_index=None)["loss"]  # noqa: E731
-    assert_not_invariant(bi, target, Permutation(dim=1), "nodes", dtype=None)
+    assert_not_invariant(_per_row(logits, ngram=2), target, Permutation(dim=1), "nodes", dtype=None)
 
 
 def test_eisl_edit_robust_vs_ce():
@@ -117,16 +129,38 @@ def test_eisl_padding():
     target = torch.randint(0, 9, (2, 6), generator=g)
     padded = target.clone()
     padded[1, 4:] = -100
-    # exclude mode: a padded row equals the same row cut to its length (aligned output masked too)
+    # exclude mode: a padded row equals the same target cut to its length, matched against the
+    # whole output (the output is not masked by the target's padding)
     full = eisl_loss(logits[1:], padded[1:], ngram="1,2", gumbel=False)["loss"]
-    cut = eisl_loss(logits[1:, :4], target[1:, :4], ngram="1,2", gumbel=False)["loss"]
+    cut = eisl_loss(logits[1:], target[1:, :4], ngram="1,2", gumbel=False)["loss"]
     assert torch.allclose(full, cut, atol=1e-12)
-    # changing logits at padded positions does not change the loss
+    # an explicit output_mask leaves the masked outputs out: their logits no longer matter
+    om = padded != -100
     l2 = logits.clone()
     l2[1, 4:] += 5.0
-    a = eisl_loss(logits, padded, gumbel=False)["loss"]
-    b = eisl_loss(l2, padded, gumbel=False)["loss"]
+    a = eisl_loss(logits, padded, gumbel=False, output_mask=om)["loss"]
+    b = eisl_loss(l2, padded, gumbel=False, output_mask=om)["loss"]
     assert torch.allclose(a, b, atol=1e-12)
+    cut_both = eisl_loss(logits[1:, :4], target[1:, :4], ngram="1,2", gumbel=False)["loss"]
+    masked = eisl_loss(logits[1:], padded[1:], ngram="1,2", gumbel=False, output_mask=om[1:])
+    assert torch.allclose(masked["loss"], cut_both, atol=1e-12)
+
+
+def test_eisl_exclude_padding_keeps_edit_invariance():
+    """Issue 14: a label that lost its first k tokens, right-padded to the output length (as
+    transformers pads), must cost EISL about what the unpadded shorter label costs, not almost as
+    much as CE. Before the fix the default mode masked the *output* positions where the target is
+    padded, so the tail n-grams could no longer align with their true positions."""
+    V, k = 9, 2
+    s = torch.tensor([[1, 3, 5, 2, 6, 4, 7, 8, 5, 1]])
+    logits = 8.0 * F.one_hot(s, V).double()
+    lost = torch.cat([s[:, k:], torch.full((1, k), -100)], 1)  # first k tokens missing
+    kw = dict(ngram="2,3", gumbel=False)
+    padded = eisl_loss(logits, lost, **kw)["loss"]
+    shorter = eisl_loss(logits, s[:, k:], **kw)["loss"]
+    assert torch.allclose(padded, shorter, atol=1e-12)
+    ce = F.cross_entropy(logits.transpose(1, 2), lost, ignore_index=-100)
+    assert padded < 0.05 * ce, (float(padded), float(ce))
 
 
 def test_eisl_module_and_ngram_resolution():
@@ -144,7 +178,7 @@ def test_eisl_module_and_ngram_resolution():
 
 def test_eisl_bad_input():
     logits = torch.randn(2, 5, 8)
-    with pytest.raises(ValueError, match=r"\(B, T, V\)"):
+    with pytest.raises(ValueError, match="logits"):
         eisl_loss(logits[0], torch.zeros(2, 5, dtype=torch.long))
     with pytest.raises(ValueError, match="target must have shape"):
         eisl_loss(logits, torch.zeros(3, 5, dtype=torch.long))

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from invariance.sequence import hippo
+from invariance.sequence import S4Kernel, hippo
 
 
 def _impulse(measure, N, ts):
@@ -134,3 +134,25 @@ def test_hippo_bad_input():
         hippo.transition("legs", 0)
     with pytest.raises(ValueError, match="even"):
         hippo.nplr("legs", 5)
+
+
+def test_hippo_nplr_canonical_sign():
+    """Each NPLR eigenvector's sign is canonical: Re(B~_n) > 0, or Im(B~_n) > 0 where the real
+    part vanishes (FouT's zero mode) (the official float32 ``eig``
+    leaves it to LAPACK, so the sign of a mode, and of the S4D-LegS kernel with C = 1, varied)."""
+    for measure in ("legs", "fout", "lagt"):
+        f = hippo.nplr(measure, 16, b_clip=None, dtype=torch.complex128)
+        re, im = f.B.real, f.B.imag
+        assert ((re > 1e-12) | ((re.abs() <= 1e-12) & (im > 0))).all(), measure
+    _, B = hippo.diag_init("legs", 16)
+    assert (B.real > 0).all()
+
+
+def test_hippo_nplr_rejects_bad_b_clip():
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="b_clip"):
+            hippo.nplr("legs", 8, b_clip=bad)
+    with pytest.raises(TypeError, match="b_clip"):
+        hippo.nplr("legs", 8, b_clip="2")
+    with pytest.raises(ValueError, match="b_clip"):
+        S4Kernel(2, d_state=8, l_max=8, b_clip=0.0)

@@ -1,6 +1,7 @@
 """invariance.causal: invariance in causal inference and batch-effect modelling.
 
-Methods (one module each, registered in the ``invariance`` registry under domain ``causal``):
+Methods (one module each; configs, recipes and reproduce experiments in
+:mod:`invariance.causal.recipes`, registered under domain ``causal``):
 
 * :mod:`~invariance.causal.pac_invariance`: PAC generalisation via (approximately) invariant linear
   representations (Parulekar et al., ICML 2023);
@@ -13,9 +14,11 @@ Methods (one module each, registered in the ``invariance`` registry under domain
 Procedural data with ground truth lives in :mod:`invariance.causal.data`.
 """
 
-from invariance.causal import benches  # noqa: F401  (registers the benches)
+from invariance.causal import (
+    benches,  # noqa: F401  (registers the benches)
+    recipes,  # noqa: F401  (registers the methods)
+)
 from invariance.causal.causal_de_finetti import (
-    CausalDeFinettiRecipe,
     CdFResult,
     ICMGaussian,
     causal_de_finetti,
@@ -32,22 +35,22 @@ from invariance.causal.data.scrna import load_pbmc68k_reduced, make_scrna_counts
 from invariance.causal.data.sem import LinearSEM, empirical_covariance
 from invariance.causal.medl import (
     MEDL,
-    MEDLRecipe,
     RandomEffectBlock,
-    fit_medl,
     medl_alternating_step,
     medl_loss,
+    re_relabel_report,
 )
 from invariance.causal.pac_invariance import (
     InvariantLinear,
-    PACInvarianceRecipe,
     SubsetFit,
     certify_invariance,
-    fit_invariant_linear,
     fit_invariant_subset,
     invariance_residual,
     sample_residual,
 )
+from invariance.causal.recipes.causal_de_finetti import CausalDeFinettiRecipe
+from invariance.causal.recipes.medl import MEDLRecipe, fit_medl
+from invariance.causal.recipes.pac_invariance import PACInvarianceRecipe, fit_invariant_linear
 
 __version__ = "0.1.0"
 
@@ -79,6 +82,7 @@ __all__ = [
     "medl_loss",
     "fit_medl",
     "medl_alternating_step",
+    "re_relabel_report",
     "MEDLRecipe",
     "make_scrna_counts",
     "load_pbmc68k_reduced",

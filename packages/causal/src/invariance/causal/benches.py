@@ -1,7 +1,9 @@
 """Benchmarks against peers (run with ``invariance-causal bench <name>``).
 
-* ``kci_vs_causallearn``: p-value parity and wall time of our torch KCI against causal-learn's
-  ``CIT(data, "kci", approx=True)`` (causal-learn is a bench-only reference, imported lazily).
+* ``kci_vs_causallearn``: p-value parity and time of our torch KCI against causal-learn's
+  ``CIT(data, "kci", approx=True)``, timed interleaved with repeats by
+  :func:`invariance.core.bench.compare` (causal-learn is a bench-only reference, imported
+  lazily).
 * ``cdf_vs_cdnod``: bivariate structure accuracy of Causal de Finetti against causal-learn's
   CD-NOD (environment index as a context variable) and PC on pooled data.
 """
@@ -12,7 +14,7 @@ import time
 
 import torch
 
-from invariance.core.bench import register_bench, time_fn
+from invariance.core.bench import compare, machine, register_bench
 
 
 @register_bench("causal", "kci_vs_causallearn")
@@ -38,17 +40,22 @@ def kci_vs_causallearn(*, device: str = "cpu", quick: bool = False, n: int = 300
         p_our = kci_test(D[:, x], D[:, y], D[:, z] if z else None)[0]
         diffs.append(abs(p_ref - p_our))
     x, y, z = problems[1]
-    rep = 3 if quick else 10
-    ours = time_fn(lambda: kci_test(D[:, x], D[:, y], D[:, z]), warmup=1, repeat=rep)
     # a fresh CIT object per call: causal-learn caches p-values per (x, y, z)
-    ref = time_fn(lambda: CIT(D.numpy(), "kci", approx=True)(x, y, z), warmup=1, repeat=rep)
-    return {
-        "n": n,
-        "max_abs_p_diff": max(diffs),
-        "ours_median_s": ours["median_s"],
-        "causallearn_median_s": ref["median_s"],
-        "speedup": ref["median_s"] / ours["median_s"],
-    }
+    rows = compare(
+        {
+            "ours (torch KCI)": lambda: kci_test(D[:, x], D[:, y], D[:, z]),
+            "causal-learn CIT kci": lambda: CIT(D.numpy(), "kci", approx=True)(x, y, z),
+        },
+        reference="causal-learn CIT kci",
+        repeats=3 if quick else 5,
+        min_run_time=0.2,
+        label=f"conditional KCI, n={n}",
+    )
+    parity = max(diffs)
+    for r in rows:
+        r["n"] = n
+        r["max_abs_p_diff"] = parity
+    return {"rows": rows, "machine": machine()}
 
 
 @register_bench("causal", "cdf_vs_cdnod")
@@ -90,8 +97,14 @@ def cdf_vs_cdnod(
             if i_ != j_ and G[j_, i_] == -1 and G[i_, j_] == -1
         }
         ok["cdnod"] += (est | und) == d["edges"]
-    out = {f"{k}_acc": v / n_datasets for k, v in ok.items()}
-    out.update({f"{k}_seconds": v for k, v in t.items()})
-    out["n_datasets"] = n_datasets
-    out["n_envs"] = n_envs
-    return out
+    rows = [
+        {
+            "name": k,
+            "accuracy": round(v / n_datasets, 4),
+            "seconds_total": round(t[k], 3) if k in t else None,
+            "n_datasets": n_datasets,
+            "n_envs": n_envs,
+        }
+        for k, v in ok.items()
+    ]
+    return {"rows": rows, "machine": machine()}

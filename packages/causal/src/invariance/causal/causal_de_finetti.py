@@ -13,8 +13,11 @@ is :math:`\iint \prod_n p(y_n|x_n,\psi)\,p(x_n|\theta)\,d\mu(\theta)d\nu(\psi)` 
 data (one sample per group) cannot do beyond the Markov equivalence class.
 
 * **Bivariate rule** (official): ``p_xy = CI(X1, Y2 | X2)``, ``p_yx = CI(Y1, X2 | Y2)``,
-  ``p_ind = CI(X1, Y1)``; X->Y if ``p_xy >= a, p_yx <= a, p_ind <= a``; Y->X for the mirror;
-  no edge if all three ``>= a``; otherwise the argmax of the three p-values.
+  ``p_ind = CI(X1, Y1)``; the Y->X test is run as ``KCI(X2, Y1 | Y2)``, the argument order the
+  official pipeline gets from causal-learn's ``CIT`` (it sorts the column indices of its two
+  arguments; conditional KCI is not symmetric in them). X->Y if ``p_xy >= a, p_yx <= a,
+  p_ind <= a``; Y->X for the mirror; no edge if all three ``>= a``; otherwise the argmax of the
+  three p-values.
 * **Multivariate** (official): (i) *sink layering*: among the remaining variables ``R``, ``X_j``
   joins the current layer if for every other ``k`` in ``R``,
   :math:`X_j^{(1)} \perp X_k^{(2)} \mid \{X_m^{(1)}: m\in R\setminus\{j\}\}`; remove the layer,
@@ -28,6 +31,9 @@ CI tests: our own :func:`~invariance.causal.ci_tests.kci_test` (continuous, caus
 (discrete); ``test="auto"`` picks the G-test for integer data and KCI otherwise.
 
 Tested properties (``tests/test_causal_de_finetti.py``):
+* the three bivariate p-values equal the official pipeline's (causal-learn ``CIT`` on columns
+  ``X1, X2, Y1, Y2``) on recorded golden cases (``test_cdf_bivariate_pvalues_match_official``);
+* non-finite or constant columns are rejected (``test_cdf_rejects_degenerate_data``);
 * p-values and the decision are invariant to permuting the groups, checked with
   ``invariance.core.testing`` (``test_cdf_invariant_to_group_permutation``); permuting the samples
   *within* only one variable breaks it (negative control, same test);
@@ -59,16 +65,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from invariance.causal._checks import check_float_tensor
 from invariance.causal.ci_tests import fisher_z_test, g_test, kci_test
-from invariance.core.recipe import Recipe, ReproduceResult, TrainConfig
-from invariance.core.registry import register
 
 __all__ = [
-    "CausalDeFinettiConfig",
-    "CausalDeFinettiRecipe",
     "CdFResult",
-    "bivariate_benchmark",
-    "multivariate_benchmark",
     "ICMGaussian",
     "fit_icm_gaussian",
     "bivariate_decision",
@@ -76,6 +77,25 @@ __all__ = [
     "iid_baseline",
     "normalised_shd",
 ]
+
+
+#: names that moved to :mod:`invariance.causal.recipes.causal_de_finetti` (importable here too)
+_RECIPE_NAMES = {
+    "CausalDeFinettiConfig",
+    "CausalDeFinettiRecipe",
+    "bivariate_benchmark",
+    "multivariate_benchmark",
+}
+
+
+def __getattr__(name: str) -> object:
+    """Keep ``from invariance.causal.causal_de_finetti import <recipe name>`` working."""
+    if name in _RECIPE_NAMES:
+        from invariance.causal.recipes import causal_de_finetti as _recipe
+
+        return getattr(_recipe, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 CITest = Callable[..., tuple[float, float]]
 _TESTS: dict[str, CITest] = {"kci": kci_test, "fisherz": fisher_z_test, "gtest": g_test}
@@ -104,6 +124,13 @@ def _resolve_test(test: str | CITest, data: Tensor) -> CITest:
     return _TESTS[test]
 
 
+def _check_alpha(alpha: float) -> None:
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+        raise TypeError(f"alpha must be a number in (0, 1), got {alpha!r}")
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+
+
 def bivariate_decision(p_xy: float, p_yx: float, p_ind: float, alpha: float = 0.05) -> set:
     """The official decision rule on the three p-values; returns the edge set."""
     if p_xy >= alpha and p_yx <= alpha and p_ind <= alpha:
@@ -119,21 +146,34 @@ def bivariate_decision(p_xy: float, p_yx: float, p_ind: float, alpha: float = 0.
 def _check_data(data: Tensor) -> Tensor:
     if not isinstance(data, Tensor):
         raise TypeError(f"data must be a Tensor (n_envs, 2, n_vars), got {type(data).__name__}")
+    if data.dtype == torch.bool or data.is_complex():
+        raise TypeError(f"data must hold real numbers or integer codes, got dtype {data.dtype}")
     if data.dim() != 3 or data.shape[1] < 2 or data.shape[2] < 2:
         raise ValueError(
             "data must have shape (n_envs, n_per_env >= 2, n_vars >= 2) (two exchangeable samples "
             f"per group are needed), got {tuple(data.shape)}"
         )
     if data.shape[0] < 5:
-        raise ValueError(f"need at least 5 groups, got {data.shape[0]}")
+        raise ValueError(f"data needs at least 5 groups, got {data.shape[0]}")
+    two = data[:, :2]
+    if data.is_floating_point() and not torch.isfinite(two).all():
+        raise ValueError("data must be finite (samples 0 and 1 hold NaN or inf)")
+    const = (two == two[:1]).all(dim=0)  # (2, n_vars): constant across groups
+    if bool(const.any()):
+        s, v = const.nonzero()[0].tolist()
+        raise ValueError(f"data[:, {s}, {v}] is constant across groups: nothing to test")
     return data
 
 
 def _bivariate(data: Tensor, test: CITest, alpha: float) -> CdFResult:
     x1, x2 = data[:, 0, 0], data[:, 1, 0]
     y1, y2 = data[:, 0, 1], data[:, 1, 1]
+    # the official pipeline calls causal-learn's CIT on columns (X1, X2, Y1, Y2) as
+    # (0; 3 | 1), (2; 1 | 3), (0; 2); CIT sorts the two index lists, so the Y->X test runs as
+    # KCI(X2, Y1 | Y2). Conditional KCI is not symmetric in its two arguments (X is augmented with
+    # Z / 2), so we keep that order.
     p_xy = test(x1, y2, x2)[0]
-    p_yx = test(y1, x2, y2)[0]
+    p_yx = test(x2, y1, y2)[0]
     p_ind = test(x1, y1)[0]
     edges = bivariate_decision(p_xy, p_yx, p_ind, alpha)
     return CdFResult(edges=edges, pvalues={"x->y": p_xy, "y->x": p_yx, "independent": p_ind})
@@ -213,8 +253,7 @@ def causal_de_finetti(
         :class:`CdFResult` with the estimated edge set (``(parent, child)`` pairs).
     """
     data = _check_data(data)
-    if not 0 < alpha < 1:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    _check_alpha(alpha)
     t = _resolve_test(test, data)
     data = data[:, :2]
     if data.shape[2] == 2 and bivariate_rule:
@@ -234,8 +273,9 @@ def iid_baseline(
     repository scores its PC baseline: an undirected edge never equals a directed truth.
     """
     data = _check_data(data)
+    _check_alpha(alpha)
     if data.shape[2] != 2:
-        raise ValueError(f"iid_baseline handles 2 variables, got {data.shape[2]}")
+        raise ValueError(f"iid_baseline handles 2 variables in data, got {data.shape[2]}")
     t = _resolve_test(test, data)
     pooled = data[:, :2].reshape(-1, 2)
     p = t(pooled[:, 0], pooled[:, 1])[0]
@@ -287,8 +327,11 @@ class ICMGaussian(nn.Module):
             self.params[:2, 6] = 1.0  # start the directed hypotheses at slope 1
 
     def forward(self, data: Tensor) -> dict[str, Tensor]:
+        check_float_tensor("data", data)
         if data.dim() != 3 or data.shape[-1] != 2 or data.shape[1] < 2:
-            raise ValueError(f"ICMGaussian expects (E, n_per_env >= 2, 2), got {tuple(data.shape)}")
+            raise ValueError(
+                f"ICMGaussian: data must have shape (E, n_per_env >= 2, 2), got {tuple(data.shape)}"
+            )
         p = self.params.to(data.dtype)
         n = data.shape[1]
         x, y = data[..., 0], data[..., 1]
@@ -334,201 +377,3 @@ def fit_icm_gaussian(data: Tensor, *, steps: int = 300, lr: float = 0.05) -> ICM
         model(data)["loss"].backward()
         opt.step()
     return model
-
-
-# --------------------------------------------------------------------------- recipe
-@dataclass
-class CausalDeFinettiConfig(TrainConfig):
-    """Tiny preset: one linear-Gaussian ICM dataset (X -> Y), 300 groups of 2 samples."""
-
-    n_envs: int = 300
-    n_per_env: int = 2
-    mode: int = 0
-    steps: int = 100
-    batch_size: int = 300
-    lr: float = 0.05
-    alpha: float = 0.05
-
-
-def _random_dag_edges(n_vars: int, g: torch.Generator) -> set[tuple[int, int]]:
-    """A uniformly random orientation-consistent DAG guess (random order, each pair w.p. 1/2)."""
-    order = torch.randperm(n_vars, generator=g).tolist()
-    return {
-        (order[i], order[j])
-        for i in range(n_vars)
-        for j in range(i + 1, n_vars)
-        if bool(torch.rand(1, generator=g) < 0.5)
-    }
-
-
-def bivariate_benchmark(
-    n_datasets: int = 30, n_envs: int = 100, *, test: str = "kci", seed: int = 0
-) -> dict[str, float]:
-    """Accuracy of Causal de Finetti, the i.i.d. baseline and chance on the official generator."""
-    from invariance.causal.data.exchangeable import make_bivariate_exchangeable
-
-    cdf = iid = 0
-    for i in range(n_datasets):
-        d = make_bivariate_exchangeable(n_envs, mode=i % 3, seed=seed * 100003 + i)
-        cdf += causal_de_finetti(d["data"], test=test).edges == d["edges"]
-        iid += iid_baseline(d["data"], test=test) == d["edges"]
-    return {"causal_de_finetti": cdf / n_datasets, "iid_pc": iid / n_datasets, "chance": 1 / 3}
-
-
-def multivariate_benchmark(
-    n_datasets: int = 10, n_envs: int = 1000, n_vars: int = 3, *, seed: int = 0
-) -> dict[str, float]:
-    """Mean normalised SHD of Causal de Finetti (G-test) and of a random DAG on binary data."""
-    from invariance.causal.data.exchangeable import make_multivariate_binary
-
-    g = torch.Generator().manual_seed(seed)
-    shd, rnd = [], []
-    for i in range(n_datasets):
-        d = make_multivariate_binary(n_envs, n_vars, seed=seed * 100003 + i)
-        shd.append(normalised_shd(causal_de_finetti(d["data"], test="gtest").edges, d["edges"]))
-        rnd.append(normalised_shd(_random_dag_edges(n_vars, g), d["edges"]))
-    return {"causal_de_finetti_shd": sum(shd) / len(shd), "random_shd": sum(rnd) / len(rnd)}
-
-
-@register(
-    "causal_de_finetti",
-    domain="causal",
-    paper="Causal de Finetti: On the Identification of Invariant Causal Structure in "
-    "Exchangeable Data",
-    authors="Guo, Tóth, Schölkopf, Huszár",
-    year=2023,
-    arxiv="2203.15756",
-    code_url="https://github.com/syguo96/Causal-de-Finetti",
-    symmetry="invariant to permuting groups and samples within groups (exchangeability)",
-    baseline="i.i.d. PC on pooled data",
-    tags=("causal-discovery", "kci", "exchangeable"),
-)
-class CausalDeFinettiRecipe(Recipe):
-    """Trainable part: the Gaussian ICM likelihood model; reproduce: the CI algorithm (KCI)."""
-
-    Config = CausalDeFinettiConfig
-    presets = {"tiny": {}, "full": {"n_envs": 2000, "steps": 300, "batch_size": 2000}}
-
-    def make_data(self, cfg, split):
-        from invariance.causal.data.exchangeable import make_linear_gaussian_icm
-
-        k = {"train": 0, "val": 1, "test": 2}[split]
-        d = make_linear_gaussian_icm(
-            cfg.n_envs, n_per_env=cfg.n_per_env, mode=cfg.mode, seed=1000 * cfg.seed + k
-        )
-        return torch.utils.data.TensorDataset(d["data"].float())
-
-    def build(self, cfg):
-        self._mode = cfg.mode
-        return ICMGaussian()
-
-    def step(self, model, batch):
-        (data,) = batch
-        out = model(data)
-        return {
-            "loss": out["loss"],
-            "nll_xy": out["nll"][0],
-            "nll_yx": out["nll"][1],
-            "nll_ind": out["nll"][2],
-        }
-
-    def metrics(self, model, dataset):
-        data = dataset.tensors[0].double()
-        model = model.double()
-        nll = model(data)["nll"]
-        true = {0: {(0, 1)}, 1: {(1, 0)}, 2: set()}
-        cfg_mode = int(getattr(self, "_mode", 0))
-        return {
-            "nll_xy": float(nll[0]),
-            "nll_yx": float(nll[1]),
-            "nll_ind": float(nll[2]),
-            "correct": float(model.decide(data) == true[cfg_mode]),
-        }
-
-    def check(self, model, cfg):
-        from invariance.core import groups as G
-        from invariance.core.testing import as_float64, check_invariant, check_not_invariant
-
-        self._mode = cfg.mode
-        m = as_float64(model)
-        data = self.make_data(cfg, "val").tensors[0][:200].double()
-
-        def nll(x):
-            return m(x)["nll"]
-
-        def pvals(x):
-            r = causal_de_finetti(x, test="fisherz")
-            return torch.tensor(
-                [r.pvalues[k] for k in ("x->y", "y->x", "independent")], dtype=torch.float64
-            )
-
-        def shuffle_y2(g, x):
-            out = x.clone()
-            out[:, 1, 1] = x[g, 1, 1]
-            return out
-
-        return [
-            check_invariant(
-                "ICM likelihood: permute groups", nll, (data,), G.Permutation(dim=0), ("nodes",)
-            ),
-            check_invariant(
-                "ICM likelihood: permute samples within groups",
-                nll,
-                (data,),
-                G.Permutation(dim=1),
-                ("nodes",),
-            ),
-            check_invariant(
-                "CdF p-values: permute groups", pvals, (data,), G.Permutation(dim=0), ("nodes",)
-            ),
-            check_not_invariant(
-                "CdF p-values: shuffle Y of sample 2 across groups (negative control)",
-                pvals,
-                (data,),
-                G.Permutation(dim=0),
-                (shuffle_y2,),
-            ),
-            check_not_invariant(
-                "ICM likelihood: swap variables (negative control)",
-                nll,
-                (data,),
-                G.Permutation(dim=0),
-                (lambda g, x: x.flip(-1),),
-            ),
-        ]
-
-    def reproduce(self, cfg, run, *, quick):
-        import time as _time
-
-        t0 = _time.perf_counter()
-        # E = 1000 is left out of the full preset: KCI is O(E^3), ~8x the E = 500 setting
-        envs = (100,) if quick else (100, 300, 500)
-        biv, secs = {}, {}
-        for e in envs:
-            t1 = _time.perf_counter()
-            biv[f"E={e}"] = bivariate_benchmark(30, e, seed=cfg.seed)
-            secs[f"kci_E={e}"] = round(_time.perf_counter() - t1, 1)
-        fz = bivariate_benchmark(30, envs[-1], test="fisherz", seed=cfg.seed)
-        multi = multivariate_benchmark(10 if quick else 30, 1000, 3, seed=cfg.seed)
-        if not quick:
-            multi = {
-                "n_vars=3": multi,
-                "n_vars=4": multivariate_benchmark(30, 1000, 4, seed=cfg.seed),
-            }
-        head = biv[f"E={envs[-1]}"]
-        return ReproduceResult(
-            task=f"bivariate structure (X->Y / Y->X / none), 30 datasets, E={envs[-1]} groups x 2",
-            metric="accuracy",
-            method="Causal de Finetti (KCI)",
-            baseline="i.i.d. PC on pooled data",
-            method_value=head["causal_de_finetti"],
-            baseline_value=head["iid_pc"],
-            higher_is_better=True,
-            seconds=_time.perf_counter() - t0,
-            details={
-                "bivariate_kci": biv,
-                "bivariate_fisherz": fz,
-                "multivariate_binary": multi,
-                "seconds": secs,
-            },
-        )

@@ -15,9 +15,12 @@ products of the (eigen-truncated at :math:`10^{-5}\lambda_{\max}`) residual kern
 The p-value is ``1 - GammaCDF(stat; k, theta) = gammaincc(k, stat / theta)`` (pure torch).
 
 Tested properties (``tests/test_ci_tests.py``): p-values match causal-learn 0.1.4.8 golden values
-(``kci_golden.json``) to 1e-6; p-values are invariant to a joint permutation of the samples;
-uniform p-values under the null (KS test) and power under an alternative; Fisher-z and G-test
-agree with closed forms / scipy.
+(``kci_golden.json``) to 1e-6, also with the x column index above the y index, in both
+argument orders (``golden/causallearn_order_golden.json``: causal-learn's ``CIT`` sorts the
+indices, and conditional KCI is not symmetric); p-values are invariant to a joint permutation of
+the samples; uniform p-values under the null (KS test) and power under an alternative; Fisher-z
+and G-test agree with closed forms / scipy; non-finite and constant columns, and float input to
+the G-test, are rejected.
 """
 
 from __future__ import annotations
@@ -34,26 +37,42 @@ _EIG_THRESH = 1e-5
 
 
 def _as_2d(a: Tensor | None, n: int | None, name: str) -> Tensor | None:
-    """Return ``a`` as a float64 ``(n, k)`` tensor (1-D input becomes one column)."""
+    """Return ``a`` as a float64 ``(n, k)`` tensor (1-D input becomes one column).
+
+    Rejects (naming ``name``) anything but a 1-D/2-D numeric tensor, a sample count that differs
+    from ``n``, non-finite values and constant columns (a constant column carries no information
+    and its z-score is undefined).
+    """
     if a is None:
         return None
-    a = torch.as_tensor(a)
+    if not isinstance(a, Tensor):
+        try:
+            a = torch.as_tensor(a)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise TypeError(f"{name} must be a tensor of numbers, got {type(a).__name__}") from e
+    if a.dtype == torch.bool or a.is_complex():
+        raise TypeError(f"{name} must hold real numbers, got dtype {a.dtype}")
     if a.dim() == 1:
         a = a.unsqueeze(1)
     if a.dim() != 2:
         raise ValueError(f"{name} must be 1-D (n,) or 2-D (n, k), got shape {tuple(a.shape)}")
     if n is not None and a.shape[0] != n:
         raise ValueError(f"{name} has {a.shape[0]} samples but x has {n}")
-    if not a.is_floating_point():
-        a = a.double()
-    return a.to(torch.float64)
+    a = a.to(torch.float64)
+    if not torch.isfinite(a).all():
+        raise ValueError(f"{name} must be finite (it holds NaN or inf)")
+    if a.shape[0] > 0 and a.shape[1] > 0:
+        const = (a == a[:1]).all(dim=0)
+        if bool(const.any()):
+            cols = const.nonzero().flatten().tolist()
+            raise ValueError(f"{name} has constant column(s) {cols}: nothing to test")
+    return a
 
 
 def _zscore(a: Tensor) -> Tensor:
-    """Column z-score with ``ddof=1``; constant columns become 0."""
+    """Column z-score with ``ddof=1`` (inputs are checked non-constant by :func:`_as_2d`)."""
     sd = a.std(dim=0, unbiased=True, keepdim=True)
-    out = (a - a.mean(dim=0, keepdim=True)) / sd
-    return torch.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
+    return (a - a.mean(dim=0, keepdim=True)) / sd
 
 
 def _gauss_kernel(a: Tensor, inv_sq_width: float) -> Tensor:
@@ -101,10 +120,12 @@ def kci_test(x: Tensor, y: Tensor, z: Tensor | None = None) -> tuple[float, floa
 
     Cost is :math:`O(n^3)` (eigendecompositions); keep ``n`` below a few thousand.
     """
+    if isinstance(x, Tensor) and x.dim() >= 1 and x.shape[0] < 5:
+        raise ValueError(f"kci_test needs at least 5 samples in x, got {x.shape[0]}")
     x = _as_2d(x, None, "x")
     n = x.shape[0]
     if n < 5:
-        raise ValueError(f"kci_test needs at least 5 samples, got {n}")
+        raise ValueError(f"kci_test needs at least 5 samples in x, got {n}")
     y = _as_2d(y, n, "y")
     z = _as_2d(z, n, "z")
     xs, ys = _zscore(x), _zscore(y)
@@ -138,6 +159,8 @@ def fisher_z_test(x: Tensor, y: Tensor, z: Tensor | None = None) -> tuple[float,
 
     :math:`\sqrt{n - |Z| - 3}\,|\operatorname{atanh}\rho_{xy\cdot z}|` against a standard normal.
     """
+    if isinstance(x, Tensor) and x.dim() >= 1 and x.shape[0] < 4:
+        raise ValueError(f"fisher_z_test needs at least 4 samples in x, got {x.shape[0]}")
     x = _as_2d(x, None, "x")
     n = x.shape[0]
     y = _as_2d(y, n, "y")
@@ -156,26 +179,54 @@ def fisher_z_test(x: Tensor, y: Tensor, z: Tensor | None = None) -> tuple[float,
     return p, stat
 
 
+def _as_codes(a: Tensor, n: int | None, name: str, *, column: bool) -> Tensor:
+    """Integer category codes: ``(n,)`` (``column``) or ``(n, k)``; floats are rejected (casting
+    them would silently merge or split categories), as are empty and constant inputs."""
+    if not isinstance(a, Tensor):
+        try:
+            a = torch.as_tensor(a)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise TypeError(f"{name} must be a tensor of integer codes") from e
+    if a.is_floating_point() or a.is_complex():
+        raise TypeError(
+            f"g_test needs integer (discrete) {name}, got dtype {a.dtype}; cast category codes "
+            f"with .long() first"
+        )
+    if a.dim() == 2 and column and a.shape[1] == 1:
+        a = a[:, 0]
+    if a.dim() == 1 and not column:
+        a = a.unsqueeze(1)
+    want = 1 if column else 2
+    if a.dim() != want:
+        shape = "(n,)" if column else "(n,) or (n, k)"
+        raise ValueError(f"{name} must have shape {shape}, got {tuple(a.shape)}")
+    if n is None and a.shape[0] < 2:
+        raise ValueError(f"g_test needs at least 2 samples in {name}, got {a.shape[0]}")
+    if n is not None and a.shape[0] != n:
+        raise ValueError(f"{name} has {a.shape[0]} samples but x has {n}")
+    a = a.long()
+    if column and bool((a == a[0]).all()):
+        raise ValueError(f"{name} is constant: nothing to test")
+    return a
+
+
 def g_test(x: Tensor, y: Tensor, z: Tensor | None = None) -> tuple[float, float]:
     r"""G-test (log-likelihood ratio) of ``x ⊥ y | z`` for discrete data: ``(p_value, G)``.
 
     Counts are stratified by every observed configuration of ``z``; degrees of freedom are
     :math:`\sum_{z}(|X_z|-1)(|Y_z|-1)` over strata (levels observed in that stratum).
+    ``x``, ``y`` (``(n,)``) and ``z`` (``(n,)`` or ``(n, k)``) must hold integer category codes:
+    float input raises ``TypeError`` instead of being cast.
     """
-    x = torch.as_tensor(x).reshape(-1).long()
+    x = _as_codes(x, None, "x", column=True)
     n = x.shape[0]
-    y = torch.as_tensor(y).reshape(-1).long()
-    if y.shape[0] != n:
-        raise ValueError(f"y has {y.shape[0]} samples but x has {n}")
+    y = _as_codes(y, n, "y", column=True)
     if z is None:
         strata = torch.zeros(n, dtype=torch.long)
     else:
-        z = torch.as_tensor(z)
-        z = z.unsqueeze(1) if z.dim() == 1 else z
-        if z.shape[0] != n:
-            raise ValueError(f"z has {z.shape[0]} samples but x has {n}")
+        z = _as_codes(z, n, "z", column=False)
         strata = (
-            torch.unique(z.long(), dim=0, return_inverse=True)[1]
+            torch.unique(z, dim=0, return_inverse=True)[1]
             if z.shape[1]
             else (torch.zeros(n, dtype=torch.long))
         )

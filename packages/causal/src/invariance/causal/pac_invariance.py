@@ -45,6 +45,9 @@ Tested properties (``tests/test_pac_invariance.py``):
 * one training intervention certifies nothing, ten certify the worst accepted subset
   (``test_pac_certificate_needs_several_interventions``);
 * the subset search beats ERM on worst-case held-out MSE (``test_pac_subset_search_beats_erm_ood``);
+  ``eps=None`` returns the best pooled-MSE subset
+  (``test_pac_pooled_search_is_the_best_pooled_mse_subset``);
+* a non-finite covariance is rejected (``test_fit_invariant_subset_rejects_nonfinite_cov``);
 * the IRM learner lowers the training invariance residual below ERM's
   (``test_pac_irm_reduces_training_residual``). It is non-convex: on held-out interventions
   (d = 8, 5 training interventions x 500 samples, lam = 10, SEM seeds 0-4) it beat ERM's
@@ -76,12 +79,13 @@ notes, not against the paper's Section 2-3 text:
   (:math:`-\tfrac12` the gradient of the environment MSE in ``w``). The paper may normalise
   differently (e.g. the gradient itself, a factor 2, or a squared norm); that rescales ``eps``
   only. The held-out violation threshold ``2 eps`` is our choice.
-* *What ``reproduce`` measures*: the worst-accepted (uniform over the searched family of feature
-  subsets, ``|S| <= 3`` for ``d <= 16``, ``<= 2`` above) violation rate on 200 unseen
-  interventions vs the number ``m`` of training interventions, for ``d`` up to 128 and
-  ``k`` in {1, 2, 4}. The searched family is subsets, not all linear ``Phi``: a finite
-  family that grows with ``d`` (8 257 subsets at ``d = 128``), so this is a lower bound on the
-  uniform violation over all representations.
+* *What ``reproduce`` measures* (:mod:`invariance.causal.recipes.pac_invariance`): per SEM
+  seed, the violation rate on 200 unseen interventions of the eps-invariant subset against
+  best-subset ERM over the same family (``eps=None``, the fair baseline) and ERM on all
+  features; and the worst-accepted (uniform over the searched family of feature subsets,
+  ``|S| <= 3`` for ``d <= 16``, ``<= 2`` above) violation rate vs ``m``. The family is subsets,
+  not all linear ``Phi``, so this is a lower bound on the uniform violation over all
+  representations.
 
 Deviations: the SEM generator, the intervention sub-family and the ``2 eps`` threshold above are
 our operationalisation. The learner is IRMv1 for linear models with an explicit row-norm
@@ -98,30 +102,44 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from invariance.causal._checks import check_float_tensor, check_number
 from invariance.causal.data.sem import LinearSEM, empirical_covariance
 from invariance.core import groups as _G
-from invariance.core.recipe import Recipe, ReproduceResult, TrainConfig
-from invariance.core.registry import register
-from invariance.core.testing import check_invariant, check_not_invariant
 
 __all__ = [
     "Intervention",
     "InvariantLinear",
-    "PACInvarianceConfig",
-    "PACInvarianceRecipe",
     "SubsetFit",
     "certify_invariance",
-    "fit_invariant_linear",
     "fit_invariant_subset",
     "invariance_residual",
     "irm_linear_loss",
+    "optimal_head",
     "optimal_irm_head",
     "population_mse",
     "sample_residual",
     "selection_matrix",
-    "violation_curve",
     "worst_accepted_violation",
 ]
+
+
+#: names that moved to :mod:`invariance.causal.recipes.pac_invariance` (still importable from here)
+_RECIPE_NAMES = {
+    "PACInvarianceConfig",
+    "PACInvarianceRecipe",
+    "violation_curve",
+    "fit_invariant_linear",
+    "_moment_objective",
+}
+
+
+def __getattr__(name: str) -> object:
+    """Keep ``from invariance.causal.pac_invariance import <recipe name>`` working."""
+    if name in _RECIPE_NAMES:
+        from invariance.causal.recipes import pac_invariance as _recipe
+
+        return getattr(_recipe, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -135,6 +153,12 @@ def _check_cov(cov: Tensor, name: str = "cov") -> Tensor:
         raise ValueError(
             f"{name} must have shape (E, d+1, d+1) with d >= 1, got {tuple(cov.shape)}"
         )
+    if cov.shape[0] == 0:
+        raise ValueError(f"{name} must hold at least one environment, got shape {tuple(cov.shape)}")
+    if not cov.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {cov.dtype}")
+    if not torch.isfinite(cov).all():
+        raise ValueError(f"{name} must be finite (it holds NaN or inf)")
     return cov
 
 
@@ -152,10 +176,18 @@ def selection_matrix(subset: list[int] | tuple[int, ...], d: int, *, dtype=torch
 def _as_phi(phi: Tensor | list[int] | tuple[int, ...], d: int, dtype: torch.dtype) -> Tensor:
     """Accept a representation matrix ``(r, d)`` or a feature subset; return ``(r, d)``."""
     if isinstance(phi, Tensor):
-        if phi.dim() != 2 or phi.shape[1] != d:
+        check_float_tensor("phi", phi, dims=(2,))
+        if phi.shape[1] != d:
             raise ValueError(f"phi must have shape (r, {d}), got {tuple(phi.shape)}")
         return phi.to(dtype)
     return selection_matrix(list(phi), d, dtype=dtype)
+
+
+def _check_w(w: Tensor, r: int) -> Tensor:
+    check_float_tensor("w", w, nonempty=False)
+    if w.shape != (r,):
+        raise ValueError(f"w must have shape ({r},), got {tuple(w.shape)}")
+    return w
 
 
 def invariance_residual(cov: Tensor, phi: Tensor, w: Tensor) -> Tensor:
@@ -166,10 +198,18 @@ def invariance_residual(cov: Tensor, phi: Tensor, w: Tensor) -> Tensor:
     cov = _check_cov(cov)
     d = cov.shape[-1] - 1
     phi = _as_phi(phi, d, cov.dtype)
-    if w.shape != (phi.shape[0],):
-        raise ValueError(f"w must have shape ({phi.shape[0]},), got {tuple(w.shape)}")
+    w = _check_w(w, phi.shape[0])
     sxx, sxy = cov[:, :d, :d], cov[:, :d, d]
     return sxy @ phi.T - (phi @ sxx @ phi.T @ w.to(cov.dtype))
+
+
+def _check_xy(x: Tensor, y: Tensor) -> None:
+    check_float_tensor("x", x, dims=(3,))
+    check_float_tensor("y", y, dims=(2,))
+    if x.shape[:2] != y.shape:
+        raise ValueError(
+            f"expected x (E, n, d) and y (E, n), got {tuple(x.shape)}, {tuple(y.shape)}"
+        )
 
 
 def sample_residual(x: Tensor, y: Tensor, phi: Tensor, w: Tensor) -> Tensor:
@@ -177,10 +217,9 @@ def sample_residual(x: Tensor, y: Tensor, phi: Tensor, w: Tensor) -> Tensor:
 
     Shapes: ``x (E, n, d)``, ``y (E, n)``, ``phi (r, d)``, ``w (r,)`` -> ``(E, r)``.
     """
-    if x.dim() != 3 or y.dim() != 2 or x.shape[:2] != y.shape:
-        raise ValueError(
-            f"expected x (E, n, d) and y (E, n), got {tuple(x.shape)}, {tuple(y.shape)}"
-        )
+    _check_xy(x, y)
+    phi = _as_phi(phi, x.shape[-1], x.dtype)
+    w = _check_w(w, phi.shape[0]).to(x.dtype)
     feats = x @ phi.T  # (E, n, r)
     resid = y - feats @ w  # (E, n)
     return (feats * resid.unsqueeze(-1)).mean(dim=1)
@@ -192,14 +231,18 @@ def population_mse(cov: Tensor, phi: Tensor, w: Tensor) -> Tensor:
     cov = _check_cov(cov)
     d = cov.shape[-1] - 1
     phi = _as_phi(phi, d, cov.dtype)
-    w = w.to(cov.dtype)
+    w = _check_w(w, phi.shape[0]).to(cov.dtype)
     sxx, sxy, syy = cov[:, :d, :d], cov[:, :d, d], cov[:, d, d]
     return syy - 2 * (sxy @ phi.T) @ w + w @ (phi @ sxx @ phi.T) @ w
 
 
-def _stacked_head(cov: Tensor, subsets: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _stacked_head(
+    cov: Tensor, subsets: Tensor, *, pooled_ls: bool = False
+) -> tuple[Tensor, Tensor, Tensor]:
     """Heads, gaps and pooled MSEs for a batch of equal-size subsets ``(K, s)``.
 
+    The head solves the stacked residual least squares (``pooled_ls=False``) or the pooled
+    least squares ``(mean_e S_xx) w = mean_e S_xy`` (``pooled_ls=True``: the ERM head).
     Returns ``w (K, s)``, ``gap (K,)`` = max_e ||r_e||, ``mse (K,)`` = mean_e MSE_e.
     """
     d = cov.shape[-1] - 1
@@ -208,8 +251,11 @@ def _stacked_head(cov: Tensor, subsets: Tensor) -> tuple[Tensor, Tensor, Tensor]
     sxx = cov[:, :d, :d][:, subsets[:, :, None], subsets[:, None, :]]  # (E, K, s, s)
     sxy = cov[:, :d, d][:, subsets]  # (E, K, s)
     syy = cov[:, d, d]  # (E,)
-    A = sxx.permute(1, 0, 2, 3).reshape(K, E * s, s)
-    b = sxy.permute(1, 0, 2).reshape(K, E * s, 1)
+    if pooled_ls:
+        A, b = sxx.mean(0), sxy.mean(0).unsqueeze(-1)  # (K, s, s), (K, s, 1)
+    else:
+        A = sxx.permute(1, 0, 2, 3).reshape(K, E * s, s)
+        b = sxy.permute(1, 0, 2).reshape(K, E * s, 1)
     w = torch.linalg.lstsq(A, b, driver="gelsd" if A.device.type == "cpu" else None).solution[
         ..., 0
     ]
@@ -247,7 +293,7 @@ class SubsetFit:
         return selection_matrix(self.subset, d, dtype=self.w.dtype)
 
 
-def fit_invariant_subset(cov: Tensor, *, max_size: int = 3, eps: float = 0.05) -> SubsetFit:
+def fit_invariant_subset(cov: Tensor, *, max_size: int = 3, eps: float | None = 0.05) -> SubsetFit:
     r"""Search feature subsets ``|S| <= max_size`` for the best :math:`\varepsilon`-invariant one.
 
     For each ``S`` the head solves the stacked least squares
@@ -258,13 +304,20 @@ def fit_invariant_subset(cov: Tensor, *, max_size: int = 3, eps: float = 0.05) -
     Args:
         cov (Tensor): ``(E, d+1, d+1)`` population or empirical covariances, ``Y`` last.
         max_size (int): largest subset size (default: 3).
-        eps (float): invariance tolerance (default: 0.05).
+        eps (float | None): invariance tolerance (default: 0.05). ``None`` drops the invariance
+            test: every subset is accepted with its pooled least-squares (ERM) head and the
+            lowest pooled MSE wins, i.e. best-subset ERM over the same family (the fair baseline
+            of ``reproduce``).
     """
     cov = _check_cov(cov)
-    if not isinstance(max_size, int) or max_size < 0:
-        raise ValueError(f"max_size must be a non-negative int, got {max_size!r}")
-    if not eps >= 0:
-        raise ValueError(f"eps must be >= 0, got {eps!r}")
+    if isinstance(max_size, bool) or not isinstance(max_size, int):
+        raise TypeError(f"max_size must be an int, got {max_size!r}")
+    if max_size < 0:
+        raise ValueError(f"max_size must be >= 0, got {max_size!r}")
+    if eps is not None and (isinstance(eps, bool) or not isinstance(eps, (int, float))):
+        raise TypeError(f"eps must be a number or None, got {eps!r}")
+    if eps is not None and not (eps >= 0 and math.isfinite(eps)):
+        raise ValueError(f"eps must be finite and >= 0, got {eps!r}")
     d = cov.shape[-1] - 1
     empty_mse = float(cov[:, d, d].mean())
     accepted: list[tuple[tuple[int, ...], Tensor, float, float]] = [
@@ -273,8 +326,9 @@ def fit_invariant_subset(cov: Tensor, *, max_size: int = 3, eps: float = 0.05) -
     for s in range(1, min(max_size, d) + 1):
         subsets = torch.tensor(list(itertools.combinations(range(d), s)), dtype=torch.long)
         for chunk in subsets.split(4096):
-            w, gap, mse = _stacked_head(cov, chunk)
-            ok = (gap <= eps).nonzero().flatten().tolist()
+            w, gap, mse = _stacked_head(cov, chunk, pooled_ls=eps is None)
+            keep = torch.ones_like(gap, dtype=torch.bool) if eps is None else gap <= eps
+            ok = keep.nonzero().flatten().tolist()
             for k in ok:
                 accepted.append((tuple(chunk[k].tolist()), w[k], float(gap[k]), float(mse[k])))
     best = min(accepted, key=lambda a: a[3])
@@ -317,6 +371,7 @@ class InvariantLinear(nn.Module):
         return self.raw_phi / self.raw_phi.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
     def forward(self, x: Tensor) -> Tensor:
+        check_float_tensor("x", x)
         if x.shape[-1] != self.d:
             raise ValueError(f"InvariantLinear: expected last dim {self.d}, got {tuple(x.shape)}")
         return (x @ self.phi.T) @ self.w
@@ -339,23 +394,14 @@ def irm_linear_loss(
     ``penalty="sum"``: :math:`\sum_e\|\hat r_e\|^2` (IRMv1 for linear models);
     ``penalty="max"``: :math:`\max_e\|\hat r_e\|^2`. Shapes: ``x (E, n, d)``, ``y (E, n)``.
     """
-    if x.dim() != 3 or y.dim() != 2 or x.shape[:2] != y.shape:
-        raise ValueError(
-            f"expected x (E, n, d) and y (E, n), got {tuple(x.shape)}, {tuple(y.shape)}"
-        )
+    _check_xy(x, y)
+    check_number("lam", lam)
     if penalty not in ("sum", "max"):
         raise ValueError(f"penalty must be 'sum' or 'max', got {penalty!r}")
     mse = ((model(x) - y) ** 2).mean()
     r2 = model.residual(x, y).pow(2).sum(-1)
     pen = r2.sum() if penalty == "sum" else r2.max()
     return {"mse": mse, "penalty": pen, "loss": mse + lam * pen}
-
-
-def _moments(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-environment uncentred moments ``Sxx (E, d, d)``, ``Sxy (E, d)``, ``Syy (E,)``."""
-    cov = empirical_covariance(x, y)
-    d = x.shape[-1]
-    return cov[:, :d, :d], cov[:, :d, d], cov[:, d, d]
 
 
 def optimal_irm_head(sxx: Tensor, sxy: Tensor, phi: Tensor, lam: float) -> Tensor:
@@ -373,86 +419,6 @@ def optimal_irm_head(sxx: Tensor, sxy: Tensor, phi: Tensor, lam: float) -> Tenso
     rhs = a.mean(0) + lam * (C @ a.unsqueeze(-1)).squeeze(-1).sum(0)
     eye = torch.eye(lhs.shape[0], dtype=lhs.dtype, device=lhs.device)
     return torch.linalg.solve(lhs + 1e-10 * eye, rhs)
-
-
-def _moment_objective(sxx, sxy, syy, phi, w, lam: float, penalty: str) -> Tensor:
-    """Pooled MSE + penalty computed from moments (equal to :func:`irm_linear_loss` on samples)."""
-    C = phi @ sxx @ phi.T
-    a = sxy @ phi.T
-    mse = (syy - 2 * a @ w + ((C @ w) * w).sum(-1)).mean()
-    r2 = (a - C @ w).pow(2).sum(-1)
-    pen = r2.sum() if penalty == "sum" else r2.max()
-    return mse + lam * pen
-
-
-def fit_invariant_linear(
-    x: Tensor,
-    y: Tensor,
-    *,
-    rank: int = 1,
-    lam: float = 10.0,
-    penalty: str = "sum",
-    steps: int = 500,
-    lr: float = 0.05,
-    anneal_steps: int | None = None,
-    restarts: int = 1,
-    head: str = "adam",
-    seed: int = 0,
-) -> InvariantLinear:
-    """Train :class:`InvariantLinear` on the full-batch objective of :func:`irm_linear_loss`.
-
-    ``x (E, n, d)``, ``y (E, n)``; ``lam=0`` is ERM on the same model class. As in DomainBed's
-    IRM, the first ``anneal_steps`` steps (default ``steps // 3``) use penalty weight 1, then the
-    weight jumps to ``lam`` and Adam is reset. With ``restarts > 1`` the best of several random
-    initialisations (by final training objective) is returned: the objective is non-convex on the
-    sphere of unit-norm rows.
-
-    ``head="adam"`` trains ``w`` jointly with ``Phi`` by Adam (IRMv1-style).
-    ``head="closed_form"`` (``penalty="sum"`` only) eliminates ``w``: at every step ``w`` is the
-    exact minimiser :func:`optimal_irm_head` for the current ``Phi`` and penalty weight, so Adam
-    only moves ``Phi``; the loss is computed from per-environment moments, which equals the
-    sample loss exactly (equal ``n`` per environment).
-    """
-    if x.dim() != 3:
-        raise ValueError(f"x must have shape (E, n, d), got {tuple(x.shape)}")
-    if steps < 1 or restarts < 1:
-        raise ValueError(f"steps and restarts must be >= 1, got {steps}, {restarts}")
-    if head not in ("adam", "closed_form"):
-        raise ValueError(f"head must be 'adam' or 'closed_form', got {head!r}")
-    if head == "closed_form" and penalty != "sum":
-        raise ValueError(
-            "head='closed_form' needs penalty='sum' (the max penalty has no closed form)"
-        )
-    anneal = steps // 3 if anneal_steps is None else int(anneal_steps)
-    g = torch.Generator().manual_seed(seed)
-    moments = _moments(x, y) if head == "closed_form" else None
-    best, best_obj = None, float("inf")
-    for _ in range(restarts):
-        model = InvariantLinear(d=x.shape[-1], rank=rank).to(x.dtype)
-        with torch.no_grad():
-            model.raw_phi.copy_(torch.randn(model.raw_phi.shape, generator=g, dtype=x.dtype))
-        params = [model.raw_phi] if head == "closed_form" else list(model.parameters())
-        opt = torch.optim.Adam(params, lr=lr)
-        for t in range(steps):
-            if t == anneal and anneal > 0:
-                opt = torch.optim.Adam(params, lr=lr)
-            weight = min(lam, 1.0) if t < anneal else lam
-            opt.zero_grad()
-            if head == "closed_form":
-                sxx, sxy, syy = moments
-                phi = model.phi
-                w = optimal_irm_head(sxx, sxy, phi, weight)
-                _moment_objective(sxx, sxy, syy, phi, w, weight, penalty).backward()
-            else:
-                irm_linear_loss(model, x, y, lam=weight, penalty=penalty)["loss"].backward()
-            opt.step()
-        with torch.no_grad():
-            if head == "closed_form":
-                model.w.copy_(optimal_irm_head(moments[0], moments[1], model.phi, lam))
-            obj = float(irm_linear_loss(model, x, y, lam=lam, penalty=penalty)["loss"])
-        if obj < best_obj:
-            best, best_obj = model, obj
-    return best
 
 
 # --------------------------------------------------------------------------- certificate
@@ -541,71 +507,7 @@ def worst_accepted_violation(
     return float(out["violation_rate"])
 
 
-def violation_curve(
-    *,
-    dims: tuple[int, ...] = (8, 16, 32),
-    ms: tuple[int, ...] = (1, 2, 3, 5, 10),
-    n_sems: int = 5,
-    n_sites: int = 2,
-    eps: float = 0.05,
-    n_samples: int | None = None,
-    n_interventions: int = 200,
-    seed: int = 0,
-) -> dict[str, dict[str, float]]:
-    """Mean worst-accepted violation rate on unseen interventions, per ``d`` and ``m``.
-
-    Also returns the ERM (all features, pooled least squares) violation rate. With ``n_samples``
-    the training covariances are empirical and ``eps`` is scaled by ``sqrt(1000 / n_samples)``.
-    """
-    out: dict[str, dict[str, float]] = {}
-    for d in dims:
-        max_size = 3 if d <= 16 else 2
-        row: dict[str, float] = {}
-        erm = []
-        for m in ms:
-            rates = []
-            for k in range(n_sems):
-                sem = LinearSEM(d=d, n_sites=n_sites, seed=seed + 1000 * k + d)
-                g = torch.Generator().manual_seed(seed + 7 * k + m)
-                theta = sem.sample_theta(m, generator=g)
-                e = eps
-                if n_samples is None:
-                    cov = sem.covariance(theta)
-                else:
-                    xs, ys = sem.sample(theta, n_samples, generator=g)
-                    cov = empirical_covariance(xs, ys)
-                    e = eps * math.sqrt(1000.0 / n_samples)
-                fit = fit_invariant_subset(cov, max_size=max_size, eps=e)
-                rates.append(
-                    worst_accepted_violation(
-                        sem, fit, eps=e, n_interventions=n_interventions, seed=seed + 99 + k
-                    )
-                )
-                if m == max(ms):
-                    w_all = torch.linalg.lstsq(
-                        cov[:, :d, :d].mean(0), cov[:, :d, d].mean(0)
-                    ).solution
-                    erm.append(
-                        float(
-                            certify_invariance(
-                                sem,
-                                list(range(d)),
-                                w_all,
-                                eps=e,
-                                n_interventions=n_interventions,
-                                seed=seed + 99 + k,
-                            )["violation_rate"]
-                        )
-                    )
-            row[f"m={m}"] = sum(rates) / len(rates)
-        row["erm_all_features"] = sum(erm) / len(erm)
-        out[f"d={d}"] = row
-    return out
-
-
-# --------------------------------------------------------------------------- recipe
-
-
+# --------------------------------------------------------------------------- symmetry
 class Intervention(_G.Group):
     """Draws a fresh intervention ``theta ~ P`` of a :class:`LinearSEM`; acts by replacing
     ``theta`` (rep ``"theta"``). The group-like action used to check invariance of a predictor's
@@ -626,214 +528,21 @@ class Intervention(_G.Group):
         return f"intervention theta={[[round(float(v), 3) for v in row] for row in g]}"
 
 
-def optimal_head(sem: LinearSEM, subset: list[int]):
-    """``theta -> argmin_w MSE_theta(X_S w, Y)``: the population-optimal head on a subset."""
+def optimal_head(sem: LinearSEM, subset: list[int], *, with_risk: bool = False):
+    """``theta -> argmin_w MSE_theta(X_S w, Y)``: the population-optimal head on a subset.
+
+    ``with_risk=True`` appends the head's population MSE (the invariant risk): the output then
+    varies across its entries even for a one-feature subset, so a symmetry check on it is not
+    vacuous."""
     idx = torch.tensor(subset, dtype=torch.long)
 
     def fn(theta: Tensor) -> Tensor:
         cov = sem.covariance(theta.to(sem.dtype))[0]
         d = sem.d
-        return torch.linalg.solve(cov[:d, :d][idx][:, idx], cov[:d, d][idx])
+        sxx, sxy = cov[:d, :d][idx][:, idx], cov[:d, d][idx]
+        w = torch.linalg.solve(sxx, sxy)
+        if not with_risk:
+            return w
+        return torch.cat([w, (cov[d, d] - sxy @ w).reshape(1)])
 
     return fn
-
-
-@dataclass
-class PACInvarianceConfig(TrainConfig):
-    """Tiny preset: d=8 SEM, 5 training interventions x 500 samples, rank-1 IRM learner."""
-
-    d: int = 8
-    n_sites: int = 2
-    n_train_envs: int = 5
-    n_per_env: int = 500
-    n_test_envs: int = 50
-    rank: int = 1
-    lam: float = 10.0
-    penalty: str = "sum"
-    eps: float = 0.05
-    steps: int = 150
-    batch_size: int = 5
-    lr: float = 0.05
-
-
-class _EnvDataset(torch.utils.data.Dataset):
-    """One item per environment: ``(x (n, d), y (n,))``."""
-
-    def __init__(self, x: Tensor, y: Tensor, theta: Tensor) -> None:
-        self.x, self.y, self.theta = x, y, theta
-
-    def __len__(self) -> int:
-        return self.x.shape[0]
-
-    def __getitem__(self, i: int):
-        return self.x[i], self.y[i]
-
-
-@register(
-    "pac_invariance",
-    domain="causal",
-    paper="PAC Generalization via Invariant Representations",
-    authors="Parulekar, Shanmugam, Shakkottai",
-    year=2023,
-    arxiv="2205.15196",
-    code_url="",
-    symmetry="optimal head invariant under interventions (theta ~ P)",
-    baseline="ERM on all features",
-    tags=("linear-sem", "irm", "certificate"),
-)
-class PACInvarianceRecipe(Recipe):
-    """IRM-style linear learner on a random linear SEM; reproduce = the uniform certificate."""
-
-    Config = PACInvarianceConfig
-    presets = {"tiny": {}, "full": {"d": 16, "n_train_envs": 10, "n_per_env": 2000, "steps": 500}}
-
-    def _sem(self, cfg) -> LinearSEM:
-        return LinearSEM(d=cfg.d, n_sites=cfg.n_sites, seed=cfg.seed)
-
-    def make_data(self, cfg, split):
-        sem = self._sem(cfg)
-        k = {"train": 0, "val": 1, "test": 2}[split]
-        m = cfg.n_train_envs if split == "train" else cfg.n_test_envs
-        g = torch.Generator().manual_seed(1000 * cfg.seed + k)
-        theta = sem.sample_theta(m, generator=g)
-        x, y = sem.sample(theta, cfg.n_per_env, generator=g)
-        return _EnvDataset(x.float(), y.float(), theta)
-
-    def build(self, cfg):
-        self._loss_kw = {"lam": cfg.lam, "penalty": cfg.penalty}
-        return InvariantLinear(d=cfg.d, rank=cfg.rank)
-
-    def step(self, model, batch):
-        x, y = batch
-        return irm_linear_loss(model, x, y, **getattr(self, "_loss_kw", {}))
-
-    def metrics(self, model, dataset):
-        sem_cov = self._cov(dataset)
-        phi, w = model.phi.detach().double(), model.w.detach().double()
-        mse = population_mse(sem_cov, phi, w)
-        r = invariance_residual(sem_cov, phi, w).norm(dim=-1)
-        return {
-            "ood_mse_mean": float(mse.mean()),
-            "ood_mse_worst": float(mse.max()),
-            "residual_mean": float(r.mean()),
-            "residual_max": float(r.max()),
-        }
-
-    def _cov(self, dataset) -> Tensor:
-        return empirical_covariance(dataset.x.double(), dataset.y.double())
-
-    def check(self, model, cfg):
-        sem = self._sem(cfg)
-        theta = sem.sample_theta(1, seed=cfg.seed + 5)[0]
-        group = Intervention(sem)
-        return [
-            check_invariant(
-                "optimal head on Y's parents is intervention-invariant",
-                optimal_head(sem, sem.parents),
-                (theta,),
-                group,
-                ("theta",),
-            ),
-            check_not_invariant(
-                "optimal head on all features (negative control)",
-                optimal_head(sem, list(range(sem.d))),
-                (theta,),
-                group,
-                ("theta",),
-            ),
-        ]
-
-    def reproduce(self, cfg, run, *, quick):
-        import time as _time
-
-        t0 = _time.perf_counter()
-        sites_curve: dict | None = None
-        if quick:
-            curve = violation_curve(
-                dims=(8, 16, 32),
-                ms=(1, 2, 3, 5, 10),
-                n_sems=4,
-                n_sites=cfg.n_sites,
-                eps=cfg.eps,
-                seed=cfg.seed,
-            )
-            sample_curve = violation_curve(
-                dims=(8, 16),
-                ms=(1, 3, 10),
-                n_sems=3,
-                n_sites=cfg.n_sites,
-                eps=cfg.eps,
-                n_samples=1000,
-                seed=cfg.seed,
-            )
-        else:
-            curve = violation_curve(
-                dims=(8, 16, 32, 64, 128),
-                ms=(1, 2, 3, 5, 10, 20),
-                n_sems=10,
-                n_sites=cfg.n_sites,
-                eps=cfg.eps,
-                seed=cfg.seed,
-            )
-            # the bound depends on the number of sites k (the intervention family), not on d
-            sites_curve = {
-                f"k={k}": violation_curve(
-                    dims=(32,),
-                    ms=(1, 2, 3, 5, 10, 20),
-                    n_sems=10,
-                    n_sites=k,
-                    eps=cfg.eps,
-                    seed=cfg.seed,
-                )["d=32"]
-                for k in (1, 2, 4)
-            }
-            sample_curve = {
-                f"n={n}": violation_curve(
-                    dims=(8, 32, 128),
-                    ms=(1, 3, 10),
-                    n_sems=5,
-                    n_sites=cfg.n_sites,
-                    eps=cfg.eps,
-                    n_samples=n,
-                    seed=cfg.seed,
-                )
-                for n in (200, 1000, 5000)
-            }
-        big_m = "m=10"
-        method = max(row[big_m] for row in curve.values())
-        baseline = min(row["erm_all_features"] for row in curve.values())
-        plots = []
-        try:
-            from invariance.core.io import plt as _plt
-
-            plt = _plt()
-            fig, ax = plt.subplots(figsize=(5, 3.5))
-            for dname, row in curve.items():
-                ms = [int(k[2:]) for k in row if k.startswith("m=")]
-                ax.plot(ms, [row[f"m={m}"] for m in ms], marker="o", label=dname)
-            for kname, row in (sites_curve or {}).items():
-                ms = [int(k[2:]) for k in row if k.startswith("m=")]
-                ax.plot(ms, [row[f"m={m}"] for m in ms], ls="--", label=f"d=32, {kname}")
-            ax.set_xlabel("training interventions m")
-            ax.set_ylabel("worst accepted violation rate")
-            ax.set_xscale("log")
-            ax.legend(fontsize=7)
-            plots.append(run.savefig(fig, "violation_vs_m"))
-        except Exception:  # pragma: no cover - plotting is optional
-            pass
-        return ReproduceResult(
-            task="violation rate on unseen interventions (population, 2 sites), worst over d",
-            metric="worst-accepted violation rate at m=10",
-            method="eps-invariant subset search",
-            baseline="ERM on all features",
-            method_value=method,
-            baseline_value=baseline,
-            higher_is_better=False,
-            seconds=_time.perf_counter() - t0,
-            details={
-                "population": curve,
-                "finite_sample": sample_curve,
-                **({"sites_d32": sites_curve} if sites_curve else {}),
-            },
-            plots=plots,
-        )

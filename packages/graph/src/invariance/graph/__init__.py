@@ -6,9 +6,15 @@ benches of the ``graph`` domain.
 """
 
 from invariance.graph import bench as _bench  # noqa: F401  (registers the benches)
-from invariance.graph import data, nn
+from invariance.graph import (
+    data,
+    nn,
+    recipes,  # noqa: F401  (importing it registers the methods)
+)
+from invariance.graph.grea import GREA, GINClassifier
 from invariance.graph.hei import HEI, EnvironmentInference, hei_penalty, local_similarity
-from invariance.graph.igt import GREA, IGT, GINClassifier, rationale_auc
+from invariance.graph.igt import IGT
+from invariance.graph.nn.rationale import rationale_auc
 
 __version__ = "0.1.0"
 
@@ -23,4 +29,5 @@ __all__ = [
     "rationale_auc",
     "data",
     "nn",
+    "recipes",
 ]

@@ -36,8 +36,9 @@ class GraphFn(nn.Module):
         super().__init__()
         self.model, self.fn, self.num_graphs = model, fn, num_graphs
 
-    def forward(self, x: Tensor, edge_index: Tensor, batch: Tensor,
-                edge_attr: Tensor | None = None):
+    def forward(
+        self, x: Tensor, edge_index: Tensor, batch: Tensor, edge_attr: Tensor | None = None
+    ):
         b = Batch(x=x, edge_index=edge_index, batch=batch, edge_attr=edge_attr)
         return self.fn(self.model, b)
 

@@ -52,13 +52,13 @@ Tested properties (``tests/test_hei.py``):
 
 Deviations: the update-order fix above; SimRank/AggSim are reconstructions (paper-only);
 full-batch training with model selection on validation accuracy as the official code, but fewer
-epochs on CPU.
+epochs on CPU; the recipe's ``reproduce`` selects hyper-parameters on validation over the official
+scripts' learning rates and annealing lengths only (the other official grid axes stay at one of
+their values), for HEI and ERM alike (``invariance.graph.recipes.hei``). ``standardise`` maps a
+constant pattern to zeros instead of dividing by a zero std.
 """
 
 from __future__ import annotations
-
-import copy
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -66,6 +66,14 @@ from torch import Tensor, nn
 from torch_geometric.data import Data
 from torch_geometric.nn.models import LINKX
 from torch_geometric.utils import remove_self_loops
+
+from invariance.graph._checks import (
+    check_edge_index,
+    check_float_tensor,
+    check_index_tensor,
+    check_int,
+    check_real,
+)
 
 __all__ = [
     "HEI",
@@ -77,28 +85,40 @@ __all__ = [
     "standardise",
     "hei_penalty",
     "homophily_groups",
-    "train_node_model",
 ]
+
+# names that moved to the recipe module (invariance.graph.recipes.hei); still importable from here
+_MOVED_TO_RECIPES = (
+    "train_node_model",
+    "NodeResult",
+    "HEIConfig",
+    "HEIRecipe",
+    "run_hei_reproduce",
+)
+
+
+def __getattr__(name: str):
+    if name in _MOVED_TO_RECIPES:
+        from invariance.graph.recipes import hei as _recipe
+
+        return getattr(_recipe, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --------------------------------------------------------------------------- estimators
 
 
 def _check_graph(x: Tensor, edge_index: Tensor) -> None:
-    if x.dim() != 2:
-        raise ValueError(f"x must have shape (N, F), got {tuple(x.shape)}")
-    if edge_index.dim() != 2 or edge_index.size(0) != 2:
-        raise ValueError(f"edge_index must have shape (2, E), got {tuple(edge_index.shape)}")
-    if edge_index.numel() and int(edge_index.max()) >= x.size(0):
-        raise ValueError(f"edge_index refers to node {int(edge_index.max())} but x has "
-                         f"{x.size(0)} nodes")
+    check_float_tensor("x", x, ndim=2)
+    check_edge_index(edge_index, x.size(0))
 
 
 def _neighbour_mean(values: Tensor, src: Tensor, n: int) -> Tensor:
     """Mean of per-edge ``values`` grouped by source node; 0 for nodes without edges."""
     s = torch.zeros(n, dtype=values.dtype, device=values.device).index_add_(0, src, values)
     c = torch.zeros(n, dtype=values.dtype, device=values.device).index_add_(
-        0, src, torch.ones_like(values))
+        0, src, torch.ones_like(values)
+    )
     return s / c.clamp_min(1)
 
 
@@ -132,13 +152,20 @@ def agg_similarity(x: Tensor, edge_index: Tensor, method: str = "norm2") -> Tens
     src, dst = edge_index
     agg = torch.zeros_like(x).index_add_(0, src, x[dst])
     deg = torch.zeros(n, dtype=x.dtype, device=x.device).index_add_(
-        0, src, torch.ones(src.numel(), dtype=x.dtype, device=x.device))
+        0, src, torch.ones(src.numel(), dtype=x.dtype, device=x.device)
+    )
     agg = agg / deg.clamp_min(1)[:, None]
     return local_similarity(agg, edge_index, method)
 
 
-def simrank_similarity(edge_index: Tensor, num_nodes: int, *, decay: float = 0.8,
-                       iters: int = 10, max_nodes: int = 5000) -> Tensor:
+def simrank_similarity(
+    edge_index: Tensor,
+    num_nodes: int,
+    *,
+    decay: float = 0.8,
+    iters: int = 10,
+    max_nodes: int = 5000,
+) -> Tensor:
     r"""Neighbour mean of SimRank scores, :math:`z_v = \mathrm{mean}_{u\in N(v)} S(v,u)`.
 
     SimRank by the matrix iteration :math:`S \leftarrow c\, W^\top S W` with the diagonal reset to
@@ -175,8 +202,13 @@ def neighbour_pattern(data: Data, estimator: str = "local", **kw) -> Tensor:
 
 
 def standardise(z: Tensor) -> Tensor:
-    """``(z - mean) / std`` (unbiased std, as ``torch.std``); shape kept."""
-    return (z - z.mean()) / z.std()
+    """``(z - mean) / std`` (unbiased std, as ``torch.std``); shape kept. Needs at least two
+    entries; a constant ``z`` (std 0) standardises to zeros instead of dividing by zero."""
+    check_float_tensor("z", z, ndim=1)
+    if z.numel() < 2:
+        raise ValueError(f"z needs at least 2 entries to standardise, got {z.numel()}")
+    sd = z.std()
+    return (z - z.mean()) / torch.where(sd > 0, sd, torch.ones_like(sd))
 
 
 def homophily_groups(node_hom: Tensor, idx: Tensor, ratio: float = 0.5) -> tuple[Tensor, Tensor]:
@@ -214,8 +246,9 @@ class EnvironmentInference(nn.Module):
 
     def __init__(self, in_channels: int = 1, hidden: int = 16, num_envs: int = 4) -> None:
         super().__init__()
-        if num_envs < 2:
-            raise ValueError(f"num_envs must be >= 2, got {num_envs}")
+        check_int("in_channels", in_channels, lo=1)
+        check_int("hidden", hidden, lo=1)
+        check_int("num_envs", num_envs, lo=2)
         self.in_channels, self.num_envs = in_channels, num_envs
         self.lin1 = nn.Linear(in_channels, hidden)
         self.lin2 = nn.Linear(hidden, num_envs)
@@ -227,6 +260,7 @@ class EnvironmentInference(nn.Module):
             nn.init.zeros_(lin.bias)
 
     def forward(self, z: Tensor) -> Tensor:
+        check_float_tensor("z", z)
         if z.dim() != 2 or z.size(1) != self.in_channels:
             raise ValueError(f"z must have shape (N, {self.in_channels}), got {tuple(z.shape)}")
         return torch.softmax(self.lin2(torch.relu(self.lin1(z))), dim=1)
@@ -248,11 +282,16 @@ def hei_penalty(logits: Tensor, y: Tensor, env: Tensor, *, form: str = "hei") ->
     Shapes: ``logits`` (N, C), ``y`` (N,), ``env`` (N, K) -> dict with ``nll`` (N,), ``risks``
     (K,), ``penalty`` scalar.
     """
-    if logits.dim() != 2:
-        raise ValueError(f"logits must have shape (N, C), got {tuple(logits.shape)}")
+    check_float_tensor("logits", logits, ndim=2)
+    check_index_tensor("y", y, ndim=1)
     if y.shape != (logits.size(0),):
         raise ValueError(f"y must have shape ({logits.size(0)},), got {tuple(y.shape)}")
-    if env.dim() != 2 or env.size(0) != logits.size(0):
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= logits.size(1)):
+        raise ValueError(
+            f"y must hold classes in [0, {logits.size(1)}), got [{int(y.min())}, {int(y.max())}]"
+        )
+    check_float_tensor("env", env, ndim=2)
+    if env.size(0) != logits.size(0):
         raise ValueError(f"env must have shape ({logits.size(0)}, K), got {tuple(env.shape)}")
     if form not in ("hei", "irmv1", "vrex"):
         raise ValueError(f"form must be 'hei', 'irmv1' or 'vrex', got {form!r}")
@@ -305,23 +344,53 @@ class HEI(nn.Module):
     logits are equivariant only together with the matching permutation of that layer's weights.
     """
 
-    def __init__(self, num_nodes: int, in_channels: int, num_classes: int, *, hidden: int = 64,
-                 num_layers: int = 1, num_edge_layers: int = 2, dropout: float = 0.5,
-                 num_envs: int = 4, env_hidden: int = 16, penalty: str = "hei",
-                 penalty_weight: float = 1e4, l2_weight: float = 1e-3, anneal_steps: int = 5,
-                 estimator: str = "local") -> None:
+    def __init__(
+        self,
+        num_nodes: int,
+        in_channels: int,
+        num_classes: int,
+        *,
+        hidden: int = 64,
+        num_layers: int = 1,
+        num_edge_layers: int = 2,
+        dropout: float = 0.5,
+        num_envs: int = 4,
+        env_hidden: int = 16,
+        penalty: str = "hei",
+        penalty_weight: float = 1e4,
+        l2_weight: float = 1e-3,
+        anneal_steps: int = 5,
+        estimator: str = "local",
+    ) -> None:
         super().__init__()
+        check_int("num_nodes", num_nodes, lo=1)
+        check_int("in_channels", in_channels, lo=1)
+        check_int("num_classes", num_classes, lo=2)
+        check_int("hidden", hidden, lo=1)
+        check_int("num_layers", num_layers, lo=1)
+        check_int("num_edge_layers", num_edge_layers, lo=1)
+        check_real("dropout", dropout, lo=0.0, hi=1.0, hi_open=True)
+        check_int("num_envs", num_envs, lo=2)
+        check_int("env_hidden", env_hidden, lo=1)
+        check_real("penalty_weight", penalty_weight, lo=0.0)
+        check_real("l2_weight", l2_weight, lo=0.0)
+        check_int("anneal_steps", anneal_steps, lo=0)
         if penalty not in ("hei", "irmv1", "vrex"):
             raise ValueError(f"penalty must be 'hei', 'irmv1' or 'vrex', got {penalty!r}")
         if estimator not in ("local", "agg", "simrank"):
             raise ValueError(f"estimator must be 'local', 'agg' or 'simrank', got {estimator!r}")
-        if penalty_weight < 0 or l2_weight < 0 or anneal_steps < 0:
-            raise ValueError("penalty_weight, l2_weight and anneal_steps must be >= 0")
         self.num_nodes, self.num_classes = num_nodes, num_classes
         self.penalty, self.penalty_weight, self.l2_weight = penalty, penalty_weight, l2_weight
         self.anneal_steps, self.estimator = anneal_steps, estimator
-        self.backbone = LINKX(num_nodes, in_channels, hidden, num_classes, num_layers,
-                              num_edge_layers=num_edge_layers, dropout=dropout)
+        self.backbone = LINKX(
+            num_nodes,
+            in_channels,
+            hidden,
+            num_classes,
+            num_layers,
+            num_edge_layers=num_edge_layers,
+            dropout=dropout,
+        )
         self.env_net = EnvironmentInference(1, env_hidden, num_envs)
         self.register_buffer("num_steps", torch.zeros((), dtype=torch.long))
 
@@ -349,9 +418,29 @@ class HEI(nn.Module):
                 raise TypeError(f"data needs '{k}'")
         if z is None:
             z = getattr(data, "hei_z", None)
+        _check_graph(data.x, data.edge_index)
+        n = data.x.size(0)
+        tr = data.train_mask
+        if not isinstance(tr, Tensor) or tr.dtype != torch.bool or tr.shape != (n,):
+            raise ValueError(
+                f"train_mask must be a bool tensor of shape ({n},), got "
+                f"{getattr(tr, 'dtype', type(tr).__name__)} "
+                f"{tuple(getattr(tr, 'shape', ()))}"
+            )
+        if int(tr.sum()) < 2:
+            raise ValueError(
+                f"train_mask selects {int(tr.sum())} node(s); HEI standardises the "
+                f"neighbour pattern over the training nodes and needs at least 2"
+            )
+        y_all = data.y
+        check_index_tensor("y", y_all, ndim=y_all.dim() if y_all.dim() in (1, 2) else 1)
+        if y_all.numel() != n or (y_all.dim() == 2 and y_all.size(1) != 1):
+            raise ValueError(f"y must have shape ({n},) or ({n}, 1), got {tuple(y_all.shape)}")
         if z is None:
             z = neighbour_pattern(data, self.estimator)
-        tr = data.train_mask
+        check_float_tensor("z", z, ndim=1)
+        if z.numel() != n:
+            raise ValueError(f"z must have shape ({n},), got {tuple(z.shape)}")
         logits = self(data.x, data.edge_index)[tr]
         y = data.y.reshape(-1)[tr]
         env = self.environments(z[tr].to(logits.dtype))
@@ -363,8 +452,11 @@ class HEI(nn.Module):
         loss = nll + self.l2_weight * l2 + w * theta["penalty"].clamp_min(0.0)
         if w > 1.0:
             loss = loss / (1.0 + w)
-        out = {"nll": nll.detach(), "penalty": theta["penalty"].detach(),
-               "acc": (logits.argmax(-1) == y).float().mean()}
+        out = {
+            "nll": nll.detach(),
+            "penalty": theta["penalty"].detach(),
+            "acc": (logits.argmax(-1) == y).float().mean(),
+        }
         if step < self.anneal_steps:  # environment net ascends P (backbone detached)
             phi = hei_penalty(logits.detach(), y, env, form=self.penalty)
             loss = loss - phi["penalty"]
@@ -374,220 +466,7 @@ class HEI(nn.Module):
         return out
 
     def extra_repr(self) -> str:
-        return (f"penalty={self.penalty}, penalty_weight={self.penalty_weight}, "
-                f"anneal_steps={self.anneal_steps}, estimator={self.estimator}")
-
-
-@dataclass
-class NodeResult:
-    full: float
-    high: float
-    low: float
-    val: float
-
-
-@torch.no_grad()
-def _accuracies(model: HEI, data: Data) -> NodeResult:
-    model.eval()
-    pred = model(data.x, data.edge_index).argmax(-1)
-    y = data.y.reshape(-1)
-    test = torch.nonzero(data.test_mask).flatten()
-    high, low = homophily_groups(data.node_hom, test)
-
-    def acc(idx):
-        return float((pred[idx] == y[idx]).float().mean()) if len(idx) else float("nan")
-
-    return NodeResult(acc(test), acc(high), acc(low), acc(torch.nonzero(data.val_mask).flatten()))
-
-
-def train_node_model(model: HEI, data: Data, *, epochs: int = 200, lr: float = 1e-2,
-                     weight_decay: float = 1e-3, env_lr: float = 1e-3) -> NodeResult:
-    """Full-batch training as the official loop (AdamW on the backbone, Adam on the environment
-    net, one step per epoch), model selected on validation accuracy. Returns test accuracies on all
-    / high-homophily / low-homophily test nodes of the selected model."""
-    z = neighbour_pattern(data, model.estimator)
-    opt = torch.optim.AdamW([
-        {"params": model.backbone.parameters(), "lr": lr, "weight_decay": weight_decay},
-        {"params": model.env_net.parameters(), "lr": env_lr, "weight_decay": 0.0},
-    ])
-    best, best_state = -1.0, None
-    for _ in range(epochs):
-        model.train()
-        out = model.loss(data, z)
-        opt.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        opt.step()
-        res = _accuracies(model, data)
-        if res.val > best:
-            best, best_state = res.val, copy.deepcopy(model.state_dict())
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    return _accuracies(model, data)
-
-
-# --------------------------------------------------------------------------- recipe
-
-from invariance.core import CheckResult, Recipe, ReproduceResult, TrainConfig, register  # noqa: E402
-from invariance.core.groups import Permutation  # noqa: E402
-from invariance.core.testing import check_equivariant, check_not_invariant  # noqa: E402
-
-
-@dataclass
-class HEIConfig(TrainConfig):
-    """HEI recipe config (defaults = tiny preset). One step = one full-batch epoch.
-
-    Args (besides :class:`TrainConfig`): n, num_classes, dim, degree, h_hi, h_lo: CSBM-mixture
-    graph; hidden, num_envs, env_hidden, penalty, penalty_weight, l2_weight, anneal_steps,
-    estimator, env_lr: HEI; seeds, epochs: reproduce sizes.
-    """
-
-    steps: int = 30
-    batch_size: int = 1
-    lr: float = 1e-2
-    weight_decay: float = 1e-3
-    n: int = 240
-    num_classes: int = 3
-    dim: int = 16
-    degree: int = 4
-    h_hi: float = 0.85
-    h_lo: float = 0.15
-    hidden: int = 32
-    num_envs: int = 4
-    env_hidden: int = 16
-    penalty: str = "hei"
-    penalty_weight: float = 1e4
-    l2_weight: float = 1e-3
-    anneal_steps: int = 5
-    estimator: str = "local"
-    env_lr: float = 1e-3
-    seeds: int = 5
-    epochs: int = 50
-
-
-def _first(items):
-    return items[0]
-
-
-class _EnvFn(nn.Module):
-    """Environment assignment from raw graph tensors (optionally with a positional leak)."""
-
-    def __init__(self, model: HEI, positional: bool = False) -> None:
-        super().__init__()
-        self.model, self.positional = model, positional
-
-    def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
-        z = local_similarity(x, edge_index)
-        if self.positional:  # BROKEN variant: node index leaks into the pattern
-            z = z + 0.05 * torch.arange(z.numel(), dtype=z.dtype, device=z.device)
-        return self.model.environments(z)
-
-
-def run_hei_reproduce(cfg: HEIConfig, variants: dict[str, dict], *, n: int, seeds: int,
-                      epochs: int) -> dict:
-    """Train each variant (HEI kwargs) on ``seeds`` CSBM-mixture graphs; mean/sd accuracies."""
-    import statistics
-
-    from invariance.graph.data.csbm import make_csbm_mixture
-
-    rows = {}
-    for name, kw in variants.items():
-        res = []
-        for s in range(seeds):
-            d = make_csbm_mixture(n, num_classes=cfg.num_classes, dim=cfg.dim, degree=cfg.degree,
-                                  h_hi=cfg.h_hi, h_lo=cfg.h_lo, seed=s)
-            torch.manual_seed(s)
-            m = HEI(d.num_nodes, d.x.size(1), cfg.num_classes, hidden=cfg.hidden,
-                    num_envs=cfg.num_envs, env_hidden=cfg.env_hidden,
-                    l2_weight=cfg.l2_weight, anneal_steps=cfg.anneal_steps,
-                    **{"penalty": cfg.penalty, "penalty_weight": cfg.penalty_weight,
-                       "estimator": cfg.estimator, **kw})
-            res.append(train_node_model(m, d, epochs=epochs, lr=cfg.lr,
-                                        weight_decay=cfg.weight_decay, env_lr=cfg.env_lr))
-        rows[name] = {}
-        for f in ("full", "high", "low"):
-            v = [getattr(r, f) for r in res]
-            rows[name][f] = [statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0]
-        rows[name]["low_per_seed"] = [r.low for r in res]
-    return rows
-
-
-@register("hei", domain="graph",
-          paper="Leveraging Invariant Principle for Heterophilic Graph Structure Distribution "
-                "Shifts (HEI)",
-          authors="J. Yang, Z. Chen, T. Xiao, W. Zhang, Y. Lin, K. Kuang", year=2024,
-          arxiv="2408.09490", code_url="https://github.com/Yangjinluan/HEI",
-          symmetry="environment assignment equivariant to node permutation",
-          baseline="erm (LINKX)", tags=("node-classification", "ood", "heterophily"))
-class HEIRecipe(Recipe):
-    """HEI on a CSBM-mixture graph with a homophilic-train / heterophilic-test split."""
-
-    Config = HEIConfig
-    presets = {"tiny": {}, "full": {"n": 900, "hidden": 64, "steps": 200, "epochs": 200,
-                                    "seeds": 10}}
-    collate_fn = _first
-
-    def make_data(self, cfg: HEIConfig, split: str) -> list[Data]:
-        from invariance.graph.data.csbm import make_csbm_mixture
-
-        d = make_csbm_mixture(cfg.n, num_classes=cfg.num_classes, dim=cfg.dim, degree=cfg.degree,
-                              h_hi=cfg.h_hi, h_lo=cfg.h_lo, seed=cfg.seed)
-        d.hei_z = neighbour_pattern(d, cfg.estimator)
-        if split != "train":  # evaluation uses the split's mask as "train_mask" for the loss
-            d.train_mask = d.val_mask if split == "val" else d.test_mask
-        return [d]
-
-    def build(self, cfg: HEIConfig) -> nn.Module:
-        return HEI(cfg.n, cfg.dim, cfg.num_classes, hidden=cfg.hidden, num_envs=cfg.num_envs,
-                   env_hidden=cfg.env_hidden, penalty=cfg.penalty,
-                   penalty_weight=cfg.penalty_weight, l2_weight=cfg.l2_weight,
-                   anneal_steps=cfg.anneal_steps, estimator=cfg.estimator)
-
-    def optimizer(self, cfg: HEIConfig, model: nn.Module) -> torch.optim.Optimizer:
-        return torch.optim.AdamW([
-            {"params": model.backbone.parameters(), "lr": cfg.lr,
-             "weight_decay": cfg.weight_decay},
-            {"params": model.env_net.parameters(), "lr": cfg.env_lr, "weight_decay": 0.0},
-        ])
-
-    def step(self, model: nn.Module, batch: Data) -> dict[str, Tensor]:
-        return model.loss(batch)
-
-    def metrics(self, model: nn.Module, dataset) -> dict[str, float]:
-        r = _accuracies(model, dataset[0])
-        return {"acc": r.full, "acc_high_hom": r.high, "acc_low_hom": r.low}
-
-    def check(self, model: nn.Module, cfg: HEIConfig) -> list[CheckResult]:
-        from invariance.graph.data.csbm import make_csbm_mixture
-
-        d = make_csbm_mixture(cfg.n, num_classes=cfg.num_classes, dim=cfg.dim, degree=cfg.degree,
-                              seed=cfg.seed + 1)
-        inp = (d.x, d.edge_index)
-        act = ("nodes", "edge_index")
-        return [
-            check_equivariant("environment assignment equivariant to node permutation",
-                              _EnvFn(model), inp, Permutation(), act, "nodes", trials=2),
-            check_not_invariant("NEGATIVE CONTROL: positional leak breaks equivariance",
-                                _EnvFn(model, positional=True), inp, Permutation(), act,
-                                "nodes", trials=2),
-        ]
-
-    def reproduce(self, cfg: HEIConfig, run, *, quick: bool) -> ReproduceResult:
-        import time
-
-        t0 = time.perf_counter()
-        variants = {"erm": {"penalty_weight": 0.0}, "hei": {}}
-        if quick:
-            rows = run_hei_reproduce(cfg, variants, n=300, seeds=5, epochs=50)
-        else:
-            variants.update({"hei_irmv1": {"penalty": "irmv1"}, "hei_vrex": {"penalty": "vrex"},
-                             "hei_simrank": {"estimator": "simrank"},
-                             "hei_agg": {"estimator": "agg"}})
-            rows = run_hei_reproduce(cfg, variants, n=cfg.n, seeds=cfg.seeds, epochs=cfg.epochs)
-        if run is not None:
-            run.write_results(rows)
-        return ReproduceResult(
-            task="CSBM-mixture HGSS (train homophilic, test heterophilic), "
-                 "low-homophily test nodes",
-            metric="accuracy (low-hom test)", method="hei", baseline="erm",
-            method_value=rows["hei"]["low"][0], baseline_value=rows["erm"]["low"][0],
-            seconds=time.perf_counter() - t0, details=rows)
+        return (
+            f"penalty={self.penalty}, penalty_weight={self.penalty_weight}, "
+            f"anneal_steps={self.anneal_steps}, estimator={self.estimator}"
+        )

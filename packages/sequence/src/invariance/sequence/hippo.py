@@ -32,6 +32,8 @@ Tested properties (packages/sequence/tests/test_s4_hippo.py):
   :math:`V\tilde B = B` (b_clip=None), AP normal, for every measure with a rank correction.
 - ``test_hippo_legs_reconstructs_history``: the state reconstructs the input's history.
 - ``test_hippo_diag_inits``: S4D-Lin/Inv closed forms, Re(A) = -1/2.
+- ``test_hippo_nplr_canonical_sign``: each eigenvector's sign gives :math:`\mathrm{Re}\,\tilde
+  B_n > 0`; ``test_hippo_nplr_rejects_bad_b_clip``.
 
 Deviations: none in the math. ``nplr`` handles the Fourier zero eigenvalue by building a real basis
 of
@@ -46,6 +48,8 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor
+
+from invariance.sequence._checks import check_float, check_int, check_tensor
 
 __all__ = [
     "MEASURES",
@@ -248,7 +252,9 @@ def nplr(
 
     Diagonalises :math:`A + P^\top P = w_{re} I + S` (S skew) in float64 with ``eigh(-iS)``, keeps
     the eigenvalues with negative imaginary part (one per conjugate pair) and maps ``B`` and ``P``
-    into the eigenbasis. ``b_clip`` clamps :math:`\mathrm{Im}(\tilde B)` to ``[-b_clip, b_clip]``
+    into the eigenbasis. Each eigenvector's sign is fixed so that :math:`\mathrm{Re}\,\tilde B_n
+    > 0` (the phase within that is LAPACK's ``eigh`` in float64). ``b_clip`` clamps
+    :math:`\mathrm{Im}(\tilde B)` to ``[-b_clip, b_clip]``
     as the official S4 code does by default (2.0); use ``None`` for the exact HiPPO ``B``.
 
     Args:
@@ -261,6 +267,12 @@ def nplr(
     _check_n(measure, N)
     if N % 2:
         raise ValueError(f"nplr needs an even state size N, got N={N}")
+    check_int("rank", rank, 1)
+    if b_clip is not None:
+        if isinstance(b_clip, bool) or not isinstance(b_clip, (int, float)):
+            raise TypeError(f"b_clip must be a positive number or None, got {b_clip!r}")
+        if not (math.isfinite(b_clip) and b_clip > 0):
+            raise ValueError(f"b_clip must be a positive finite number or None, got {b_clip}")
     A, B = transition(measure, N)
     P = rank_correction(measure, N, rank=rank)
     AP = A + P.T @ P
@@ -283,6 +295,13 @@ def nplr(
         n1, n2 = Vh[-1], Vh[-2]
         V[:, -1] = (n1 + 1j * n2).to(torch.complex128) / math.sqrt(2.0)
         w[-1] = w_re + 0j
+    # Canonical sign: each eigenvector is defined up to a unit factor; flip it so that
+    # Re(B~_n) > 0 (Im(B~_n) > 0 when the real part vanishes). eigh runs in float64 here, the
+    # official code's eig in float32, so without a convention the sign of a mode (and of the
+    # kernel with C = 1) depends on the LAPACK build; the clip below is symmetric in the sign.
+    Bt0 = V.conj().T @ B.to(torch.complex128)
+    flip = (Bt0.real < -1e-12) | ((Bt0.real.abs() <= 1e-12) & (Bt0.imag < 0))
+    V = torch.where(flip, -V, V)
     Vh = V.conj().T
     B_t = Vh @ B.to(torch.complex128)
     P_t = P.to(torch.complex128) @ Vh.T  # (rank, N/2): V^* applied to each row
@@ -311,8 +330,10 @@ def diag_init(
     ``B = 1`` except for ``legs``.
     """
     if kind not in DIAG_INITS:
-        raise ValueError(f"unknown diagonal init {kind!r}; expected one of {DIAG_INITS}")
-    if N < 2 or N % 2:
+        raise ValueError(f"unknown diagonal init kind {kind!r}; expected one of {DIAG_INITS}")
+    check_int("N", N, 2)
+    check_int("H", H, 1)
+    if N % 2:
         raise ValueError(f"diagonal init needs an even state size N >= 2, got N={N}")
     n = torch.arange(N // 2, dtype=torch.float64)
     real = torch.full((N // 2,), -0.5, dtype=torch.float64)
@@ -344,6 +365,9 @@ def init_log_dt(
 ) -> Tensor:
     r"""Timescale initialisation: :math:`\log\Delta_h \sim U[\log\Delta_{min}, \log\Delta_{max}]`,
     shape (H,)."""
+    check_int("H", H, 1)
+    check_float("dt_min", dt_min, 0.0, lo_open=True)
+    check_float("dt_max", dt_max, 0.0, lo_open=True)
     if not (0 < dt_min <= dt_max):
         raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
     u = torch.rand(H, generator=generator)
@@ -354,6 +378,8 @@ def timescale_range(max_len: int, min_len: int = 10) -> tuple[float, float]:
     r"""HTTYH's rule for the :math:`\Delta` range: a channel with step :math:`\Delta` covers about
     :math:`1/\Delta` steps, so dependencies from ``min_len`` to ``max_len`` steps need
     :math:`[\Delta_{min}, \Delta_{max}] = [1/L_{max}, 1/L_{min}]`."""
+    check_int("max_len", max_len, 1)
+    check_int("min_len", min_len, 1)
     if not (1 <= min_len <= max_len):
         raise ValueError(f"need 1 <= min_len <= max_len, got min_len={min_len}, max_len={max_len}")
     return 1.0 / max_len, 1.0 / min_len
@@ -423,6 +449,10 @@ def legs_reconstruct(state: Tensor, r: Tensor) -> Tensor:
     Returns:
         Tensor of shape (..., R).
     """
+    check_tensor("state", state, floating=True)
+    check_tensor("r", r, ndim=1, floating=True)
+    if bool((r < 0).any()):
+        raise ValueError("r (look-back times) must be >= 0")
     N = state.shape[-1]
     r = r.to(torch.float64)
     n = torch.arange(N, dtype=torch.float64)[:, None]

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import torch
 
+from invariance.causal._checks import check_seed
+
 __all__ = ["make_bivariate_exchangeable", "make_linear_gaussian_icm", "make_multivariate_binary"]
 
 STRUCTURES = {0: {(0, 1)}, 1: {(1, 0)}, 2: set()}
@@ -29,7 +31,7 @@ STRUCTURES = {0: {(0, 1)}, 1: {(1, 0)}, 2: set()}
 def _g(seed: int | None, generator: torch.Generator | None) -> torch.Generator:
     if generator is not None:
         return generator
-    return torch.Generator().manual_seed(0 if seed is None else int(seed))
+    return torch.Generator().manual_seed(check_seed(seed))
 
 
 def _check(n_envs: int, n_per_env: int) -> None:

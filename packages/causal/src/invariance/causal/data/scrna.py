@@ -24,6 +24,8 @@ import os
 import torch
 from torch import Tensor
 
+from invariance.causal._checks import check_seed
+
 __all__ = ["load_pbmc68k_reduced", "make_scrna_counts", "min_max_scale", "pbmc68k_path"]
 
 
@@ -78,7 +80,7 @@ def make_scrna_counts(
             raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
     if not 0 <= de_prob <= 1:
         raise ValueError(f"de_prob must be in [0, 1], got {de_prob}")
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(check_seed(seed))
     f64 = torch.float64
     base = _gamma(torch.full((n_genes,), 0.6, dtype=f64), g) / 0.3
     de = torch.ones(n_types, n_genes, dtype=f64)

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from invariance.causal._checks import check_float_tensor, check_seed
+
 __all__ = ["LinearSEM", "empirical_covariance"]
 
 
@@ -31,7 +33,7 @@ def _gen(seed: int | None, generator: torch.Generator | None) -> torch.Generator
     if generator is not None:
         return generator
     g = torch.Generator()
-    g.manual_seed(0 if seed is None else int(seed))
+    g.manual_seed(check_seed(seed))
     return g
 
 
@@ -193,7 +195,9 @@ def empirical_covariance(x: Tensor, y: Tensor) -> Tensor:
 
     Uncentred (the SEM is zero-mean); ``Y`` is the last coordinate.
     """
-    if x.dim() != 3 or y.dim() != 2 or x.shape[:2] != y.shape:
+    check_float_tensor("x", x, dims=(3,))
+    check_float_tensor("y", y, dims=(2,))
+    if x.shape[:2] != y.shape:
         raise ValueError(
             f"empirical_covariance: expected x (E, n, d) and y (E, n), got {tuple(x.shape)} "
             f"and {tuple(y.shape)}"

@@ -32,13 +32,21 @@ CELL_TYPES = ("K", "P", "O", "I")
 def _graspologic_dir() -> str:
     spec = importlib.util.find_spec("graspologic")
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError("load_drosophila_left needs the graspologic wheel for its data files "
-                          "(pip install graspologic); nothing is downloaded")
+        raise ImportError(
+            "load_drosophila_left needs the graspologic wheel for its data files "
+            "(pip install graspologic); nothing is downloaded"
+        )
     return list(spec.submodule_search_locations)[0]
 
 
-def load_drosophila_left(*, dim: int = 16, train_frac: float = 0.4, val_frac: float = 0.1,
-                         split_noise: float = 0.1, seed: int = 0) -> Data:
+def load_drosophila_left(
+    *,
+    dim: int = 16,
+    train_frac: float = 0.4,
+    val_frac: float = 0.1,
+    split_noise: float = 0.1,
+    seed: int = 0,
+) -> Data:
     r"""Load the left Drosophila connectome as an undirected node-classification graph.
 
     Args:
@@ -60,8 +68,9 @@ def load_drosophila_left(*, dim: int = 16, train_frac: float = 0.4, val_frac: fl
         labels = [line.strip() for line in fh if line.strip()]
     n = a.size(0)
     if a.shape != (n, n) or len(labels) != n:
-        raise ValueError(f"unexpected connectome files: adjacency {tuple(a.shape)}, "
-                         f"{len(labels)} labels")
+        raise ValueError(
+            f"unexpected connectome files: adjacency {tuple(a.shape)}, {len(labels)} labels"
+        )
     y = torch.tensor([CELL_TYPES.index(lab) for lab in labels])
     w = a + a.t()
     w.fill_diagonal_(0.0)
@@ -73,7 +82,7 @@ def load_drosophila_left(*, dim: int = 16, train_frac: float = 0.4, val_frac: fl
     idx = evals.abs().argsort(descending=True)[:dim]
     vec = evecs[:, idx]
     vec = vec * torch.sign(vec.sum(0) + 1e-12)  # fix each eigenvector's sign
-    x = (vec * n ** 0.5).float()
+    x = (vec * n**0.5).float()
 
     node_hom = node_homophily(ei, y, n).float()
     g = torch.Generator().manual_seed(int(seed))
@@ -86,6 +95,14 @@ def load_drosophila_left(*, dim: int = 16, train_frac: float = 0.4, val_frac: fl
         tr_va = order[: n_tr + n_va][torch.randperm(n_tr + n_va, generator=g)]
         masks[0][tr_va[:n_tr]] = True
         masks[1][tr_va[n_tr:]] = True
-        masks[2][order[n_tr + n_va:]] = True
-    return Data(x=x, edge_index=ei, edge_weight=w[ei[0], ei[1]], y=y, train_mask=masks[0],
-                val_mask=masks[1], test_mask=masks[2], node_hom=node_hom)
+        masks[2][order[n_tr + n_va :]] = True
+    return Data(
+        x=x,
+        edge_index=ei,
+        edge_weight=w[ei[0], ei[1]],
+        y=y,
+        train_mask=masks[0],
+        val_mask=masks[1],
+        test_mask=masks[2],
+        node_hom=node_hom,
+    )

@@ -21,6 +21,8 @@ from torch import Tensor
 from torch_geometric.data import Data
 from torch_geometric.utils import coalesce, remove_self_loops
 
+from invariance.graph._checks import check_edge_index, check_index_tensor, check_int, check_real
+
 
 def node_homophily(edge_index: Tensor, y: Tensor, num_nodes: int) -> Tensor:
     r"""Per-node homophily ``h_v = |{u in N(v): y_u = y_v}| / |N(v)|`` (NaN when ``N(v)`` is empty).
@@ -31,9 +33,9 @@ def node_homophily(edge_index: Tensor, y: Tensor, num_nodes: int) -> Tensor:
 
     Shapes: ``edge_index`` (2, E), ``y`` (N,) -> (N,) float.
     """
-    if edge_index.dim() != 2 or edge_index.size(0) != 2:
-        raise ValueError(f"edge_index must have shape (2, E), got {tuple(edge_index.shape)}")
-    y = y.reshape(-1)
+    check_int("num_nodes", num_nodes, lo=1)
+    check_edge_index(edge_index, num_nodes)
+    check_index_tensor("y", y, ndim=1)
     if y.numel() != num_nodes:
         raise ValueError(f"y has {y.numel()} entries but num_nodes={num_nodes}")
     ei, _ = remove_self_loops(edge_index)
@@ -77,16 +79,25 @@ def make_csbm_mixture(
         ``Data`` with ``x`` (n, dim), ``edge_index``, ``y`` (n,), ``train_mask``/``val_mask``/
         ``test_mask`` (n,), ``group`` (n,), ``node_hom`` (n,).
     """
-    if n < 3 * num_classes:
-        raise ValueError(f"n must be >= 3 * num_classes = {3 * num_classes}, got {n}")
-    if num_classes < 2:
-        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
-    for name, v in (("h_hi", h_hi), ("h_lo", h_lo), ("p_hi", p_hi)):
-        if not 0.0 <= v <= 1.0:
-            raise ValueError(f"{name} must be in [0, 1], got {v}")
+    check_int("num_classes", num_classes, lo=2)
+    check_int("n", n, lo=3 * num_classes)
+    check_int("dim", dim, lo=1)
+    check_int("degree", degree, lo=1)
+    check_int("seed", seed)
+    for name, v in (
+        ("h_hi", h_hi),
+        ("h_lo", h_lo),
+        ("p_hi", p_hi),
+        ("train_frac", train_frac),
+        ("val_frac", val_frac),
+    ):
+        check_real(name, v, lo=0.0, hi=1.0)
+    check_real("sep", sep, lo=0.0)
+    check_real("split_noise", split_noise, lo=0.0)
     if not (0 < train_frac and 0 <= val_frac and train_frac + val_frac < 1):
         raise ValueError(
-            f"need 0 < train_frac, 0 <= val_frac, sum < 1; got {train_frac}, {val_frac}")
+            f"need 0 < train_frac, 0 <= val_frac, sum < 1; got {train_frac}, {val_frac}"
+        )
     g = torch.Generator().manual_seed(int(seed))
     y = torch.arange(n) % num_classes
     y = y[torch.randperm(n, generator=g)]

@@ -18,6 +18,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from invariance.sequence._checks import check_float, check_int
+
 __all__ = [
     "make_delay_task",
     "make_noisy_translation",
@@ -42,10 +44,11 @@ def make_delay_task(
 ) -> dict[str, Tensor]:
     """``n`` white-noise sequences ``x`` (n, length, channels) ~ N(0, 1) and targets
     ``y = delay(x, delay)`` (zeros for the first ``delay`` steps). Ground truth: ``y`` exactly."""
-    if n < 1 or length < 1 or channels < 1:
-        raise ValueError(
-            f"need n, length, channels >= 1, got n={n}, length={length}, channels={channels}"
-        )
+    check_int("n", n, 1)
+    check_int("length", length, 1)
+    check_int("channels", channels, 1)
+    check_int("delay", delay, 0)
+    check_int("seed", seed, 0)
     if not (0 <= delay < length):
         raise ValueError(f"delay must be in [0, length), got delay={delay}, length={length}")
     g = torch.Generator().manual_seed(seed)
@@ -76,8 +79,9 @@ def corrupt(
     """
     if noise not in NOISES:
         raise ValueError(f"noise must be one of {NOISES}, got {noise!r}")
-    if not (0.0 <= rate <= 1.0):
-        raise ValueError(f"rate must be in [0, 1], got {rate}")
+    check_float("rate", rate, 0.0, 1.0)
+    check_int("vocab", vocab, 1)
+    check_int("window", window, 1)
     t = list(tokens)
     r = lambda: float(torch.rand((), generator=g))  # noqa: E731
     if noise == "multiple":
@@ -131,10 +135,17 @@ def make_noisy_translation(
         dict with ``src``, ``tgt`` (clean), ``noisy`` (LongTensors (n, max_len + 2)), ``src_len``,
         ``tgt_len``, ``noisy_len``.
     """
-    if not (1 <= min_len <= max_len):
-        raise ValueError(f"need 1 <= min_len <= max_len, got {min_len}, {max_len}")
-    if vocab < 2:
-        raise ValueError(f"vocab must be >= 2, got {vocab}")
+    check_int("n", n, 1)
+    check_int("vocab", vocab, 2)
+    check_int("min_len", min_len, 1)
+    check_int("max_len", max_len, 1)
+    check_int("seed", seed, 0)
+    check_int("dict_seed", dict_seed, 0)
+    if noise not in NOISES:
+        raise ValueError(f"noise must be one of {NOISES}, got {noise!r}")
+    check_float("rate", rate, 0.0, 1.0)
+    if min_len > max_len:
+        raise ValueError(f"need min_len <= max_len, got min_len={min_len}, max_len={max_len}")
     gd = torch.Generator().manual_seed(dict_seed)
     dictionary = torch.zeros(N_SPECIAL + vocab, dtype=torch.long)
     dictionary[N_SPECIAL:] = N_SPECIAL + torch.randperm(vocab, generator=gd)
@@ -173,8 +184,9 @@ def corpus_bleu(
     hyps: Sequence[Sequence[int]], refs: Sequence[Sequence[int]], max_n: int = 4
 ) -> float:
     """Corpus BLEU in [0, 100] (uniform 1..max_n weights, brevity penalty, no smoothing)."""
+    check_int("max_n", max_n, 1)
     if len(hyps) != len(refs):
-        raise ValueError(f"got {len(hyps)} hypotheses and {len(refs)} references")
+        raise ValueError(f"got {len(hyps)} hyps and {len(refs)} refs; need one refs per hyps")
     match = [0] * max_n
     total = [0] * max_n
     hl = rl = 0

@@ -1,7 +1,14 @@
 """Reusable layers and losses of invariance.sequence."""
 
 from invariance.sequence.nn.eisl_loss import EISLLoss, eisl_loss, resolve_ngrams
-from invariance.sequence.nn.s4_layers import S4DKernel, S4Kernel, S4Layer, S4Model, ssm_param_groups
+from invariance.sequence.nn.s4_layers import (
+    S4DKernel,
+    S4Kernel,
+    S4Layer,
+    S4Model,
+    TiedDropout,
+    ssm_param_groups,
+)
 from invariance.sequence.nn.ssm_kernels import (
     bilinear_dense,
     c_tilde,
@@ -18,6 +25,7 @@ __all__ = [
     "S4Kernel",
     "S4Layer",
     "S4Model",
+    "TiedDropout",
     "ssm_param_groups",
     "eisl_loss",
     "EISLLoss",

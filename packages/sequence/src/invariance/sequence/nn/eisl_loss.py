@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from invariance.sequence._checks import check_float, check_int, check_tensor
+
 __all__ = ["eisl_loss", "EISLLoss", "resolve_ngrams"]
 
 
@@ -114,16 +116,20 @@ def eisl_loss(
             (1, 2))
         weights (Sequence[float], optional): weight per spec entry. (default: uniform)
         ignore_index (int, optional): padding id in ``target``. (default: -100, as HF labels)
-        pad_mode (str, optional): ``"exclude"``: n-grams that touch padding are left out of the
-            mean over target positions (and, when T == T', output windows over padded positions
-            are left out of the alignment); ``"zero"``: the official MT criterion's masking,
-            log-prob 0 at padded target columns. (default: ``"exclude"``)
-        output_mask (Tensor, optional): (B, T) bool, valid output positions; overrides the default.
+        pad_mode (str, optional): ``"exclude"``: target n-grams that touch padding are left out
+            of the mean over target positions; every output position stays a candidate match
+            (a right-padded label that lost its first tokens still aligns with the outputs
+            where those tokens are); ``"zero"``: the official MT criterion's masking, log-prob 0
+            at padded target columns. (default: ``"exclude"``)
+        output_mask (Tensor, optional): (B, T) bool, valid output positions (e.g. the decoder's
+            own padding); output windows touching an invalid position are left out of the
+            alignment. (default: all valid)
         gumbel (bool, optional): Gumbel-softmax alignment as the official code; ``False`` gives the
             deterministic softmax variant. (default: True)
         tau (float, optional): softmax temperature. (default: 1.0)
         clamp (float, optional): lower clamp of the log-probabilities. (default: -20.0)
-        log_probs (bool, optional): ``logits`` are already log-probabilities. (default: False)
+        log_probs (bool, optional): ``logits`` are already log-probabilities (checked: entries
+            <= 0 and each row's logsumexp ~ 0). (default: False)
         ce_factor, ngram_factor (float, optional): ``loss = ngram_factor * eisl + ce_factor * ce``.
             (default: 0.0, 1.0)
         label_smoothing (float, optional): for the CE term (needs T == T'). (default: 0.0)
@@ -132,18 +138,33 @@ def eisl_loss(
     Returns:
         dict with ``"loss"``, ``"eisl"``, ``"ce"`` (when ``ce_factor > 0``) and ``"eisl_<n>"``.
     """
+    check_tensor("logits", logits, floating=True)
     if logits.dim() != 3:
         raise ValueError(f"logits must have shape (B, T, V), got {tuple(logits.shape)}")
+    check_tensor("target", target, integer=True)
     if target.dim() != 2 or target.shape[0] != logits.shape[0]:
         raise ValueError(
             f"target must have shape (B, T') with B={logits.shape[0]}, got {tuple(target.shape)}"
         )
-    if target.dtype not in (torch.long, torch.int32, torch.int64):
-        raise TypeError(f"target must hold integer ids, got dtype {target.dtype}")
     if pad_mode not in ("exclude", "zero"):
         raise ValueError(f"pad_mode must be 'exclude' or 'zero', got {pad_mode!r}")
-    if tau <= 0:
-        raise ValueError(f"tau must be > 0, got {tau}")
+    check_float("tau", tau, 0.0, lo_open=True)
+    if clamp is not None:
+        check_float("clamp", clamp, None, 0.0)
+    check_float("ce_factor", ce_factor, 0.0)
+    check_float("ngram_factor", ngram_factor, 0.0)
+    check_float("label_smoothing", label_smoothing, 0.0, 1.0, hi_open=True)
+    if ignore_index is not None:
+        check_int("ignore_index", ignore_index)
+    if log_probs:
+        with torch.no_grad():
+            lse = torch.logsumexp(logits.detach().double(), dim=-1)
+            if bool((logits.detach() > 1e-4).any()) or bool((lse.abs() > 1e-3).any()):
+                raise ValueError(
+                    "log_probs=True but logits are not log-probabilities (positive entries or "
+                    f"rows whose logsumexp is not 0; max |logsumexp| {float(lse.abs().max()):.3g})"
+                    "; pass raw logits with log_probs=False"
+                )
     B, T, V = logits.shape
     Tt = target.shape[1]
     pad = (
@@ -164,15 +185,14 @@ def eisl_loss(
     if pad_mode == "zero":
         M = M.masked_fill(pad.unsqueeze(1), 0.0)
     if output_mask is None:
-        out_valid = (
-            ~pad
-            if (pad_mode == "exclude" and T == Tt)
-            else torch.ones(B, T, dtype=torch.bool, device=logits.device)
-        )
+        # never infer the output's validity from the target's padding: a target that lost its
+        # first tokens must still match the outputs where those tokens are
+        out_valid = torch.ones(B, T, dtype=torch.bool, device=logits.device)
     else:
-        if output_mask.shape != (B, T):
+        if not isinstance(output_mask, Tensor) or output_mask.shape != (B, T):
             raise ValueError(
-                f"output_mask must have shape {(B, T)}, got {tuple(output_mask.shape)}"
+                f"output_mask must be a tensor of shape {(B, T)}, got "
+                f"{tuple(getattr(output_mask, 'shape', ()))}"
             )
         out_valid = output_mask.bool()
     tgt_valid = ~pad if pad_mode == "exclude" else torch.ones_like(pad)
@@ -258,6 +278,14 @@ class EISLLoss(nn.Module):
         _parse_spec(ngram)
         if pad_mode not in ("exclude", "zero"):
             raise ValueError(f"pad_mode must be 'exclude' or 'zero', got {pad_mode!r}")
+        check_float("tau", tau, 0.0, lo_open=True)
+        if clamp is not None:
+            check_float("clamp", clamp, None, 0.0)
+        check_float("ce_factor", ce_factor, 0.0)
+        check_float("ngram_factor", ngram_factor, 0.0)
+        check_float("label_smoothing", label_smoothing, 0.0, 1.0, hi_open=True)
+        if ignore_index is not None:
+            check_int("ignore_index", ignore_index)
         self.kw = dict(
             ngram=ngram,
             weights=weights,

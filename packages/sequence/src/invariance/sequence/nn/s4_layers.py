@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from invariance.sequence import hippo
+from invariance.sequence._checks import check_float, check_int, check_tensor
 from invariance.sequence.nn.ssm_kernels import (
     bilinear_dense,
     c_tilde,
@@ -29,7 +30,7 @@ from invariance.sequence.nn.ssm_kernels import (
     vandermonde_kernel,
 )
 
-__all__ = ["S4DKernel", "S4Kernel", "S4Layer", "S4Model", "ssm_param_groups"]
+__all__ = ["S4DKernel", "S4Kernel", "S4Layer", "S4Model", "TiedDropout", "ssm_param_groups"]
 
 _r2c = torch.view_as_complex
 _c2r = torch.view_as_real
@@ -40,6 +41,9 @@ _c2r = torch.view_as_real
 #: make the float32 kernel wrong by O(1) (measured: 4.6 at L=40, N=16); with 1e-4 it matches the
 #: float64 kernel to ~1e-5.
 W_REAL_MIN = 1e-4
+
+#: Longest kernel a layer builds (2^24 steps); longer requests are refused rather than attempted.
+MAX_KERNEL_LENGTH = 1 << 24
 
 
 def _mark_ssm(p: nn.Parameter) -> nn.Parameter:
@@ -53,6 +57,58 @@ def _cdtype(p: Tensor) -> torch.dtype:
 
 def _gen(seed: int | None) -> torch.Generator | None:
     return None if seed is None else torch.Generator().manual_seed(int(seed))
+
+
+def _check_seed(seed: Any) -> None:
+    if seed is not None:
+        check_int("seed", seed, 0)
+
+
+def _check_dt(dt_min: Any, dt_max: Any) -> None:
+    check_float("dt_min", dt_min, 0.0, lo_open=True)
+    check_float("dt_max", dt_max, 0.0, lo_open=True)
+    if dt_min > dt_max:
+        raise ValueError(f"need dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
+
+
+def _check_length(L: Any) -> int:
+    return check_int("L", L, 1, MAX_KERNEL_LENGTH)
+
+
+@torch.no_grad()
+def _seeded_linear_(lin: nn.Linear, g: torch.Generator | None) -> None:
+    """nn.Linear's default init (uniform in +-1/sqrt(fan_in)) drawn from ``g``."""
+    if g is None:
+        lin.reset_parameters()
+        return
+    bound = 1.0 / math.sqrt(lin.in_features)
+    lin.weight.uniform_(-bound, bound, generator=g)
+    if lin.bias is not None:
+        lin.bias.uniform_(-bound, bound, generator=g)
+
+
+class TiedDropout(nn.Module):
+    r"""Dropout with one mask per (sample, channel), shared along the sequence: input (B, L, H),
+    mask (B, 1, H), kept entries scaled by :math:`1/(1-p)`. The official S4/S4D layers'
+    ``DropoutNd(tie=True)`` (written here from its description: a whole channel is dropped for a
+    whole sequence). Identity in eval mode.
+
+    Args:
+        p (float): drop probability in [0, 1).
+    """
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = check_float("p", p, 0.0, 1.0, hi_open=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0:
+            return x
+        keep = torch.rand(x.shape[0], *([1] * (x.dim() - 2)), x.shape[-1], device=x.device)
+        return x * (keep >= self.p).to(x.dtype) / (1.0 - self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
 
 
 class S4DKernel(nn.Module):
@@ -92,10 +148,13 @@ class S4DKernel(nn.Module):
         seed: int | None = None,
     ) -> None:
         super().__init__()
-        if d_model < 1:
-            raise ValueError(f"d_model must be >= 1, got {d_model}")
-        if d_state < 2 or d_state % 2:
+        check_int("d_model", d_model, 1)
+        check_int("d_state", d_state, 2)
+        if d_state % 2:
             raise ValueError(f"d_state must be even and >= 2, got {d_state}")
+        check_int("channels", channels, 1)
+        _check_dt(dt_min, dt_max)
+        _check_seed(seed)
         if disc not in ("zoh", "bilinear"):
             raise ValueError(f"disc must be 'zoh' or 'bilinear', got {disc!r}")
         if init not in hippo.DIAG_INITS:
@@ -127,8 +186,7 @@ class S4DKernel(nn.Module):
         return A, _r2c(self.B), _r2c(self.C), torch.exp(self.log_dt)
 
     def forward(self, L: int, *, chunk: int | None = None) -> Tensor:
-        if L < 1:
-            raise ValueError(f"kernel length L must be >= 1, got {L}")
+        _check_length(L)
         A, B, C, dt = self.ssm()
         return vandermonde_kernel(C, B, A, dt, L, disc=self.disc, chunk=chunk)
 
@@ -201,13 +259,21 @@ class S4Kernel(nn.Module):
         step_mode: str = "linear",
     ) -> None:
         super().__init__()
-        if d_state < 2 or d_state % 2:
+        check_int("d_model", d_model, 1)
+        check_int("d_state", d_state, 2)
+        if d_state % 2:
             raise ValueError(f"d_state must be even and >= 2, got {d_state}")
         if step_mode not in ("linear", "dense"):
             raise ValueError(f"step_mode must be 'linear' or 'dense', got {step_mode!r}")
         self.step_mode = step_mode
-        if not isinstance(l_max, int) or l_max < 1:
-            raise ValueError(f"l_max must be a positive int, got {l_max!r}")
+        check_int("l_max", l_max, 1, MAX_KERNEL_LENGTH)
+        check_int("channels", channels, 1)
+        if rank is not None:
+            check_int("rank", rank, 1)
+        if b_clip is not None:
+            check_float("b_clip", b_clip, 0.0, lo_open=True)
+        _check_dt(dt_min, dt_max)
+        _check_seed(seed)
         measures = ["legs", "fout"] if measure == "hippo" else [measure]
         for m in measures:
             if m not in hippo.NPLR_MEASURES:
@@ -305,8 +371,10 @@ class S4Kernel(nn.Module):
         self.l_max.fill_(2 * L)
 
     def forward(self, L: int, *, chunk: int | None = None) -> Tensor:
-        if L < 1:
-            raise ValueError(f"kernel length L must be >= 1, got {L}")
+        """Kernel of length ``L`` (c, H, L). ``chunk``: frequencies per chunk of the Cauchy sums
+        (default: automatic, about 32 MB of reciprocals per chunk, checkpointed under autograd;
+        see :func:`~invariance.sequence.nn.ssm_kernels.cauchy_dplr_kernel`)."""
+        _check_length(L)
         while L > int(self.l_max):
             self.double_length()
         w, P, B, C, dt = self.ssm()
@@ -374,10 +442,16 @@ class S4Layer(nn.Module):
         bidirectional (bool, optional): add an anti-causal kernel (non-causal layer). (default:
             False)
         dropout (float, optional): dropout after the activation. (default: 0.0)
+        tie_dropout (bool, optional): one dropout mask per (sample, channel) shared along the
+            sequence (:class:`TiedDropout`, as the official standalone S4D layer's
+            ``DropoutNd``); ``False`` uses ``nn.Dropout`` (independent per position, as the
+            official ``S4Block`` default). (default: True)
+        seed (int, optional): seeds *every* parameter of the layer: the kernel's init (C, Δ,
+            random A), the skip ``D`` and the output linear map. (default: None = global RNG)
         circular (bool, optional): FFT without zero padding, a deliberately *broken* variant whose
             convolution wraps around (negative control of the causality tests). (default: False)
         **kernel_kwargs: passed to :class:`S4DKernel` / :class:`S4Kernel` (``init``, ``measure``,
-            ``dt_min``, ``dt_max``, ``disc``, ``seed``, ...).
+            ``dt_min``, ``dt_max``, ``disc``, ...).
 
     Shapes:
         input (B, L, H), output (B, L, H).
@@ -397,12 +471,18 @@ class S4Layer(nn.Module):
         l_max: int | None = None,
         bidirectional: bool = False,
         dropout: float = 0.0,
+        tie_dropout: bool = True,
         circular: bool = False,
+        seed: int | None = None,
         **kernel_kwargs: Any,
     ) -> None:
         super().__init__()
         if kernel not in ("s4d", "s4"):
             raise ValueError(f"kernel must be 's4d' or 's4', got {kernel!r}")
+        check_int("d_model", d_model, 1)
+        check_float("dropout", dropout, 0.0, 1.0, hi_open=True)
+        _check_seed(seed)
+        self.seed = seed
         self.d_model, self.bidirectional, self.circular, self.kernel_type = (
             d_model,
             bidirectional,
@@ -414,27 +494,33 @@ class S4Layer(nn.Module):
             if l_max is None:
                 raise ValueError("kernel='s4' needs l_max (the length C~ is built for)")
             self.kernel = S4Kernel(
-                d_model, d_state=d_state, l_max=l_max, channels=channels, **kernel_kwargs
+                d_model, d_state=d_state, l_max=l_max, channels=channels, seed=seed, **kernel_kwargs
             )
         else:
-            self.kernel = S4DKernel(d_model, d_state=d_state, channels=channels, **kernel_kwargs)
+            self.kernel = S4DKernel(
+                d_model, d_state=d_state, channels=channels, seed=seed, **kernel_kwargs
+            )
         self.D = nn.Parameter(torch.empty(d_model))
         self.activation = nn.GELU()
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        if dropout > 0:
+            self.dropout: nn.Module = TiedDropout(dropout) if tie_dropout else nn.Dropout(dropout)
+        else:
+            self.dropout = nn.Identity()
         self.output_linear = nn.Linear(d_model, 2 * d_model)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        """Re-draw ``D`` and the output map (from ``seed`` when given; the kernel is seeded by
+        the same ``seed`` in its own constructor)."""
+        g = None if self.seed is None else torch.Generator().manual_seed(int(self.seed) + 1)
         with torch.no_grad():
-            g = _gen(getattr(self.kernel, "seed", None))
             self.D.copy_(torch.randn(self.d_model, generator=g))
-        self.output_linear.reset_parameters()
+        _seeded_linear_(self.output_linear, g)
 
     def _check(self, u: Tensor) -> None:
+        check_tensor("u", u, floating=True)
         if u.dim() != 3 or u.shape[-1] != self.d_model:
-            raise ValueError(
-                f"S4Layer expects input of shape (B, L, {self.d_model}), got {tuple(u.shape)}"
-            )
+            raise ValueError(f"u must have shape (B, L, {self.d_model}), got {tuple(u.shape)}")
 
     def _post(self, y: Tensor) -> Tensor:
         return F.glu(self.output_linear(self.dropout(self.activation(y))), dim=-1)
@@ -486,7 +572,8 @@ class S4Model(nn.Module):
             (default: None)
         bidirectional (bool, optional): non-causal layers. (default: False)
         l_max (int, optional): maximum length (needed by ``kernel="s4"``). (default: None)
-        seed (int, optional): seed of the SSM inits, layer i gets ``seed + i``. (default: None)
+        seed (int, optional): seeds every parameter: layer i gets ``seed + i``, the encoder and
+            decoder a stream of their own. (default: None = global RNG)
         **kernel_kwargs: passed to each layer's kernel.
 
     Shapes:
@@ -516,8 +603,12 @@ class S4Model(nn.Module):
         super().__init__()
         if pool not in (None, "mean", "last"):
             raise ValueError(f"pool must be None, 'mean' or 'last', got {pool!r}")
-        if n_layers < 1:
-            raise ValueError(f"n_layers must be >= 1, got {n_layers}")
+        check_int("n_layers", n_layers, 1)
+        check_int("d_input", d_input, 1)
+        check_int("d_output", d_output, 1)
+        check_int("d_model", d_model, 1)
+        check_float("dropout", dropout, 0.0, 1.0, hi_open=True)
+        _check_seed(seed)
         self.d_input, self.d_output, self.pool = d_input, d_output, pool
         self.encoder = nn.Linear(d_input, d_model)
         self.layers = nn.ModuleList(
@@ -538,12 +629,15 @@ class S4Model(nn.Module):
         self.norms = nn.ModuleList([nn.LayerNorm(d_model) for _ in range(n_layers)])
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.decoder = nn.Linear(d_model, d_output)
+        if seed is not None:  # encoder / decoder seeded too (the layers use seed + i)
+            g = torch.Generator().manual_seed(int(seed) + 7919)
+            _seeded_linear_(self.encoder, g)
+            _seeded_linear_(self.decoder, g)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        check_tensor("x", x, floating=True)
         if x.dim() != 3 or x.shape[-1] != self.d_input:
-            raise ValueError(
-                f"S4Model expects x of shape (B, L, {self.d_input}), got {tuple(x.shape)}"
-            )
+            raise ValueError(f"x must have shape (B, L, {self.d_input}), got {tuple(x.shape)}")
         if mask is not None and mask.shape != x.shape[:2]:
             raise ValueError(f"mask must have shape {tuple(x.shape[:2])}, got {tuple(mask.shape)}")
         h = self.encoder(x)
