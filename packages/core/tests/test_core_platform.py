@@ -305,3 +305,9 @@ def test_bench_output_has_no_nested_dicts_in_table_cells():
         {"rows": [{"name": "a", "median_ms": 1.5}], "machine": "x", "extra": {"rows": [{"n": 2}]}}
     )
     assert "{" not in text and "median_ms" in text and "extra.rows:" in text
+
+
+def test_fuzz_mutates_non_contiguous_tensors():
+    x = torch.randn(4, 3).t()  # non-contiguous
+    rep = fuzz_bad_inputs(_careful, {"x": x, "k": 2.0}, only=["x"])
+    assert rep.tried == rep.handled

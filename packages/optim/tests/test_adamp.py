@@ -93,18 +93,21 @@ def _bn_block(seed=0, bias=False):
     return conv, x, y
 
 
-def _bn_loss(weight, x, y, bias=None):
+def _bn_loss(weight, x, y, bias=None, reduce=True):
     out = nn.functional.conv2d(x, weight, bias)
     out = nn.functional.batch_norm(out, None, None, training=True, eps=1e-300)
-    return ((out - y) ** 2).mean()
+    per_example = ((out - y) ** 2).mean((1, 2, 3))
+    return per_example.mean() if reduce else per_example
 
 
 def test_bn_weight_scale_invariant_with_negative_control():
     conv, x, y = _bn_block()
     w = conv.weight.detach()
-    assert_invariant(lambda w: _bn_loss(w, x, y), (w,), Scaling(0.2, 5.0), ("scale",))
+    # per-example losses: they vary across the batch, so the check is not vacuous
+    per = lambda w: _bn_loss(w, x, y, reduce=False)
+    assert_invariant(per, (w,), Scaling(0.2, 5.0), ("scale",))
     # negative control: without the normalisation the loss sees the weight's scale
-    plain = lambda w: ((nn.functional.conv2d(x, w) - y) ** 2).mean()
+    plain = lambda w: ((nn.functional.conv2d(x, w) - y) ** 2).mean((1, 2, 3))
     assert_not_invariant(plain, (w,), Scaling(0.2, 5.0), ("scale",))
 
 
@@ -265,3 +268,116 @@ def test_create_optimizer_no_decay_on_1d():
     assert len(decay["params"]) + len(no["params"]) == len(list(model.parameters()))
     sgdp = create_optimizer(model, "sgdp", weight_decay=1e-4)
     assert isinstance(sgdp, SGDP) and sgdp.defaults["nesterov"]
+
+
+# ------------------------------------------------------------------ drop-in behaviour (issue 14)
+
+DROP_IN = [
+    (AdamP, dict(weight_decay=0.1, nesterov=True)),
+    (AdamP, dict(weight_decay=0.1)),
+    (SGDP, dict(momentum=0.9, weight_decay=0.1, nesterov=True)),
+    (SGDP, dict(momentum=0.9, weight_decay=0.1)),
+]
+
+
+def _drop_in_params(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [
+        nn.Parameter(torch.randn(16, 8, generator=g)),
+        nn.Parameter(torch.randn(8, generator=g)),
+    ]
+
+
+def _drop_in_run(params, opt, steps, lr_fn=None):
+    for t in steps:
+        if lr_fn is not None:
+            lr_fn(t)
+        g = torch.Generator().manual_seed(100 + t)
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=g)
+        opt.step()
+    return [p.detach().clone() for p in params]
+
+
+def test_sgdp_lr_from_param_groups():
+    # torch's ``required`` convention: lr may come from every parameter group instead
+    a, b = _drop_in_params(), _drop_in_params()
+    ref = SGDP(a, lr=0.1, momentum=0.9)
+    opt = SGDP([{"params": b, "lr": 0.1}], momentum=0.9)
+    for x, y in zip(_drop_in_run(a, ref, range(3)), _drop_in_run(b, opt, range(3))):
+        assert torch.equal(x, y)
+    with pytest.raises(ValueError, match="lr"):
+        SGDP(_drop_in_params())
+    with pytest.raises(ValueError, match="lr"):
+        AdamP([{"params": _drop_in_params(), "lr": -1.0}])
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+@pytest.mark.parametrize("cls,kw", DROP_IN)
+def test_tensor_lr_matches_float(cls, kw, foreach):
+    lrs = [1e-2, 5e-3, 0.0, 0.0, 2e-3]
+    ps = _drop_in_params()
+    opt = cls(ps, lr=lrs[0], foreach=foreach, **kw)
+    want = _drop_in_run(ps, opt, range(5), lambda t: opt.param_groups[0].__setitem__("lr", lrs[t]))
+    lr = torch.tensor(lrs[0])
+    ps = _drop_in_params()
+    opt = cls(ps, lr=lr, foreach=foreach, **kw)
+    got = _drop_in_run(ps, opt, range(5), lambda t: lr.fill_(lrs[t]))
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("tensor_lr", [False, True])
+@pytest.mark.parametrize("foreach", [True, False])
+@pytest.mark.parametrize("cls,kw", DROP_IN)
+def test_zero_lr_no_update(cls, kw, foreach, tensor_lr):
+    lr = torch.tensor(1e-2) if tensor_lr else 1e-2
+    ps = _drop_in_params()
+    opt = cls(ps, lr=lr, foreach=foreach, **kw)
+    _drop_in_run(ps, opt, range(3))
+    if tensor_lr:
+        lr.fill_(0.0)
+    else:
+        opt.param_groups[0]["lr"] = 0.0
+    before = [p.detach().clone() for p in ps]
+    for a, b in zip(_drop_in_run(ps, opt, range(3, 6)), before):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+@pytest.mark.parametrize("cls,kw", DROP_IN)
+def test_step_leaves_grad_unchanged(cls, kw, foreach):
+    # timm's suite checks this for foreach=False only on non-timm classes; both paths here
+    ps = _drop_in_params()
+    opt = cls(ps, lr=1e-2, foreach=foreach, **kw)
+    for t in range(2):
+        g = torch.Generator().manual_seed(t)
+        grads = [3 * torch.randn(p.shape, generator=g) for p in ps]
+        for p, gr in zip(ps, grads):
+            p.grad = gr.clone()
+        opt.step()
+        for p, gr in zip(ps, grads):
+            assert torch.equal(p.grad, gr)
+
+
+def test_create_optimizer_contract():
+    model = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Linear(4, 2))
+    with pytest.raises(ValueError, match=r"name must be one of .*adamp.*sgdp"):
+        create_optimizer(model, "lamb")
+    with pytest.raises(TypeError, match="name"):
+        create_optimizer(model, 3)
+    with pytest.raises(ValueError, match="lr"):
+        create_optimizer(model, "adamw", lr=float("nan"))
+    # the call the core's default Recipe.optimizer makes
+    opt = create_optimizer(model, "AdamP", lr=1e-3, weight_decay=0.05)
+    assert isinstance(opt, AdamP) and [g["weight_decay"] for g in opt.param_groups] == [0.05, 0.0]
+    # parameter groups pass through; a Tensor lr reaches AdamP/SGDP
+    groups = [{"params": list(model[0].parameters()), "lr": 0.5}]
+    opt = create_optimizer(groups, "sgdp", lr=torch.tensor(0.1))
+    assert opt.param_groups[0]["lr"] == 0.5
+    assert set(create_optimizer.__code__.co_varnames[:4]) == {
+        "model_or_params",
+        "name",
+        "lr",
+        "weight_decay",
+    }

@@ -8,7 +8,6 @@ from torch import nn
 from invariance.core.groups import Scaling
 from invariance.core.testing import (
     assert_equivariant,
-    assert_invariant,
     assert_not_equivariant,
     assert_not_invariant,
     with_package,
@@ -25,12 +24,15 @@ def _primary():
 
 def test_mip_encoding_norm_invariant():
     g = torch.Generator().manual_seed(0)
-    gamma = torch.rand(5, 3, generator=g, dtype=torch.float64)
+    # gammas whose norms vary tenfold; ||E|| is sqrt(k) for all of them (an identity, so an
+    # invariance check on it would be vacuous: the value is checked instead)
+    scale = torch.logspace(-1, 0, 5, dtype=torch.float64).unsqueeze(1)
+    gamma = torch.rand(5, 3, generator=g, dtype=torch.float64) * scale
     norm = lambda z: encode_cos_sin(z, warn=False).norm(dim=-1)
+    assert float(gamma.norm(dim=-1).max() / gamma.norm(dim=-1).min()) > 5
     assert torch.allclose(
         norm(gamma), torch.full((5,), math.sqrt(3), dtype=torch.float64), rtol=0, atol=1e-12
     )
-    assert_invariant(norm, (gamma,), Scaling(0.1, 1.0), ("scale",), tol=1e-12)
     # negative control: the raw input of a plain hypernetwork scales with gamma
     assert_not_invariant(lambda z: z.norm(dim=-1), (gamma,), Scaling(0.1, 1.0), ("scale",))
     with pytest.warns(UserWarning, match=r"\[0, 1\]"):
@@ -76,8 +78,76 @@ def test_mip_bias_blocks_start_at_theta0():
     hn = HyperNet(_primary(), cond_dim=1, generator=torch.Generator().manual_seed(0))
     for name, (o, size) in hn.offsets.items():
         block = hn.output.weight[o : o + size]
-        assert (block.abs().max() == 0) == name.endswith("bias")
-    assert all(v.abs().max() == 0 for k, v in hn.theta0.items() if k.endswith("bias"))
+        assert (block.abs().max() == 0) == (hn.roles[name] != "weight")
+    assert all(v.abs().max() == 0 for k, v in hn.theta0.items() if hn.roles[k] == "bias")
+
+
+def _norm_primary(norm):
+    return nn.Sequential(nn.Linear(3, 16), norm, nn.ReLU(), nn.Linear(16, 2))
+
+
+@pytest.mark.parametrize("norm", [nn.LayerNorm(16), nn.BatchNorm1d(16), nn.GroupNorm(4, 16)])
+def test_mip_norm_primary_does_not_start_constant(norm):
+    # before: norm scales got theta0 = 0 and zeroed output rows, so the primary's output was
+    # the same for every input (std 0 over x)
+    hn = HyperNet(_norm_primary(norm), cond_dim=2, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(10, 3, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        out = hn(torch.tensor([0.3, 0.7]), x)
+    assert float(out.std(0).min()) > 0.1
+    assert torch.equal(hn.theta0["1.weight"], torch.ones(16))
+    assert torch.equal(hn.theta0["1.bias"], torch.zeros(16))
+
+
+class _Custom(nn.Module):
+    """Parameters whose names say nothing about their role."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(3, 4)
+        self.bias_table = nn.Parameter(torch.randn(4, 4))  # 2-D, used as a weight below
+        self.norm = nn.LayerNorm(4)
+        self.layer_scale = nn.Parameter(torch.full((4,), 0.5))
+
+    def forward(self, x):
+        return self.norm(self.proj(x) @ self.bias_table) * self.layer_scale
+
+
+def test_mip_roles_not_name_suffix():
+    hn = HyperNet(_Custom(), cond_dim=1, generator=torch.Generator().manual_seed(0))
+    assert hn.roles == {
+        "proj.weight": "weight",
+        "proj.bias": "bias",
+        "bias_table": "weight",
+        "norm.weight": "scale",
+        "norm.bias": "shift",
+        "layer_scale": "other",
+    }
+    t0 = hn.theta0
+    assert t0["bias_table"].std() > 0.1  # a weight: Kaiming, not zeroed for its name
+    assert torch.equal(t0["layer_scale"], torch.full((4,), 0.5))  # unknown role: primary's init
+    x = torch.randn(6, 3, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert float(hn(torch.tensor([0.5]), x).std(0).min()) > 0.05
+
+
+def test_mip_batched_gamma_with_batchnorm():
+    gam = torch.rand(4, 2, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(4, 10, 3, generator=torch.Generator().manual_seed(1))
+    hn = HyperNet(_norm_primary(nn.BatchNorm1d(16)), cond_dim=2)
+    with pytest.raises(ValueError, match=r"gamma.*BatchNorm.*once per gamma"):
+        hn(gam, x)
+    # each row equals a single-gamma call when the BatchNorm keeps no running statistics
+    hn = HyperNet(_norm_primary(nn.BatchNorm1d(16, track_running_stats=False)), cond_dim=2)
+    with torch.no_grad():
+        out = hn(gam, x)
+        for i in range(4):
+            assert torch.allclose(out[i], hn(gam[i], x[i]), atol=1e-5)
+    # and in eval mode (running statistics read, not written)
+    hn = HyperNet(_norm_primary(nn.BatchNorm1d(16)), cond_dim=2).eval()
+    with torch.no_grad():
+        out = hn(gam, x)
+        assert torch.allclose(out[1], hn(gam[1], x[1]), atol=1e-5)
 
 
 def test_mip_bad_input():
@@ -130,7 +200,7 @@ def test_mip_learns_better_than_baseline():
     # 8 gammas x 32 x per step. Measured MIP/baseline ratios on seeds 0, 1, 2:
     # final training loss (mean of the last 50 steps) 0.064, 0.129, 0.117;
     # held-out loss (11 x 64 grid) 0.069, 0.096, 0.106. Asserted on seed 0.
-    from invariance.optim.mip import _train_gamma_regression
+    from invariance.optim.recipes.mip import _train_gamma_regression
 
     kw = dict(seed=0, steps=200, lr=3e-3, depth=5)
     mip = _train_gamma_regression(mip=True, **kw)

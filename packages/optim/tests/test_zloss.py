@@ -159,7 +159,7 @@ def test_zloss_learns_digits():
 def test_zloss_beats_other_spherical_losses():
     # D=200 Zipf extreme classification, 200 Adam steps; seeds 0-2 gave test top-1
     # z-loss 0.833/0.847/0.845, Taylor softmax 0.618/0.621/0.615, MSE 0.591/0.597/0.570.
-    from invariance.optim.zloss import _MLP, ZLossConfig, _loss_by_name, _topk, _xc_data
+    from invariance.optim.recipes.zloss import _MLP, ZLossConfig, _loss_by_name, _topk, _xc_data
 
     cfg = ZLossConfig(seed=0, num_classes=200, n_train=4000, steps=200, hidden=64)
     train, test = _xc_data(cfg, "train"), _xc_data(cfg, "test")
@@ -193,3 +193,35 @@ def test_make_zipf_language_ground_truth():
     assert 0 < acc[0] < acc[1] < acc[2] <= 1
     # the context carries information: the Bayes top-1 beats always guessing the Zipf mode
     assert acc[0] > float((d["y"] == 0).float().mean()) + 0.05
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_zloss_constant_logits_finite_gradient(dtype):
+    # a zero-initialised head gives constant logits; before, sqrt'(0) = inf made the gradient NaN
+    y = torch.tensor([0, 3, 1])
+    for logits in (torch.zeros(3, 5, dtype=dtype), torch.full((3, 5), 2.5, dtype=dtype)):
+        o = logits.clone().requires_grad_(True)
+        loss = z_loss(o, y)
+        loss.backward()
+        assert torch.isfinite(loss) and torch.isfinite(o.grad).all()
+        assert o.grad.abs().max() > 0  # the target score is pushed up
+        assert (o.grad.argmin(1) == y).all()
+
+
+def test_zloss_zero_head_learns_with_adam():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 8, generator=g)
+    y = (x[:, :4].argmax(1)).long()
+    net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    torch.nn.init.zeros_(net[2].weight)
+    torch.nn.init.zeros_(net[2].bias)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    first = None
+    for _ in range(50):
+        loss = z_loss(net(x), y)
+        first = float(loss.detach()) if first is None else first
+        opt.zero_grad()
+        loss.backward()
+        assert all(torch.isfinite(p.grad).all() for p in net.parameters())
+        opt.step()
+    assert float(loss.detach()) < 0.7 * first

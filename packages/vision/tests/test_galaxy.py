@@ -10,21 +10,41 @@ from invariance.core import make_config
 from invariance.core.testing import assert_equivariant, assert_invariant, assert_not_invariant
 from invariance.vision import GalaxyNet, GalaxyZooOutput, PlainGalaxyCNN, galaxy_views
 from invariance.vision.data.galaxies import QUESTION_SLICES, make_galaxies, simulate_votes
-from invariance.vision.galaxy import GalaxyMeanRecipe, _part_permutation
+from invariance.vision.recipes.galaxy import GalaxyMeanRecipe, GalaxyNetRecipe, _part_permutation
 
 GOLDEN = json.loads((Path(__file__).parent / "golden_galaxy.json").read_text())
 
 
 def _tree_residuals(v):
     s = lambda q: v[:, QUESTION_SLICES[q]].sum(1)
-    return torch.stack([s(0) - 1, s(5) - 1, s(1) - v[:, 1], s(2) - v[:, 4], s(3) - v[:, 4],
-                        s(4) - v[:, 4], s(6) - v[:, 0], s(7) - v[:, 13], s(8) - v[:, 3],
-                        s(9) - v[:, 7], s(10) - v[:, 7]])
+    return torch.stack(
+        [
+            s(0) - 1,
+            s(5) - 1,
+            s(1) - v[:, 1],
+            s(2) - v[:, 4],
+            s(3) - v[:, 4],
+            s(4) - v[:, 4],
+            s(6) - v[:, 0],
+            s(7) - v[:, 13],
+            s(8) - v[:, 3],
+            s(9) - v[:, 7],
+            s(10) - v[:, 7],
+        ]
+    )
 
 
 def _small_net(merge, **kw):
-    return GalaxyNet(view_size=45, part_size=37, width=0.125, hidden=16, merge=merge,
-                     init="kaiming", dropout=0.0, **kw)
+    return GalaxyNet(
+        view_size=45,
+        part_size=37,
+        width=0.125,
+        hidden=16,
+        merge=merge,
+        init="kaiming",
+        dropout=0.0,
+        **kw,
+    )
 
 
 def test_galaxy_parts_permute_under_d4():
@@ -74,6 +94,45 @@ def test_galaxy_mean_merge_only_approximately_invariant_to_45_degrees():
     assert (y - y45).abs().max() > 1e-9
 
 
+def test_galaxy_no_flip_mean_merge_is_c4_not_mirror_invariant():
+    # include_flip=False: the 8 parts are permuted by rot90 only; a mirror maps them outside the
+    # set, so the mean merge is C4-invariant but not mirror-invariant (docstring)
+    m = (
+        GalaxyNet(
+            view_size=45,
+            part_size=37,
+            width=0.125,
+            hidden=16,
+            merge="mean",
+            include_flip=False,
+            init="kaiming",
+            dropout=0.0,
+        )
+        .double()
+        .eval()
+    )
+    x = make_galaxies(3, seed=2, size=45)["image"].double()
+    assert_invariant(m, (x,), G.C4(), ("image",), trials=3)
+    with torch.no_grad():
+        mirrored = float((m(G.d4_act(x, 0, True)) - m(x)).abs().max())
+    assert mirrored > 1e-6
+    assert "only to the 4 rotations" in GalaxyNet.__doc__
+
+
+def test_galaxy_augmentation_depends_on_run_seed():
+    x = make_galaxies(4, seed=0, size=45)["image"]
+
+    def augmented(seed, step=1):
+        r = GalaxyNetRecipe()
+        r.build(make_config(r, seed=seed, augment=True))
+        return r.augment(x, step)
+
+    a0, a0_again, a1 = augmented(0), augmented(0), augmented(1)
+    assert torch.equal(a0, a0_again)  # reproducible given seed and step
+    assert not torch.allclose(a0, a1)  # another run seed sees other angles
+    assert not torch.allclose(a0, augmented(0, step=2))
+
+
 def test_galaxy_output_obeys_decision_tree():
     out = GalaxyZooOutput()
     z = torch.randn(64, 37, dtype=torch.float64)
@@ -100,8 +159,9 @@ def test_galaxy_generator_votes_obey_decision_tree():
 
 def test_galaxy_votes_follow_truth_when_reliable():
     truth = torch.randint(0, 2, (8, 11))
-    v = simulate_votes(truth, torch.full((8,), 50.0), n_volunteers=10,
-                       generator=torch.Generator().manual_seed(0))
+    v = simulate_votes(
+        truth, torch.full((8,), 50.0), n_volunteers=10, generator=torch.Generator().manual_seed(0)
+    )
     assert torch.equal(v[:, 0:3].argmax(1), truth[:, 0])
 
 

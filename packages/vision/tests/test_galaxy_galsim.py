@@ -9,11 +9,14 @@ import torch
 
 from invariance.vision.data.galaxies import _make_galaxies, make_galaxies
 
-needs_galsim = pytest.mark.skipif(importlib.util.find_spec("galsim") is None,
-                                  reason="optional extra: pip install invariance-vision[galsim]")
+needs_galsim = pytest.mark.skipif(
+    importlib.util.find_spec("galsim") is None,
+    reason="optional extra: pip install invariance-vision[galsim]",
+)
 
-_KW = dict(n_volunteers=40, angle_range=(0.0, 2 * math.pi), mirror=True, noise=0.02,
-           dtype=torch.float64)
+_KW = dict(
+    n_volunteers=40, angle_range=(0.0, 2 * math.pi), mirror=True, noise=0.02, dtype=torch.float64
+)
 
 
 def _moments(x):
@@ -24,7 +27,7 @@ def _moments(x):
     f = x.sum((-1, -2))
     mx, my = (x * xx).sum((-1, -2)) / f, (x * yy).sum((-1, -2)) / f
     dx, dy = xx - mx[..., None, None], yy - my[..., None, None]
-    qxx, qyy = (x * dx ** 2).sum((-1, -2)) / f, (x * dy ** 2).sum((-1, -2)) / f
+    qxx, qyy = (x * dx**2).sum((-1, -2)) / f, (x * dy**2).sum((-1, -2)) / f
     qxy = (x * dx * dy).sum((-1, -2)) / f
     return f, mx, my, (qxx - qyy) / (qxx + qyy), 2 * qxy / (qxx + qyy)
 
@@ -89,9 +92,16 @@ def test_galaxy_cli_backend_short_option():
     from invariance.vision.cli import _expand_short_options
 
     assert _expand_short_options(["train", "galaxy", "--backend", "galsim"]) == [
-        "train", "galaxy", "--cfg.backend", "galsim"]
+        "train",
+        "galaxy",
+        "--cfg.backend",
+        "galsim",
+    ]
     assert _expand_short_options(["reproduce", "galaxy_mean", "--backend=galsim"]) == [
-        "reproduce", "galaxy_mean", "--cfg.backend=galsim"]
+        "reproduce",
+        "galaxy_mean",
+        "--cfg.backend=galsim",
+    ]
     # other methods and commands are left to the core parser (which rejects --backend)
     assert _expand_short_options(["train", "bss", "--backend", "x"])[2] == "--backend"
 
@@ -115,8 +125,19 @@ def test_galaxy_train_cli_on_galsim_images(tmp_path):
     from invariance.vision.cli import main
     from invariance.vision.galaxy import GalaxyRecipe
 
-    args = ["--cfg.n_train", "3", "--cfg.n_test", "2", "--cfg.steps", "2", "--cfg.batch_size",
-            "2", "--cfg.warmup_steps", "1", "--quiet"]
+    args = [
+        "--cfg.n_train",
+        "3",
+        "--cfg.n_test",
+        "2",
+        "--cfg.steps",
+        "2",
+        "--cfg.batch_size",
+        "2",
+        "--cfg.warmup_steps",
+        "1",
+        "--quiet",
+    ]
     assert main(["train", "galaxy", "--backend", "galsim", "--out", str(tmp_path), *args]) == 0
     res = json.loads((tmp_path / "results.json").read_text())
     assert math.isfinite(res["test"]["rmse"]) and res["step"] == 2

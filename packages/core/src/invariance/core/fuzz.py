@@ -87,7 +87,8 @@ def _mutate_tensor(x: Tensor, kind: str) -> Tensor | None:
         if not (x.is_floating_point() or x.is_complex()) or x.numel() == 0:
             return None
         y = x.detach().clone()
-        y.view(-1)[y.numel() // 2] = float("nan") if kind == "nan" else float("inf")
+        where = torch.unravel_index(torch.tensor(y.numel() // 2), y.shape)
+        y[tuple(int(i) for i in where)] = float("nan") if kind == "nan" else float("inf")
         return y.requires_grad_(x.requires_grad)
     if kind == "empty":
         if x.dim() == 0 or x.shape[0] == 0:

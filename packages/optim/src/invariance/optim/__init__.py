@@ -9,9 +9,14 @@ Importing this package loads torch and invariance.core only; it registers the re
 ``sgdp``, ``zloss`` and ``mip`` and the benches ``adamp`` and ``zloss``.
 """
 
+from invariance.optim import bench as _bench  # noqa: F401  (registers the benches)
+from invariance.optim import recipes as _recipes  # noqa: F401  (registers the methods)
 from invariance.optim.adamp import SGDP, AdamP, project_radial
 from invariance.optim.factory import create_optimizer, list_optimizers
 from invariance.optim.mip import HyperNet, encode_cos_sin
+from invariance.optim.recipes.adamp import AdamPConfig, SGDPConfig
+from invariance.optim.recipes.mip import MIPConfig
+from invariance.optim.recipes.zloss import ZLossConfig
 from invariance.optim.zloss import (
     FactoredSphericalOutput,
     ZLoss,
@@ -35,6 +40,8 @@ __all__ = [
     "FactoredSphericalOutput",
     "HyperNet",
     "encode_cos_sin",
+    "AdamPConfig",
+    "SGDPConfig",
+    "ZLossConfig",
+    "MIPConfig",
 ]
-
-from invariance.optim import bench as _bench  # noqa: E402,F401  (registers the benches)

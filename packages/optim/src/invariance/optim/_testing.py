@@ -7,6 +7,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from invariance.optim._projection import _cos, _row_stats
+
 __all__ = ["ParityNet", "run_parity_problem", "which_views_fire"]
 
 
@@ -63,8 +65,6 @@ def run_parity_problem(
 
 def which_views_fire(seed: int = 0, delta: float = 0.1, eps: float = 1e-8) -> dict[str, str]:
     """Which AdamP view fires for each >=2-D parameter of the parity problem at step 1."""
-    from invariance.optim.adamp import _cos, _row_stats
-
     model, x, y = _problem(seed, torch.float64)
     (model(x) - y).pow(2).mean().backward()
     out = {}

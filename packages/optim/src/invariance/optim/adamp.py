@@ -28,7 +28,14 @@ Implementation. ``foreach=True`` (the default) updates the moments and takes the
 the row dot products and row norms of the channel view are computed once and the layer view is
 derived from their sums. On CPU the view decision is a Python branch (host syncs are free); on
 other devices it is branch-free (``torch.where``, no ``.item()``), so a step issues no host sync
-per parameter. ``foreach=False`` is a per-parameter loop with the same arithmetic.
+per parameter. ``foreach=False`` is a per-parameter loop with the same arithmetic. ``fused=True``
+runs one ``torch.compile``d, branch-free step per tensor (:mod:`invariance.optim._fused`; it
+falls back to foreach with a warning where no compiler works). The shared machinery lives in
+:mod:`invariance.optim._projection`.
+
+Drop-in behaviour (as torch's optimizers): ``lr`` may be given by every parameter group instead
+of the constructor (SGDP's ``lr`` is ``required``), a 0-d Tensor ``lr`` is read at every step, and
+``lr=0`` leaves the parameters untouched (the moments still advance).
 
 Tested properties (``packages/optim/tests/test_adamp.py``):
 - parity with the official ``adamp`` 0.3.0 and with ``timm`` within 1e-5 after 15 steps, on problems
@@ -45,7 +52,13 @@ Tested properties (``packages/optim/tests/test_adamp.py``):
 - state_dict round trip (``test_adamp_state_dict_round_trip``); the BN-fed weight is scale
   invariant, with a negative control (``test_bn_weight_scale_invariant_with_negative_control``);
 - learning: the norm of a scale-invariant weight grows far less than with Adam/SGD
-  (``test_adamp_limits_norm_growth``).
+  (``test_adamp_limits_norm_growth``);
+- drop-in: lr from parameter groups, Tensor lr equal to float lr, lr = 0 no update, ``p.grad``
+  unchanged (``test_sgdp_lr_from_param_groups``, ``test_tensor_lr_matches_float``,
+  ``test_zero_lr_no_update``, ``test_step_leaves_grad_unchanged``) and timm's own optimizer
+  test-suite with our classes registered as timm's ``adamp``/``sgdp`` (``test_timm_suite.py``);
+- the fused path: parity < 1e-6 with the golden values and the foreach path, state_dict
+  interchangeable, bit-exact resume, fallback without a compiler (``test_adamp_fused.py``).
 
 Deviations from the official code:
 - SGDP projects the momentum buffer in place when ``nesterov=False``, as the official code does
@@ -58,154 +71,27 @@ Deviations from the official code:
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 from torch import Tensor
-from torch.optim import Optimizer
+from torch.optim.optimizer import required
+
+from invariance.optim._checks import check_float
+from invariance.optim._projection import (
+    _branch_free,
+    _check_common,
+    _check_fused,
+    _grad_of,
+    _hyper,
+    _project_,
+    _ProjectedBase,
+    _select,
+    project_radial,
+)
 
 __all__ = ["AdamP", "SGDP", "project_radial"]
-
-
-# ----------------------------------------------------------------------------- projection helpers
-
-
-def _row_stats(p: Tensor, g: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Row dot products and squared norms of the channel view; each of shape ``(out,)``."""
-    P = p.reshape(p.shape[0], -1)
-    G = g.reshape(g.shape[0], -1)
-    # fused reductions (``linalg.vecdot`` materialises the product, einsum/norm do not)
-    return (
-        _rowdot(P, G),
-        torch.linalg.vector_norm(P, dim=1).square(),
-        torch.linalg.vector_norm(G, dim=1).square(),
-    )
-
-
-def _rowdot(A: Tensor, B: Tensor) -> Tensor:
-    """Row-wise dot products of two ``(rows, L)`` matrices."""
-    return torch.einsum("ij,ij->i", A, B)
-
-
-def _cos(dot: Tensor, pn2: Tensor, gn2: Tensor, eps: float) -> Tensor:
-    """|cos| with torch's cosine_similarity semantics: dot / (max(|x|, eps) * max(|y|, eps))."""
-    return dot.abs() / (pn2.sqrt().clamp_min(eps) * gn2.sqrt().clamp_min(eps))
-
-
-def _project_(
-    p: Tensor, g: Tensor, u: Tensor, delta: float, eps: float, branch_free: bool
-) -> Tensor | bool:
-    """Remove the radial part of ``u`` in place where ``p`` looks scale-invariant.
-
-    Shapes: ``p``, ``g``, ``u`` share a shape with ``ndim >= 2``. Returns whether a view fired, as a
-    Python bool (branching path) or a 0-d bool tensor (branch-free path).
-    """
-    dot, pn2, gn2 = _row_stats(p, g)
-    rows, row_len = dot.shape[0], p.numel() // p.shape[0]
-    thr_c = delta / math.sqrt(row_len)
-    thr_l = delta / math.sqrt(p.numel())
-    P = p.reshape(rows, -1)
-    U = u.view(rows, -1)
-    if not branch_free:
-        if bool(_cos(dot, pn2, gn2, eps).max() < thr_c):
-            coef = _rowdot(P, U) / (pn2.sqrt() + eps).square()
-            U.addcmul_(P, coef.unsqueeze(1), value=-1.0)
-            return True
-        cos_l = _cos(dot.sum(), pn2.sum(), gn2.sum(), eps)
-        if bool(cos_l < thr_l):
-            coef = _rowdot(P, U).sum() / (pn2.sum().sqrt() + eps).square()
-            U.sub_(P * coef)
-            return True
-        return False
-    fire_c = _cos(dot, pn2, gn2, eps).max() < thr_c
-    fire_l = (~fire_c) & (_cos(dot.sum(), pn2.sum(), gn2.sum(), eps) < thr_l)
-    pu = _rowdot(P, U)
-    coef_c = pu / (pn2.sqrt() + eps).square()
-    coef_l = pu.sum() / (pn2.sum().sqrt() + eps).square()
-    zero = torch.zeros((), dtype=coef_c.dtype, device=coef_c.device)
-    coef = torch.where(fire_c, coef_c, torch.where(fire_l, coef_l, zero).expand_as(coef_c))
-    U.addcmul_(P, coef.unsqueeze(1), value=-1.0)
-    return fire_c | fire_l
-
-
-def project_radial(
-    p: Tensor, g: Tensor, u: Tensor, *, delta: float = 0.1, eps: float = 1e-8
-) -> tuple[Tensor, bool]:
-    """Functional AdamP projection (out of place): returns ``(u_projected, fired)``.
-
-    Args:
-        p: the weight, shape ``(out, ...)`` with ``ndim >= 2``.
-        g: its raw gradient, same shape.
-        u: the update to project, same shape.
-        delta: threshold constant (default: ``0.1``).
-        eps: numerical epsilon (default: ``1e-8``).
-    """
-    if p.ndim < 2 or p.shape != g.shape or p.shape != u.shape:
-        raise ValueError(
-            f"project_radial needs p, g, u of one shape with ndim >= 2, got {tuple(p.shape)}, "
-            f"{tuple(g.shape)}, {tuple(u.shape)}"
-        )
-    out = u.clone()
-    fired = _project_(p, g, out, delta, eps, branch_free=False)
-    return out, bool(fired)
-
-
-def _check_common(
-    lr: float, eps: float, weight_decay: float, delta: float, wd_ratio: float
-) -> None:
-    for name, v in (
-        ("lr", lr),
-        ("eps", eps),
-        ("weight_decay", weight_decay),
-        ("delta", delta),
-        ("wd_ratio", wd_ratio),
-    ):
-        if not isinstance(v, (int, float)) or isinstance(v, bool):
-            raise TypeError(f"{name} must be a float, got {type(v).__name__}")
-        if not math.isfinite(v) or v < 0:
-            raise ValueError(f"{name} must be a finite value >= 0, got {v}")
-
-
-def _grad_of(p: Tensor) -> Tensor:
-    g = p.grad
-    if g.is_sparse:
-        raise TypeError("AdamP/SGDP do not support sparse gradients")
-    if torch.is_complex(p):
-        raise TypeError("AdamP/SGDP do not support complex parameters")
-    return g
-
-
-def _select(cond: Tensor, a: float, b: float, like: Tensor) -> Tensor:
-    """``where(cond, a, b)`` in the dtype and device of ``like`` (no float32 round trip)."""
-    return torch.where(
-        cond,
-        torch.tensor(a, dtype=like.dtype, device=like.device),
-        torch.tensor(b, dtype=like.dtype, device=like.device),
-    )
-
-
-def _branch_free(device: torch.device, override: bool | None) -> bool:
-    return (device.type != "cpu") if override is None else override
-
-
-class _ProjectedBase(Optimizer):
-    """Shared plumbing: foreach resolution and (device, dtype) grouping."""
-
-    #: private switch for tests: None = auto (branch-free off CPU), True/False to force.
-    _force_branch_free: bool | None = None
-
-    def _use_foreach(self, group: dict[str, Any]) -> bool:
-        f = group.get("foreach")
-        return True if f is None else bool(f)
-
-    @staticmethod
-    def _buckets(params: list[Tensor]) -> dict[tuple[torch.device, torch.dtype], list[int]]:
-        out: dict[tuple[torch.device, torch.dtype], list[int]] = defaultdict(list)
-        for i, p in enumerate(params):
-            out[(p.device, p.dtype)].append(i)
-        return out
 
 
 # ------------------------------------------------------------------------------------------- AdamP
@@ -219,7 +105,8 @@ class AdamP(_ProjectedBase):
 
     Args:
         params (iterable): parameters or parameter groups.
-        lr (float, optional): learning rate (default: ``1e-3``).
+        lr (float or Tensor, optional): learning rate; a 0-d Tensor is read at every step, and
+            ``lr=0`` leaves the parameters untouched (default: ``1e-3``).
         betas (tuple[float, float], optional): moment coefficients (default: ``(0.9, 0.999)``).
         eps (float, optional): epsilon of the denominator, the cosine and the norm
             (default: ``1e-8``).
@@ -230,6 +117,9 @@ class AdamP(_ProjectedBase):
         nesterov (bool, optional): Nesterov momentum in the update (default: ``False``).
         foreach (bool, optional): multi-tensor implementation; ``None`` means ``True``
             (default: ``None``).
+        fused (bool, optional): one ``torch.compile``d step per tensor (same arithmetic; falls
+            back to the foreach path with a warning where no compiler works); ``None`` means
+            ``False`` (default: ``None``).
 
     **Invariance**: on a weight that passes the cosine test, the update is tangent to the sphere
     ``||w|| = const`` (up to ``eps``), so the step does not grow the norm; the test itself is
@@ -239,7 +129,7 @@ class AdamP(_ProjectedBase):
     def __init__(
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
-        lr: float = 1e-3,
+        lr: float | Tensor = 1e-3,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 0.0,
@@ -248,10 +138,15 @@ class AdamP(_ProjectedBase):
         nesterov: bool = False,
         *,
         foreach: bool | None = None,
+        fused: bool | None = None,
     ) -> None:
         _check_common(lr, eps, weight_decay, delta, wd_ratio)
-        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
-            raise ValueError(f"betas must be two values in [0, 1), got {betas}")
+        _check_fused(foreach, fused)
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise TypeError(f"betas must be a pair of floats, got {betas!r}")
+        for b in betas:
+            if check_float("betas", b, 0.0) >= 1.0:
+                raise ValueError(f"betas must be two values in [0, 1), got {betas}")
         defaults = dict(
             lr=lr,
             betas=tuple(betas),
@@ -261,6 +156,7 @@ class AdamP(_ProjectedBase):
             wd_ratio=wd_ratio,
             nesterov=nesterov,
             foreach=foreach,
+            fused=fused,
         )
         super().__init__(params, defaults)
 
@@ -283,13 +179,38 @@ class AdamP(_ProjectedBase):
                     st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 st["step"] += 1
+            hp = _hyper(group)
+            if group.get("fused") and self._fused_steps("adamp", hp, params, grads):
+                continue
             if self._use_foreach(group):
                 for idx in self._buckets(params).values():
-                    self._foreach_step(group, [params[i] for i in idx], [grads[i] for i in idx])
+                    self._foreach_step(hp, [params[i] for i in idx], [grads[i] for i in idx])
             else:
                 for p, g in zip(params, grads):
-                    self._single_step(group, p, g)
+                    self._single_step(hp, p, g)
         return loss
+
+    def _fused_args(self, hp: dict[str, Any], p: Tensor, g: Tensor) -> tuple[Any, ...]:
+        beta1, beta2 = hp["betas"]
+        st = self.state[p]
+        t = st["step"]
+        scalar = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
+        return (
+            p,
+            g,
+            st["exp_avg"],
+            st["exp_avg_sq"],
+            scalar(hp["lr"]),
+            scalar(1 - beta1**t),
+            scalar(math.sqrt(1 - beta2**t)),
+            beta1,
+            beta2,
+            hp["eps"],
+            hp["weight_decay"],
+            hp["delta"],
+            hp["wd_ratio"],
+            bool(hp["nesterov"]),
+        )
 
     def _single_step(self, group: dict[str, Any], p: Tensor, g: Tensor) -> None:
         beta1, beta2 = group["betas"]
@@ -297,6 +218,8 @@ class AdamP(_ProjectedBase):
         m, v, t = st["exp_avg"], st["exp_avg_sq"], st["step"]
         m.lerp_(g, 1 - beta1)
         v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        if group["lr"] == 0:  # moments advance, the parameter does not move
+            return
         bc1, bc2 = 1 - beta1**t, 1 - beta2**t
         denom = (v.sqrt() / math.sqrt(bc2)).add_(group["eps"])
         step_size = group["lr"] / bc1
@@ -328,6 +251,8 @@ class AdamP(_ProjectedBase):
         torch._foreach_lerp_(ms, grads, 1 - beta1)
         torch._foreach_mul_(vs, beta2)
         torch._foreach_addcmul_(vs, grads, grads, 1 - beta2)
+        if lr == 0:  # moments advance, the parameters do not move
+            return
         neg_step = [-(lr / (1 - beta1**t)) for t in steps]
         denom = torch._foreach_sqrt(vs)
         torch._foreach_div_(denom, [math.sqrt(1 - beta2**t) for t in steps])
@@ -386,7 +311,9 @@ class SGDP(_ProjectedBase):
 
     Args:
         params (iterable): parameters or parameter groups.
-        lr (float): learning rate (required, as in the official code).
+        lr (float or Tensor): learning rate; required unless every parameter group gives one
+            (torch's ``required`` convention); a 0-d Tensor is read at every step, and ``lr=0``
+            leaves the parameters untouched.
         momentum (float, optional): momentum factor in ``[0, 1)`` (default: ``0``).
         dampening (float, optional): dampening of the gradient in the buffer (default: ``0``).
         weight_decay (float, optional): decoupled weight decay, divided by ``1 - momentum``
@@ -400,6 +327,7 @@ class SGDP(_ProjectedBase):
             copy, as timm does (default: ``True``).
         foreach (bool, optional): multi-tensor implementation; ``None`` means ``True``
             (default: ``None``).
+        fused (bool, optional): as :class:`AdamP` (default: ``None``).
 
     **Invariance**: as :class:`AdamP`, the projected update is tangent to ``||w|| = const``.
     """
@@ -407,7 +335,7 @@ class SGDP(_ProjectedBase):
     def __init__(
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
-        lr: float,
+        lr: float | Tensor = required,
         momentum: float = 0.0,
         dampening: float = 0.0,
         weight_decay: float = 0.0,
@@ -418,14 +346,15 @@ class SGDP(_ProjectedBase):
         *,
         project_buffer: bool = True,
         foreach: bool | None = None,
+        fused: bool | None = None,
     ) -> None:
         _check_common(lr, eps, weight_decay, delta, wd_ratio)
-        if not 0.0 <= momentum < 1.0:
+        _check_fused(foreach, fused)
+        if check_float("momentum", momentum, 0.0) >= 1.0:
             raise ValueError(
                 f"momentum must be in [0, 1) (weight decay divides by 1-momentum), got {momentum}"
             )
-        if not 0.0 <= dampening <= 1.0:
-            raise ValueError(f"dampening must be in [0, 1], got {dampening}")
+        check_float("dampening", dampening, 0.0, 1.0)
         defaults = dict(
             lr=lr,
             momentum=momentum,
@@ -437,6 +366,7 @@ class SGDP(_ProjectedBase):
             wd_ratio=wd_ratio,
             project_buffer=project_buffer,
             foreach=foreach,
+            fused=fused,
         )
         super().__init__(params, defaults)
 
@@ -456,13 +386,32 @@ class SGDP(_ProjectedBase):
                 st = self.state[p]
                 if len(st) == 0:
                     st["momentum"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            hp = _hyper(group)
+            if group.get("fused") and self._fused_steps("sgdp", hp, params, grads):
+                continue
             if self._use_foreach(group):
                 for idx in self._buckets(params).values():
-                    self._foreach_step(group, [params[i] for i in idx], [grads[i] for i in idx])
+                    self._foreach_step(hp, [params[i] for i in idx], [grads[i] for i in idx])
             else:
                 for p, g in zip(params, grads):
-                    self._single_step(group, p, g)
+                    self._single_step(hp, p, g)
         return loss
+
+    def _fused_args(self, hp: dict[str, Any], p: Tensor, g: Tensor) -> tuple[Any, ...]:
+        return (
+            p,
+            g,
+            self.state[p]["momentum"],
+            torch.tensor(hp["lr"], dtype=torch.float64),
+            hp["momentum"],
+            hp["dampening"],
+            hp["weight_decay"],
+            bool(hp["nesterov"]),
+            hp["eps"],
+            hp["delta"],
+            hp["wd_ratio"],
+            bool(hp["project_buffer"]),
+        )
 
     def _direction(self, group: dict[str, Any], buf: Tensor, g: Tensor) -> Tensor:
         if group["nesterov"]:
@@ -482,6 +431,8 @@ class SGDP(_ProjectedBase):
                 factor = _select(fired, group["wd_ratio"], 1.0, p)
             elif fired:
                 factor = group["wd_ratio"]
+        if group["lr"] == 0:  # the buffer advances, the parameter does not move
+            return
         if group["weight_decay"] > 0:
             p.mul_(1 - group["lr"] * group["weight_decay"] * factor / (1 - mom))
         p.add_(d, alpha=-group["lr"])
@@ -504,6 +455,8 @@ class SGDP(_ProjectedBase):
         fired: dict[int, Any] = {
             i: _project_(params[i], grads[i], ds[i], group["delta"], group["eps"], bf) for i in proj
         }
+        if lr == 0:  # the buffers advance, the parameters do not move
+            return
         if wd > 0:
             base = lr * wd / (1 - mom)
             if bf and proj:
@@ -522,299 +475,3 @@ class SGDP(_ProjectedBase):
                     ],
                 )
         torch._foreach_add_(params, ds, alpha=-lr)
-
-
-# ------------------------------------------------------------------------------------ recipes
-# (kept below the optimizers so that the classes above import nothing from invariance.core)
-
-from dataclasses import dataclass  # noqa: E402
-
-from torch import nn  # noqa: E402
-
-from invariance.core.recipe import CheckResult, Recipe, ReproduceResult, TrainConfig  # noqa: E402
-from invariance.core.registry import register  # noqa: E402
-
-
-@dataclass
-class AdamPConfig(TrainConfig):
-    """Digits BN-CNN config (defaults: the tiny preset).
-
-    Args:
-        width: channels of the conv layers (default: ``8``).
-        seeds: seeds of the reproduce experiment (default: ``3``).
-    """
-
-    steps: int = 30
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    width: int = 8
-    seeds: int = 3
-
-
-class DigitsBNCNN(nn.Module):
-    """conv3x3 (no bias) -> BN -> ReLU, twice, global average pool, linear. Conv weights are
-    scale-invariant (each feeds a BatchNorm)."""
-
-    def __init__(self, width: int = 8, num_classes: int = 10) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(1, width, 3, padding=1, bias=False),
-            nn.BatchNorm2d(width),
-            nn.ReLU(),
-            nn.Conv2d(width, 2 * width, 3, padding=1, bias=False),
-            nn.BatchNorm2d(2 * width),
-            nn.ReLU(),
-        )
-        self.head = nn.Linear(2 * width, num_classes)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if x.ndim != 4 or x.shape[1] != 1:
-            raise ValueError(f"expected images of shape (B, 1, H, W), got {tuple(x.shape)}")
-        return self.head(self.features(x).mean((2, 3)))
-
-
-def _digits_dataset(split: str, seed: int = 0) -> torch.utils.data.TensorDataset:
-    from invariance.optim.data import digits_split
-
-    if split not in ("train", "val", "test"):
-        raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
-    xtr, ytr, xte, yte = digits_split(seed=seed, image=True)
-    if split == "train":
-        return torch.utils.data.TensorDataset(xtr, ytr)
-    return torch.utils.data.TensorDataset(xte, yte)
-
-
-def _broken_projection(w: Tensor, g: Tensor, u: Tensor) -> Tensor:
-    """Negative control: the radial removal without normalising ``w`` (not scale invariant)."""
-    W, U = w.reshape(w.shape[0], -1), u.reshape(u.shape[0], -1)
-    return (U - W * (W * U).sum(1, keepdim=True)).reshape(u.shape)
-
-
-def _train_digits(
-    opt_name: str,
-    cfg: AdamPConfig,
-    seed: int,
-    steps: int,
-    lr: float,
-    track: str = "features.3.weight",
-) -> dict[str, Any]:
-    from invariance.optim.factory import create_optimizer
-
-    torch.manual_seed(seed)
-    data = _digits_dataset("train", seed=0)
-    test = _digits_dataset("test", seed=0)
-    model = DigitsBNCNN(cfg.width)
-    opt = create_optimizer(model, opt_name, lr=lr, weight_decay=cfg.weight_decay)
-    w = dict(model.named_parameters())[track]
-    g = torch.Generator().manual_seed(seed)
-    norms, eff = [float(w.detach().norm())], []
-    x_all, y_all = data.tensors
-    for _ in range(steps):
-        idx = torch.randint(0, len(y_all), (cfg.batch_size,), generator=g)
-        loss = nn.functional.cross_entropy(model(x_all[idx]), y_all[idx])
-        opt.zero_grad()
-        loss.backward()
-        before = w.detach().clone()
-        opt.step()
-        # effective step size on the sphere: ||Δ(w/||w||)||
-        eff.append(float((w.detach() / w.detach().norm() - before / before.norm()).norm()))
-        norms.append(float(w.detach().norm()))
-    model.eval()
-    with torch.no_grad():
-        acc = float((model(test.tensors[0]).argmax(1) == test.tensors[1]).float().mean())
-    return {"norms": norms, "eff_step": eff, "test_acc": acc}
-
-
-class _ProjectedRecipe(Recipe):
-    Config = AdamPConfig
-    presets = {"tiny": {}, "full": {"steps": 1000, "width": 8, "seeds": 3}}
-    opt_name = "adamp"
-    base_name = "adam"
-    lr_scale = 1.0
-
-    def make_data(self, cfg: AdamPConfig, split: str) -> torch.utils.data.Dataset:
-        return _digits_dataset(split, seed=0)
-
-    def build(self, cfg: AdamPConfig) -> nn.Module:
-        return DigitsBNCNN(cfg.width)
-
-    def optimizer(self, cfg: AdamPConfig, model: nn.Module) -> torch.optim.Optimizer:
-        from invariance.optim.factory import create_optimizer
-
-        return create_optimizer(
-            model, self.opt_name, lr=cfg.lr * self.lr_scale, weight_decay=cfg.weight_decay
-        )
-
-    def step(self, model: nn.Module, batch: Any) -> dict[str, Tensor]:
-        x, y = batch
-        logits = model(x)
-        loss = nn.functional.cross_entropy(logits, y)
-        return {"loss": loss, "acc": (logits.argmax(1) == y).float().mean()}
-
-    def check(self, model: nn.Module, cfg: AdamPConfig) -> list[CheckResult]:
-        from torch.func import functional_call
-
-        from invariance.core.groups import Scaling
-        from invariance.core.testing import as_float64, check_invariant, check_not_invariant
-
-        m64 = as_float64(model).train()
-        x, y = (t[:32] for t in self.make_data(cfg, "train").tensors)
-        x = x.double()
-        name = "features.0.weight"
-        w = dict(m64.named_parameters())[name].detach().clone()
-
-        def loss_of(w: Tensor) -> Tensor:
-            out = functional_call(m64, {name: w}, (x,))
-            return nn.functional.cross_entropy(out, y)
-
-        wg = w.clone().requires_grad_(True)
-        loss_of(wg).backward()
-        g = wg.grad.detach()
-        u = torch.randn(w.shape, generator=torch.Generator().manual_seed(0), dtype=w.dtype)
-        proj = lambda w, g, u: project_radial(w, g, u, eps=1e-12)[0]
-        grp = Scaling(0.2, 5.0)
-        return [
-            check_invariant(
-                "BN-fed conv weight: loss invariant to its scale",
-                loss_of,
-                (w,),
-                grp,
-                ("scale",),
-                tol=1e-6,
-            ),
-            check_invariant(
-                "projection invariant to the weight's scale",
-                proj,
-                (w, g, u),
-                grp,
-                ("scale", None, None),
-                tol=1e-6,
-            ),
-            check_invariant(
-                "projection invariant to the gradient's scale",
-                proj,
-                (w, g, u),
-                grp,
-                (None, "scale", None),
-                tol=1e-6,
-            ),
-            check_not_invariant(
-                "negative control: unnormalised projection",
-                _broken_projection,
-                (w, g, u),
-                grp,
-                ("scale", None, None),
-            ),
-        ]
-
-    def reproduce(self, cfg: Any, run: Any, *, quick: bool) -> ReproduceResult:
-        """The paper-analog experiment (single-threaded: the models are tiny)."""
-        from invariance.optim._utils import threads
-
-        with threads(1):
-            return self._reproduce(cfg, run, quick=quick)
-
-    def _reproduce(self, cfg: AdamPConfig, run: Any, *, quick: bool) -> ReproduceResult:
-        import time
-
-        t0 = time.time()
-        steps = 150 if quick else max(cfg.steps, 1000)
-        seeds = list(range(cfg.seeds))
-        runs: dict[str, list[dict[str, Any]]] = {}
-        # the method and its own baseline only (``reproduce adamp`` and ``reproduce sgdp`` together
-        # give the four optimizers)
-        lrs = {self.base_name: 1e-3 * self.lr_scale, self.opt_name: 1e-3 * self.lr_scale}
-        for name, lr in lrs.items():
-            runs[name] = [_train_digits(name, cfg, s, steps, lr) for s in seeds]
-
-        def growth(name: str) -> float:
-            v = [r["norms"][-1] / r["norms"][0] - 1 for r in runs[name]]
-            return 100 * sum(v) / len(v)
-
-        def mean(name: str, key: str) -> float:
-            return sum(r[key] for r in runs[name]) / len(runs[name])
-
-        def late_eff(name: str) -> float:
-            v = [sum(r["eff_step"][-20:]) / len(r["eff_step"][-20:]) for r in runs[name]]
-            return sum(v) / len(v)
-
-        plots = []
-        try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-
-            fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
-            for name in lrs:
-                n = torch.tensor([r["norms"] for r in runs[name]]).mean(0)
-                e = torch.tensor([r["eff_step"] for r in runs[name]]).mean(0)
-                ax[0].plot(n / n[0], label=name)
-                ax[1].plot(torch.nn.functional.avg_pool1d(e[None, None], 10, 1)[0, 0], label=name)
-            ax[0].set(title="||w_t|| / ||w_0|| (conv 2)", xlabel="step")
-            ax[1].set(
-                title="effective step ||Δ(w/||w||)|| (10-step mean)", xlabel="step", yscale="log"
-            )
-            ax[0].legend()
-            plots.append(run.savefig(fig, f"{self.opt_name}_norms"))
-        except ImportError:  # matplotlib is optional
-            pass
-        details = {
-            "steps": steps,
-            "seeds": len(seeds),
-            "lrs": lrs,
-            "norm_growth_pct": {k: growth(k) for k in lrs},
-            "late_effective_step": {k: late_eff(k) for k in lrs},
-            "test_acc": {k: mean(k, "test_acc") for k in lrs},
-        }
-        return ReproduceResult(
-            task=f"digits BN-CNN, {steps} steps, {len(seeds)} seeds",
-            metric="conv-2 weight-norm growth (%)",
-            method=self.opt_name,
-            baseline=self.base_name,
-            method_value=growth(self.opt_name),
-            baseline_value=growth(self.base_name),
-            higher_is_better=False,
-            seconds=time.time() - t0,
-            details=details,
-            plots=plots,
-        )
-
-
-_PAPER = "AdamP: Slowing Down the Slowdown for Momentum Optimizers on Scale-invariant Weights"
-_AUTHORS = "Heo, Chun, Oh, Han, Yun, Uh, Ha"
-
-
-@register(
-    "adamp",
-    domain="optim",
-    paper=_PAPER,
-    authors=_AUTHORS,
-    year=2021,
-    arxiv="2006.08217",
-    code_url="https://github.com/clovaai/AdamP",
-    baseline="adam",
-    symmetry="update tangent to ||w|| on scale-invariant weights (BN-fed conv)",
-    tags=("optimizer",),
-)
-class AdamPRecipe(_ProjectedRecipe):
-    """AdamP on a digits BN-CNN; reproduce: Adam vs AdamP and SGD vs SGDP weight-norm growth."""
-
-
-@register(
-    "sgdp",
-    domain="optim",
-    paper=_PAPER,
-    authors=_AUTHORS,
-    year=2021,
-    arxiv="2006.08217",
-    code_url="https://github.com/clovaai/AdamP",
-    baseline="sgd",
-    symmetry="update tangent to ||w|| on scale-invariant weights (BN-fed conv)",
-    tags=("optimizer",),
-)
-class SGDPRecipe(_ProjectedRecipe):
-    """SGDP (Nesterov, momentum 0.9) on a digits BN-CNN."""
-
-    opt_name, base_name, lr_scale = "sgdp", "sgd", 100.0

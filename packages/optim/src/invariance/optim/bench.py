@@ -1,7 +1,8 @@
 """Benchmarks: ``invariance-optim bench adamp`` and ``invariance-optim bench zloss``.
 
-Both time what the issue asks for, with interleaved repeats and the minimum over repeats (the
-least noisy statistic on a shared machine). Peers that are not installed are reported as missing.
+Both time through :func:`invariance.core.bench.compare` (interleaved ``torch.utils.benchmark``
+timers, repeats, median and spread) and return flat rows. Peers that are not installed are left
+out.
 """
 
 from __future__ import annotations
@@ -9,31 +10,17 @@ from __future__ import annotations
 import importlib.util
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
 from torch import nn
 
-from invariance.core.bench import register_bench
+from invariance.core.bench import compare, machine, register_bench
+from invariance.optim.adamp import SGDP, AdamP
+from invariance.optim.zloss import FactoredSphericalOutput
 
 __all__ = ["bench_adamp", "bench_zloss"]
-
-
-def _interleaved_min(
-    fns: dict[str, Callable[[], Any]], repeat: int, sync: Callable[[], None], warmup: int = 1
-) -> dict[str, float]:
-    for f in fns.values():
-        for _ in range(warmup):
-            f()
-    sync()
-    best = {k: float("inf") for k in fns}
-    for _ in range(repeat):
-        for k, f in fns.items():
-            t0 = time.perf_counter()
-            f()
-            sync()
-            best[k] = min(best[k], time.perf_counter() - t0)
-    return best
 
 
 def _resnet_params(arch: str, device: torch.device) -> list[nn.Parameter]:
@@ -50,73 +37,84 @@ def _resnet_params(arch: str, device: torch.device) -> list[nn.Parameter]:
 
 @register_bench("optim", "adamp")
 def bench_adamp(
-    *, device: str = "cpu", quick: bool = False, threads: int = 1, repeat: int = 0
+    *,
+    device: str = "cpu",
+    quick: bool = False,
+    threads: int = 1,
+    repeats: int = 5,
+    fused: bool = True,
 ) -> dict[str, Any]:
-    """AdamP/SGDP step time vs official ``adamp``, timm and torch AdamW(foreach) on ResNet params.
+    """AdamP/SGDP step time: official ``adamp``, timm, ours (each path), torch AdamW.
 
     Times one ``step()`` on the parameter list of ResNet-18 (and ResNet-50 unless ``quick``) with
-    real gradients from one backward pass; reports ms/step and the speed-up over the official step.
+    real gradients from one backward pass, through :func:`invariance.core.bench.compare`
+    (interleaved ``torch.utils.benchmark`` timers, ``repeats`` rounds, median and spread), against
+    the official step. Our paths: ``foreach`` (the default), ``for-loop`` and, with ``fused``,
+    ``fused`` (``torch.compile`` of the multi-tensor step); its compile time and first-step overhead
+    are reported in separate rows (``first_step``). Peers that are not installed are left out.
     """
     dev = torch.device(device)
-    old = torch.get_num_threads()
-    if dev.type == "cpu" and threads > 0:
-        torch.set_num_threads(threads)
-    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
-    from invariance.optim.adamp import SGDP, AdamP
-
-    have_adamp = importlib.util.find_spec("adamp") is not None
-    have_timm = importlib.util.find_spec("timm") is not None
-    out: dict[str, Any] = {
-        "device": str(dev),
-        "threads": torch.get_num_threads(),
-        "statistic": "min over interleaved repeats, ms per step",
-    }
+    have = {m: importlib.util.find_spec(m) is not None for m in ("adamp", "timm")}
+    rows: list[dict[str, Any]] = []
+    first: list[dict[str, Any]] = []
     archs = ["resnet18"] if quick else ["resnet18", "resnet50"]
-    reps = repeat or (3 if quick else 7)
+    old = torch.get_num_threads()
     try:
         for arch in archs:
             params = _resnet_params(arch, dev)
-            opts: dict[str, torch.optim.Optimizer] = {
-                "ours_adamp": AdamP(params, lr=1e-3, weight_decay=1e-2),
-                "ours_sgdp": SGDP(params, lr=0.1, momentum=0.9, weight_decay=1e-4),
-                "torch_adamw_foreach": torch.optim.AdamW(
-                    params, lr=1e-3, weight_decay=1e-2, foreach=True
-                ),
-            }
-            if have_adamp:
+            adamp_kw = dict(lr=1e-3, weight_decay=1e-2)
+            sgdp_kw = dict(lr=0.1, momentum=0.9, weight_decay=1e-4, nesterov=True)
+            opts: dict[str, Callable[[], torch.optim.Optimizer]] = {}
+            if have["adamp"]:
                 import adamp
 
-                opts["official_adamp"] = adamp.AdamP(params, lr=1e-3, weight_decay=1e-2)
-                opts["official_sgdp"] = adamp.SGDP(params, lr=0.1, momentum=0.9, weight_decay=1e-4)
-            if have_timm:
+                opts["official AdamP"] = partial(adamp.AdamP, params, **adamp_kw)
+                opts["official SGDP"] = partial(adamp.SGDP, params, **sgdp_kw)
+            if have["timm"]:
                 import timm.optim
 
-                opts["timm_adamp"] = timm.optim.AdamP(params, lr=1e-3, weight_decay=1e-2)
+                opts["timm AdamP"] = partial(timm.optim.AdamP, params, **adamp_kw)
+            opts["ours AdamP foreach"] = partial(AdamP, params, **adamp_kw)
+            opts["ours AdamP for-loop"] = partial(AdamP, params, foreach=False, **adamp_kw)
+            opts["ours SGDP foreach"] = partial(SGDP, params, **sgdp_kw)
+            if fused:
+                opts["ours AdamP fused"] = partial(AdamP, params, fused=True, **adamp_kw)
+                opts["ours SGDP fused"] = partial(SGDP, params, fused=True, **sgdp_kw)
+            adamw = partial(torch.optim.AdamW, params, **adamp_kw)
+            opts["torch AdamW foreach"] = partial(adamw, foreach=True)
+            opts["torch AdamW fused"] = partial(adamw, fused=True)
             snapshot = [p.detach().clone() for p in params]
-
-            def stepper(o: torch.optim.Optimizer) -> Callable[[], None]:
-                def f() -> None:
-                    o.step()
-
-                return f
-
-            t = _interleaved_min({k: stepper(o) for k, o in opts.items()}, reps, sync)
+            built: dict[str, torch.optim.Optimizer] = {}
+            for name, make in opts.items():
+                torch.set_num_threads(threads)
+                o = make()
+                t0 = time.perf_counter()
+                o.step()  # first step: state allocation (and compilation for the fused paths)
+                _sync(dev)
+                first.append(
+                    {"name": name, "label": arch, "first_step_ms": 1e3 * (time.perf_counter() - t0)}
+                )
+                built[name] = o
+            ref = "official AdamP" if have["adamp"] else "ours AdamP foreach"
+            rows += compare(
+                {k: o.step for k, o in built.items()},
+                reference=ref,
+                repeats=repeats,
+                num_threads=threads,
+                device=dev,
+                label=f"{arch} ({len(params)} tensors, {sum(p.numel() for p in params)} values)",
+            )
             with torch.no_grad():
                 for p, s in zip(params, snapshot):
                     p.copy_(s)
-            res = {k: 1e3 * v for k, v in t.items()}
-            if "official_adamp" in res:
-                res["speedup_adamp_vs_official"] = res["official_adamp"] / res["ours_adamp"]
-                res["speedup_sgdp_vs_official"] = res["official_sgdp"] / res["ours_sgdp"]
-            if "timm_adamp" in res:
-                res["speedup_adamp_vs_timm"] = res["timm_adamp"] / res["ours_adamp"]
-            res["adamp_vs_adamw_foreach"] = res["ours_adamp"] / res["torch_adamw_foreach"]
-            res["num_tensors"] = len(params)
-            res["num_values"] = sum(p.numel() for p in params)
-            out[arch] = res
     finally:
         torch.set_num_threads(old)
-    return out
+    return {"rows": rows, "first_step": first, "machine": machine(dev)}
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
 
 
 @register_bench("optim", "zloss")
@@ -127,93 +125,53 @@ def bench_zloss(
     threads: int = 1,
     dim: int = 64,
     batch: int = 128,
-    repeat: int = 0,
+    repeats: int = 5,
 ) -> dict[str, Any]:
     """One training step of the output layer at ``d=dim``, batch ``batch``, for growing ``D``.
 
     Compares the factored Z-loss layer (forward, backward to ``h``, exact SGD update) with a dense
     ``nn.Linear`` + softmax cross-entropy + SGD step and with ``nn.AdaptiveLogSoftmaxWithLoss``
-    (cutoffs D/20, D/5) + SGD step. ``quick`` stops at D = 1e5, otherwise D = 1e6 is included.
-
-    Steps are timed in back-to-back blocks (steady-state training, as in a real loop), the blocks
-    of the three layers interleaved, min over repeats. Also reported for the factored layer: the
-    same step right after a dense step (``factored_zloss_after_dense``: caches evicted by the
-    ``D x d`` pass), the cost of one ``U^-1`` refresh (``factored_refresh``, paid every
-    ``factored_refresh_every`` steps) and the one-off ``O(D d^2)`` construction
-    (``factored_setup_once``).
+    (cutoffs D/20, D/5) + SGD step, through :func:`invariance.core.bench.compare` (interleaved,
+    ``repeats`` rounds, median and spread; reference: the dense step). ``quick`` stops at
+    D = 1e5, otherwise D = 1e6 is included. Separate rows (``once``): the one-off ``O(D d^2)``
+    construction of the factored layer and one ``U^-1`` refresh (paid every ``refresh_every``
+    steps).
     """
     dev = torch.device(device)
-    old = torch.get_num_threads()
-    if dev.type == "cpu" and threads > 0:
-        torch.set_num_threads(threads)
-    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
     Ds = [1000, 10000, 100000] + ([] if quick else [1000000])
-    reps = repeat or (3 if quick else 5)
-    out: dict[str, Any] = {
-        "device": str(dev),
-        "threads": torch.get_num_threads(),
-        "d": dim,
-        "batch": batch,
-        "statistic": "min over interleaved repeats of back-to-back blocks, ms/step",
-    }
+    rows: list[dict[str, Any]] = []
+    once: list[dict[str, Any]] = []
     g = torch.Generator().manual_seed(0)
+    old = torch.get_num_threads()
     try:
         for D in Ds:
-            out[f"D={D:g}"] = _zloss_step_times(D, dim, batch, dev, reps, sync, g)
+            torch.set_num_threads(threads)
+            fns, extra = _zloss_steps(D, dim, batch, dev, g)
+            rows += compare(
+                fns,
+                reference="dense softmax-CE",
+                repeats=repeats,
+                num_threads=threads,
+                device=dev,
+                label=f"D={D:g}, d={dim}, batch={batch}",
+            )
+            once += extra
     finally:
         torch.set_num_threads(old)
-    return out
+    return {"rows": rows, "once": once, "machine": machine(dev)}
 
 
-def _block_min(
-    fns: dict[str, Callable[[], Any]],
-    repeat: int,
-    sync: Callable[[], None],
-    target_s: float = 0.02,
-    max_inner: int = 20,
-) -> dict[str, float]:
-    """Per-call seconds: each repeat runs every function ``inner`` times back to back (``inner``
-    sized so a block lasts about ``target_s``), the blocks of the functions are interleaved, and
-    the minimum over repeats of the per-call block mean is returned (steady-state, warm caches)."""
-    inner: dict[str, int] = {}
-    for k, f in fns.items():
-        f()  # warm-up
-        sync()
-        t0 = time.perf_counter()
-        f()
-        sync()
-        one = max(time.perf_counter() - t0, 1e-7)
-        inner[k] = max(1, min(max_inner, int(target_s / one)))
-    best = {k: float("inf") for k in fns}
-    for _ in range(repeat):
-        for k, f in fns.items():
-            t0 = time.perf_counter()
-            for _ in range(inner[k]):
-                f()
-            sync()
-            best[k] = min(best[k], (time.perf_counter() - t0) / inner[k])
-    return best
-
-
-def _zloss_step_times(
-    D: int,
-    dim: int,
-    batch: int,
-    dev: torch.device,
-    reps: int,
-    sync: Callable[[], None],
-    g: torch.Generator,
-) -> dict[str, float]:
-    from invariance.optim.zloss import FactoredSphericalOutput
-
+def _zloss_steps(
+    D: int, dim: int, batch: int, dev: torch.device, g: torch.Generator
+) -> tuple[dict[str, Callable[[], None]], list[dict[str, Any]]]:
     h = torch.randn(batch, dim, generator=g).to(dev)
     y = torch.randint(0, D, (batch,), generator=g).to(dev)
-    sync()
+    _sync(dev)
     t0 = time.perf_counter()
     fact = FactoredSphericalOutput(
         dim, D, loss="z", device=dev, generator=torch.Generator().manual_seed(1)
     )
-    sync()
+    _sync(dev)
     setup = time.perf_counter() - t0  # one-off O(D d^2): random V and the Gram matrix Q
     dense = nn.Linear(dim, D, bias=False).to(dev)
     d_opt = torch.optim.SGD(dense.parameters(), lr=0.01)
@@ -239,23 +197,20 @@ def _zloss_step_times(
         asm(hh, y).loss.backward()
         a_opt.step()
 
-    fns = {"factored_zloss": f_fact, "dense_softmax_ce": f_dense, "adaptive_softmax": f_asm}
-    t = _block_min(fns, reps, sync)
-    # the same factored step run once right after a dense step (caches evicted by the D x d pass)
-    cold = _interleaved_min({"dense_softmax_ce": f_dense, "factored_zloss": f_fact}, reps, sync)
-    # the periodic refresh U^-1 <- inv(U), every ``refresh_every`` updates (included above at its
-    # natural rate; timed alone here)
     U = fact.U.clone()
-
-    def f_refresh() -> None:
+    t0 = time.perf_counter()
+    for _ in range(5):
         fact.U_inv.copy_(torch.linalg.inv(U))
-
-    refresh = _block_min({"refresh": f_refresh}, reps, sync)["refresh"]
-    res = {k: 1e3 * v for k, v in t.items()}
-    res["factored_zloss_after_dense"] = 1e3 * cold["factored_zloss"]
-    res["factored_refresh"] = 1e3 * refresh
-    res["factored_refresh_every"] = fact.refresh_every
-    res["factored_setup_once"] = 1e3 * setup
-    res["speedup_vs_softmax_ce"] = res["dense_softmax_ce"] / res["factored_zloss"]
-    res["speedup_vs_adaptive"] = res["adaptive_softmax"] / res["factored_zloss"]
-    return res
+    _sync(dev)
+    refresh = (time.perf_counter() - t0) / 5
+    label = f"D={D:g}"
+    extra = [
+        {"name": "factored setup (once)", "label": label, "ms": round(1e3 * setup, 3)},
+        {
+            "name": f"factored U^-1 refresh (every {fact.refresh_every} steps)",
+            "label": label,
+            "ms": round(1e3 * refresh, 3),
+        },
+    ]
+    fns = {"factored Z-loss": f_fact, "dense softmax-CE": f_dense, "adaptive softmax": f_asm}
+    return fns, extra

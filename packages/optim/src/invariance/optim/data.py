@@ -10,8 +10,12 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
+
+from invariance.optim._checks import check_float, check_int
 
 __all__ = [
     "digits_split",
@@ -28,7 +32,8 @@ def digits_split(
 
     ``x`` is ``(N, 64)`` float32, or ``(N, 1, 8, 8)`` with ``image=True``; ``y`` is ``(N,)`` long.
     """
-    if not 0.0 < test_fraction < 1.0:
+    check_int("seed", seed)
+    if not 0.0 < check_float("test_fraction", test_fraction) < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
     from sklearn.datasets import load_digits  # the data ships inside the scikit-learn wheel
 
@@ -60,8 +65,14 @@ def make_extreme_classification(
     ``c ~ p``, then ``x = 3 T_c + noise * ε``. Returns ``{"x": (n, dim), "y": (n,), "bayes": (n,)}``
     where ``bayes`` is the teacher's MAP label (ground truth of what is learnable).
     """
-    if n < 1 or num_classes < 2 or dim < 1:
-        raise ValueError(f"need n >= 1, num_classes >= 2, dim >= 1; got {n}, {num_classes}, {dim}")
+    check_int("n", n, 1)
+    check_int("num_classes", num_classes, 2)
+    check_int("dim", dim, 1)
+    check_float("zipf", zipf, 0.0)
+    check_float("noise", noise, 0.0, lo_open=True)
+    check_int("seed", seed)
+    if teacher_seed is not None:
+        check_int("teacher_seed", teacher_seed)
     gt = torch.Generator().manual_seed(seed if teacher_seed is None else teacher_seed)
     T = torch.randn(num_classes, dim, generator=gt)
     T = T / T.norm(dim=1, keepdim=True)
@@ -100,10 +111,13 @@ def make_zipf_language(
     ``bayes_rank`` is the rank of ``y`` under the true conditional (0 = its mode), so
     ``(bayes_rank < k).mean()`` is the Bayes-optimal top-k accuracy.
     """
-    if n < 1 or vocab < 2 or rank < 1:
-        raise ValueError(f"need n >= 1, vocab >= 2, rank >= 1; got {n}, {vocab}, {rank}")
-    import math
-
+    check_int("n", n, 1)
+    check_int("vocab", vocab, 2)
+    check_int("rank", rank, 1)
+    check_float("zipf", zipf, 0.0)
+    check_float("temp", temp, 0.0)
+    check_int("seed", seed)
+    check_int("lang_seed", lang_seed)
     gl = torch.Generator().manual_seed(lang_seed)
     A = torch.randn(vocab, rank, generator=gl) / math.sqrt(rank)
     B = torch.randn(vocab, rank, generator=gl)
@@ -128,8 +142,10 @@ def make_gamma_sine(
 
     Returns ``{"gamma": (n_gamma, k), "x": (n_gamma, n_x, 1), "y": (n_gamma, n_x, 1)}``.
     """
-    if n_gamma < 1 or n_x < 1 or cond_dim < 1:
-        raise ValueError(f"need positive sizes, got n_gamma={n_gamma}, n_x={n_x}, k={cond_dim}")
+    check_int("n_gamma", n_gamma, 1)
+    check_int("n_x", n_x, 1)
+    check_int("cond_dim", cond_dim, 1)
+    check_int("seed", seed)
     g = torch.Generator().manual_seed(seed)
     gamma = torch.rand(n_gamma, cond_dim, generator=g)
     x = torch.rand(n_gamma, n_x, 1, generator=g) * 4 - 2

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from invariance.optim._checks import check_float
 from invariance.optim.adamp import SGDP, AdamP
 
 __all__ = ["OptimInfo", "create_optimizer", "list_optimizers", "param_groups_no_decay_1d"]
@@ -90,39 +91,59 @@ def param_groups_no_decay_1d(
 
 
 def create_optimizer(
-    model: nn.Module | Iterable[torch.Tensor],
+    model_or_params: nn.Module | Iterable[torch.Tensor] | Iterable[dict[str, Any]],
     name: str = "adamp",
-    *,
-    lr: float | None = None,
+    lr: float | torch.Tensor | None = None,
     weight_decay: float = 0.0,
+    *,
     decay_1d: bool = False,
     **kwargs: Any,
 ) -> torch.optim.Optimizer:
-    """Build optimizer ``name`` for ``model`` with no weight decay on 1-D parameters by default.
+    """Build optimizer ``name`` for a model (no weight decay on 1-D parameters by default).
+
+    This is the optimizer factory every invariance package uses (the core's default
+    ``Recipe.optimizer`` calls ``create_optimizer(model, cfg.optimizer, lr=cfg.lr,
+    weight_decay=cfg.weight_decay)``).
 
     Args:
-        model: an ``nn.Module`` (groups are built from its named parameters) or an iterable of
-            tensors (one group, decay applied to all).
-        name: one of :func:`list_optimizers` (default: ``"adamp"``).
-        lr: learning rate; ``None`` takes the optimizer's default from its :class:`OptimInfo`.
-        weight_decay: decay of the >=2-D parameters (default: ``0``).
+        model_or_params: an ``nn.Module`` (two groups are built from its parameters: the >= 2-D
+            ones with decay, the 1-D/0-D ones without), or parameters / parameter groups (passed
+            through; ``weight_decay`` becomes the default of every group).
+        name: one of :func:`list_optimizers`, case-insensitive (default: ``"adamp"``).
+        lr: learning rate (a float or a 0-d Tensor for AdamP/SGDP); ``None`` takes the
+            optimizer's default from its :class:`OptimInfo`.
+        weight_decay: decay of the >= 2-D parameters (default: ``0``).
         decay_1d: also decay biases and norm scales (default: ``False``).
-        **kwargs: passed to the optimizer class (e.g. ``betas``, ``delta``, ``wd_ratio``).
+        **kwargs: passed to the optimizer class (e.g. ``betas``, ``delta``, ``wd_ratio``,
+            ``foreach``).
+
+    Raises:
+        ValueError: ``name`` is not one of :func:`list_optimizers` (the message lists them), or
+            ``lr`` / ``weight_decay`` is negative or not finite.
+        TypeError: ``name`` is not a string, or ``lr`` / ``weight_decay`` is not a number.
     """
-    key = name.lower() if isinstance(name, str) else name
+    if not isinstance(name, str):
+        raise TypeError(
+            f"name must be a str, one of {list_optimizers()}, got {type(name).__name__}"
+        )
+    key = name.lower()
     if key not in _OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {name!r}; choose one of {list_optimizers()}")
+        raise ValueError(f"name must be one of {list_optimizers()} (unknown optimizer {name!r})")
+    if lr is not None and not isinstance(lr, torch.Tensor):
+        check_float("lr", lr, 0.0)
+    check_float("weight_decay", weight_decay, 0.0)
     info = _OPTIMIZERS[key]
     opts = dict(info.defaults)
     opts.update(kwargs)
     if lr is not None:
         opts["lr"] = lr
-    if isinstance(model, nn.Module) and not decay_1d:
-        params: Any = param_groups_no_decay_1d(model, weight_decay)
-        if not params:
-            raise ValueError("model has no trainable parameters")
-        opts["weight_decay"] = weight_decay
+    opts["weight_decay"] = weight_decay
+    if isinstance(model_or_params, nn.Module) and not decay_1d:
+        params: Any = param_groups_no_decay_1d(model_or_params, weight_decay)
+    elif isinstance(model_or_params, nn.Module):
+        params = [p for p in model_or_params.parameters() if p.requires_grad]
     else:
-        params = list(model.parameters() if isinstance(model, nn.Module) else model)
-        opts["weight_decay"] = weight_decay
+        params = list(model_or_params)
+    if not params:
+        raise ValueError("model_or_params has no trainable parameters")
     return info.cls(params, **opts)

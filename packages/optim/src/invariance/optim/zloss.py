@@ -46,8 +46,11 @@ Tested properties (``packages/optim/tests/test_zloss.py``):
   Taylor softmax by > 0.15 top-1 (``test_zloss_beats_other_spherical_losses``).
 
 Deviations:
-- The official example adds 1e-12 to :math:`\sigma`; we clamp :math:`\sigma \ge` ``eps`` instead, so
-  the loss is exactly shift/scale invariant whenever :math:`\sigma >` ``eps``.
+- The official example adds 1e-12 to :math:`\sigma`; we clamp :math:`\sigma^2 \ge` ``eps²`` instead,
+  so the loss is exactly shift/scale invariant whenever :math:`\sigma >` ``eps``, and constant
+  logits (a zero-initialised head) give finite gradients, of size about ``1/eps`` (the loss is
+  scale invariant, so its gradient grows like :math:`1/\sigma`): harmless for Adam-type
+  optimizers, too large for plain SGD from a zero head.
 - The official layer appends a constant 0.001 feature to :math:`h` as an output bias; append it to
   your features yourself if you want one. :math:`U^{-1}` is refreshed by inversion every
   ``refresh_every`` updates (the official code does the same every 100 updates).
@@ -63,6 +66,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from invariance.optim._checks import check_choice, check_float, check_int, check_tensor
 
 __all__ = [
     "z_loss",
@@ -86,6 +91,10 @@ def _check_logits_target(logits: Tensor, target: Tensor) -> None:
         raise ValueError(f"need D >= 2 classes, got logits of shape {tuple(logits.shape)}")
     if not logits.is_floating_point():
         raise TypeError(f"logits must be floating point, got {logits.dtype}")
+    if logits.shape[0] == 0:
+        raise ValueError(f"logits must not be empty, got shape {tuple(logits.shape)}")
+    if not bool(torch.isfinite(logits).all()):
+        raise ValueError("logits contains NaN or inf")
     if target.shape != (logits.shape[0],):
         raise ValueError(
             f"target must have shape (N,) = ({logits.shape[0]},), got {tuple(target.shape)}"
@@ -100,10 +109,8 @@ def _check_logits_target(logits: Tensor, target: Tensor) -> None:
 
 
 def _check_ab(a: float, b: float) -> None:
-    if not (isinstance(a, (int, float)) and math.isfinite(a) and a > 0):
-        raise ValueError(f"a must be a finite value > 0, got {a}")
-    if not (isinstance(b, (int, float)) and math.isfinite(b)):
-        raise ValueError(f"b must be finite, got {b}")
+    check_float("a", a, 0.0, lo_open=True)
+    check_float("b", b)
 
 
 def _reduce(x: Tensor, reduction: str) -> Tensor:
@@ -143,9 +150,13 @@ def z_loss(
     """
     _check_logits_target(logits, target)
     _check_ab(a, b)
+    check_float("eps", eps, 0.0, lo_open=True)
     mu = logits.mean(dim=1, keepdim=True)
     cen = logits - mu
-    sigma = cen.square().mean(dim=1).sqrt().clamp_min(eps)
+    # clamp the variance before the square root: sqrt'(0) = inf would turn the zero gradient of
+    # the clamp into NaN for constant logits (e.g. a zero-initialised head)
+    floor = max(eps * eps, torch.finfo(logits.dtype).tiny)
+    sigma = cen.square().mean(dim=1).clamp_min(floor).sqrt()
     z = cen.gather(1, target.long().unsqueeze(1)).squeeze(1) / sigma
     return _reduce(F.softplus(a * (b - z)) / a, reduction)
 
@@ -211,7 +222,8 @@ def spherical_loss_from_stats(
     """
     if name == "z":
         mu = s / D
-        sigma = (q / D - mu.square()).clamp_min(0).sqrt().clamp_min(eps)
+        floor = max(eps * eps, torch.finfo(q.dtype).tiny)
+        sigma = (q / D - mu.square()).clamp_min(floor).sqrt()
         z = (oc - mu) / sigma
         return F.softplus(a * (b - z)) / a
     if name == "mse":
@@ -271,16 +283,13 @@ class FactoredSphericalOutput(nn.Module):
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
-        if int(in_features) < 1 or int(num_classes) < 2:
-            raise ValueError(
-                f"need in_features >= 1 and num_classes >= 2, got {in_features}, {num_classes}"
-            )
-        if loss not in ("z", "mse", "taylor"):
-            raise ValueError(f"loss must be 'z', 'mse' or 'taylor', got {loss!r}")
-        if reduction not in ("mean", "sum"):
-            raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
-        if int(refresh_every) < 1:
-            raise ValueError(f"refresh_every must be >= 1, got {refresh_every}")
+        check_int("in_features", in_features, 1)
+        check_int("num_classes", num_classes, 2)
+        check_choice("loss", loss, ("z", "mse", "taylor"))
+        check_choice("reduction", reduction, ("mean", "sum"))
+        check_int("refresh_every", refresh_every, 1)
+        if init_std is not None:
+            check_float("init_std", init_std, 0.0, lo_open=True)
         _check_ab(a, b)
         self.in_features, self.num_classes = int(in_features), int(num_classes)
         self.loss_name, self.a, self.b, self.reduction = loss, float(a), float(b), reduction
@@ -358,7 +367,8 @@ class FactoredSphericalOutput(nn.Module):
         ).unsqueeze(1)
 
     def _check_h(self, h: Tensor) -> None:
-        if not isinstance(h, Tensor) or h.ndim != 2 or h.shape[1] != self.in_features:
+        check_tensor("h", h, ndim=2)
+        if h.shape[1] != self.in_features:
             shape = tuple(h.shape) if isinstance(h, Tensor) else type(h).__name__
             raise ValueError(f"h must have shape (m, {self.in_features}), got {shape}")
 
@@ -521,366 +531,4 @@ class FactoredSphericalOutput(nn.Module):
         return (
             f"in_features={self.in_features}, num_classes={self.num_classes}, "
             f"loss={self.loss_name!r}, a={self.a}, b={self.b}, refresh_every={self.refresh_every}"
-        )
-
-
-# ------------------------------------------------------------------------------------ recipe
-
-from dataclasses import dataclass  # noqa: E402
-
-from invariance.core.recipe import CheckResult, Recipe, ReproduceResult, TrainConfig  # noqa: E402
-from invariance.core.registry import register  # noqa: E402
-
-
-@dataclass
-class ZLossConfig(TrainConfig):
-    """Procedural extreme classification (defaults: the tiny preset).
-
-    Args:
-        num_classes: ``D`` (default: ``200``).
-        dim: input dimension (default: ``32``).
-        hidden: hidden width of the MLP (default: ``64``).
-        n_train: training samples (default: ``2000``).
-        a: Z-loss sharpness (default: ``1.0``).
-        b: Z-loss location (default: ``3.0``).
-        topk: k of the top-k metric (default: ``5``).
-    """
-
-    steps: int = 30
-    batch_size: int = 128
-    lr: float = 3e-3
-    num_classes: int = 200
-    dim: int = 32
-    hidden: int = 64
-    n_train: int = 2000
-    a: float = 1.0
-    b: float = 3.0
-    topk: int = 5
-
-
-class _MLP(nn.Module):
-    def __init__(
-        self, dim: int, hidden: int, num_classes: int, a: float = 1.0, b: float = 0.0
-    ) -> None:
-        super().__init__()
-        self.a, self.b = a, b
-        self.body = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU())
-        self.head = nn.Linear(hidden, num_classes)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.body(x))
-
-
-def _loss_by_name(name: str, logits: Tensor, y: Tensor, cfg: ZLossConfig) -> Tensor:
-    if name == "zloss":
-        return z_loss(logits, y, cfg.a, cfg.b)
-    if name == "softmax_ce":
-        return F.cross_entropy(logits, y)
-    if name == "mse":
-        return spherical_mse_loss(logits, y)
-    if name == "taylor":
-        return taylor_softmax_loss(logits, y)
-    raise ValueError(f"unknown loss {name!r}")
-
-
-def _xc_data(cfg: ZLossConfig, split: str) -> torch.utils.data.TensorDataset:
-    from invariance.optim.data import make_extreme_classification
-
-    n = cfg.n_train if split == "train" else max(cfg.n_train // 4, 256)
-    off = {"train": 0, "val": 1, "test": 2}[split]
-    d = make_extreme_classification(
-        n, num_classes=cfg.num_classes, dim=cfg.dim, seed=cfg.seed * 10 + off, teacher_seed=cfg.seed
-    )
-    return torch.utils.data.TensorDataset(d["x"], d["y"], d["bayes"])
-
-
-def _topk(logits: Tensor, y: Tensor, k: int) -> tuple[float, float]:
-    top = logits.topk(min(k, logits.shape[1]), dim=1).indices
-    return float((top[:, 0] == y).float().mean()), float((top == y[:, None]).any(1).float().mean())
-
-
-class _BigramLM(nn.Module):
-    """Previous token -> embedding -> hidden ReLU layer -> ``vocab`` output scores."""
-
-    def __init__(self, vocab: int, emb: int = 32, hidden: int = 64) -> None:
-        super().__init__()
-        self.emb = nn.Embedding(vocab, emb)
-        self.body = nn.Sequential(nn.Linear(emb, hidden), nn.ReLU())
-        self.head = nn.Linear(hidden, vocab)
-
-    def forward(self, context: Tensor) -> Tensor:
-        return self.head(self.body(self.emb(context)))
-
-
-_LM_KS = (1, 5, 10, 20)
-# (a, b) grids searched on the validation split (b is in units of the logits' std)
-_LM_GRID = [(1.0, 0.0), (1.0, 3.0), (1.0, 6.0), (0.3, 6.0), (3.0, 6.0), (1.0, 10.0)]
-_LM_GRID_QUICK = [(1.0, 0.0), (1.0, 6.0), (1.0, 10.0)]
-
-
-def _train_bigram_lm(
-    loss: str,
-    data: tuple[Tensor, Tensor],
-    evals: dict[str, tuple[Tensor, Tensor]],
-    *,
-    vocab: int,
-    steps: int,
-    lr: float,
-    seed: int,
-    a: float = 1.0,
-    b: float = 0.0,
-    hidden: int = 64,
-    batch_size: int = 256,
-) -> dict[str, dict[str, float]]:
-    """Train :class:`_BigramLM` with ``loss`` (``"zloss"`` or ``"softmax_ce"``) by Adam; top-k
-    accuracy (k in 1, 5, 10, 20) on each split of ``evals``."""
-    ctx, y = data
-    torch.manual_seed(seed)
-    model = _BigramLM(vocab, hidden=hidden)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        idx = torch.randint(0, len(y), (batch_size,), generator=g)
-        out = model(ctx[idx])
-        if loss == "zloss":
-            value = z_loss(out, y[idx], a, b)
-        elif loss == "softmax_ce":
-            value = F.cross_entropy(out, y[idx])
-        else:
-            raise ValueError(f"unknown loss {loss!r}")
-        opt.zero_grad()
-        value.backward()
-        opt.step()
-    res = {}
-    with torch.no_grad():
-        for split, (c, t) in evals.items():
-            o = model(c)
-            rank = (o > o.gather(1, t[:, None])).sum(1)
-            res[split] = {f"top{k}": float((rank < k).float().mean()) for k in _LM_KS}
-    return res
-
-
-def _zipf_lm_experiment(
-    *,
-    vocab: int,
-    n_train: int,
-    steps: int,
-    lr: float,
-    seeds: list[int],
-    grid: list[tuple[float, float]],
-    hidden: int = 64,
-    temp: float = 3.0,
-) -> dict[str, Any]:
-    """Z-loss vs softmax-CE on the Zipf bigram language: (a, b) picked on a validation split by
-    mean top-k (k = 1, 5, 10, 20), then both losses scored on a test split over ``seeds``."""
-    from invariance.optim.data import make_zipf_language
-
-    def split(n: int, s: int) -> tuple[Tensor, Tensor, Tensor]:
-        d = make_zipf_language(n, vocab=vocab, temp=temp, seed=s, lang_seed=0)
-        return d["context"], d["y"], d["bayes_rank"]
-
-    ctr, ytr, _ = split(n_train, 0)
-    cva, yva, _ = split(max(n_train // 4, 2000), 1)
-    cte, yte, rte = split(max(n_train // 4, 2000), 2)
-    kw = dict(vocab=vocab, steps=steps, lr=lr, hidden=hidden)
-    # tune (a, b) on validation with the first seed, as the paper tunes them per task
-    tuning = {}
-    for a, b in grid:
-        r = _train_bigram_lm(
-            "zloss", (ctr, ytr), {"val": (cva, yva)}, seed=seeds[0], a=a, b=b, **kw
-        )
-        tuning[f"a={a:g},b={b:g}"] = r["val"]
-    best = max(grid, key=lambda ab: sum(tuning[f"a={ab[0]:g},b={ab[1]:g}"].values()))
-    test: dict[str, list[dict[str, float]]] = {"zloss": [], "softmax_ce": []}
-    for s in seeds:
-        ev = {"test": (cte, yte)}
-        test["zloss"].append(
-            _train_bigram_lm("zloss", (ctr, ytr), ev, seed=s, a=best[0], b=best[1], **kw)["test"]
-        )
-        test["softmax_ce"].append(
-            _train_bigram_lm("softmax_ce", (ctr, ytr), ev, seed=s, **kw)["test"]
-        )
-    mean = {
-        n: {f"top{k}": sum(r[f"top{k}"] for r in rs) / len(rs) for k in _LM_KS}
-        for n, rs in test.items()
-    }
-    return {
-        "vocab": vocab,
-        "n_train": n_train,
-        "steps": steps,
-        "lr": lr,
-        "hidden": hidden,
-        "seeds": len(seeds),
-        "bayes": {f"top{k}": float((rte < k).float().mean()) for k in _LM_KS},
-        "tuning_val": tuning,
-        "best_ab": list(best),
-        "test_mean": mean,
-        "test_per_seed": test,
-    }
-
-
-@register(
-    "zloss",
-    domain="optim",
-    paper="The Z-loss: a shift and scale invariant classification loss belonging to the "
-    "Spherical Family",
-    authors="de Brébisson, Vincent",
-    year=2016,
-    arxiv="1604.08859",
-    code_url="https://github.com/pascal20100/factored_output_layer",
-    baseline="softmax_ce",
-    symmetry="loss invariant to shift and positive scale of the logits",
-    tags=("loss", "spherical"),
-)
-class ZLossRecipe(Recipe):
-    """Z-loss MLP on procedural Zipf extreme classification.
-
-    ``reproduce``: Z-loss vs softmax-CE vs the other spherical losses (MSE, Taylor softmax) on that
-    task, then Z-loss (a, b tuned on a validation split) vs softmax-CE top-k (k = 1, 5, 10, 20) on
-    a Zipf bigram language model with a hidden layer
-    (:func:`~invariance.optim.data.make_zipf_language`).
-    """
-
-    Config = ZLossConfig
-    presets = {
-        "tiny": {},
-        "full": {"num_classes": 2000, "n_train": 40000, "steps": 1000, "hidden": 128},
-    }
-
-    def make_data(self, cfg: ZLossConfig, split: str) -> torch.utils.data.Dataset:
-        return _xc_data(cfg, split)
-
-    def build(self, cfg: ZLossConfig) -> nn.Module:
-        return _MLP(cfg.dim, cfg.hidden, cfg.num_classes, cfg.a, cfg.b)
-
-    def step(self, model: nn.Module, batch: Any) -> dict[str, Tensor]:
-        x, y, _ = batch
-        logits = model(x)
-        top1 = (logits.argmax(1) == y).float().mean()
-        return {"loss": z_loss(logits, y, model.a, model.b), "top1": top1}
-
-    def optimizer(self, cfg: ZLossConfig, model: nn.Module) -> torch.optim.Optimizer:
-        return torch.optim.Adam(model.parameters(), lr=cfg.lr)
-
-    def check(self, model: nn.Module, cfg: ZLossConfig) -> list[CheckResult]:
-        from invariance.core.groups import PositiveAffine, Scaling
-        from invariance.core.testing import check_invariant, check_not_invariant
-
-        x, y, _ = self.make_data(cfg, "train")[:16]
-        with torch.no_grad():
-            logits = model(x).double()
-        zl = lambda o: z_loss(o, y, cfg.a, cfg.b, reduction="none")
-        ce = lambda o: F.cross_entropy(o, y, reduction="none")
-        return [
-            check_invariant(
-                "z-loss invariant to logit shift+scale",
-                zl,
-                (logits,),
-                PositiveAffine(0.1, 10.0, 3.0),
-                ("affine",),
-                tol=1e-10,
-            ),
-            check_not_invariant(
-                "negative control: softmax-CE under logit scaling",
-                ce,
-                (logits,),
-                Scaling(0.1, 10.0),
-                ("scale",),
-            ),
-        ]
-
-    def reproduce(self, cfg: Any, run: Any, *, quick: bool) -> ReproduceResult:
-        """The paper-analog experiment (single-threaded: the models are tiny)."""
-        from invariance.optim._utils import threads
-
-        with threads(1):
-            return self._reproduce(cfg, run, quick=quick)
-
-    def _reproduce(self, cfg: ZLossConfig, run: Any, *, quick: bool) -> ReproduceResult:
-        import time
-
-        t0 = time.time()
-        if quick:
-            xc = {"num_classes": 1000, "n_train": 20000, "steps": 400, "hidden": 128}
-            lm = dict(vocab=500, n_train=20000, steps=400, seeds=[0], grid=_LM_GRID_QUICK)
-        else:
-            xc = dict(self.presets["full"])
-            lm = dict(vocab=1000, n_train=60000, steps=1200, seeds=[0, 1, 2], grid=_LM_GRID)
-        cfg = type(cfg)(**{**cfg.__dict__, **xc})
-        seeds = [0] if quick else [0, 1, 2]
-        train, test = _xc_data(cfg, "train"), _xc_data(cfg, "test")
-        xt, yt, bt = test.tensors
-        names = ("zloss", "softmax_ce", "mse", "taylor")
-        per_seed: dict[str, list[dict[str, float]]] = {n: [] for n in names}
-        for seed in seeds:
-            for name in names:
-                torch.manual_seed(seed)
-                model = self.build(cfg)
-                opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-                g = torch.Generator().manual_seed(seed)
-                X, Y, _ = train.tensors
-                for _ in range(cfg.steps):
-                    idx = torch.randint(0, len(Y), (cfg.batch_size,), generator=g)
-                    loss = _loss_by_name(name, model(X[idx]), Y[idx], cfg)
-                    opt.zero_grad()
-                    loss.backward()
-                    opt.step()
-                with torch.no_grad():
-                    t1, tk = _topk(model(xt), yt, cfg.topk)
-                per_seed[name].append({"top1": t1, f"top{cfg.topk}": tk})
-        res = {n: {k: sum(r[k] for r in rs) / len(rs) for k in rs[0]} for n, rs in per_seed.items()}
-        bayes_top1 = float((bt == yt).float().mean())
-        lm_res = _zipf_lm_experiment(lr=cfg.lr, **lm)
-        other = max(("mse", "taylor"), key=lambda n: res[n]["top1"])
-        plots = []
-        try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-
-            fig, ax = plt.subplots(figsize=(5.5, 3.6))
-            ks = list(_LM_KS)
-            rows = (
-                ("Bayes", lm_res["bayes"], ":"),
-                ("softmax-CE", lm_res["test_mean"]["softmax_ce"], "--s"),
-                (
-                    "Z-loss a={:g} b={:g}".format(*lm_res["best_ab"]),
-                    lm_res["test_mean"]["zloss"],
-                    "-o",
-                ),
-            )
-            for label, vals, st in rows:
-                ax.plot(ks, [vals[f"top{k}"] for k in ks], st, label=label)
-            ax.set(
-                xscale="log",
-                xlabel="k",
-                ylabel="test top-k accuracy",
-                title=f"Zipf bigram LM, V={lm['vocab']}, {len(lm['seeds'])} seed(s)",
-            )
-            ax.set_xticks(ks, [str(k) for k in ks])
-            ax.legend()
-            plots.append(run.savefig(fig, "zloss_lm_topk"))
-        except ImportError:
-            pass
-        return ReproduceResult(
-            task=(
-                f"Zipf extreme classification D={cfg.num_classes}, {cfg.steps} Adam steps, "
-                f"{len(seeds)} seed(s); plus a Zipf bigram LM, V={lm['vocab']}"
-            ),
-            metric="test top-1 (extreme classification)",
-            method="zloss",
-            baseline=f"best other spherical ({other})",
-            method_value=res["zloss"]["top1"],
-            baseline_value=res[other]["top1"],
-            seconds=time.time() - t0,
-            details={
-                "losses": res,
-                "per_seed": per_seed,
-                "bayes_top1": bayes_top1,
-                "a": cfg.a,
-                "b": cfg.b,
-                "zipf_lm": lm_res,
-            },
-            plots=plots,
         )

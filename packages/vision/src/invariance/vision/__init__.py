@@ -11,14 +11,32 @@ Importing this package registers the methods ``galaxy``, ``galaxy_mean``, ``bss`
 (and the benches) with :mod:`invariance.core.registry`.
 """
 
-from invariance.vision import bench, bss, galaxy, sepc
-from invariance.vision.bss import BSS, SimCLR, batch_styles_standardization, nt_xent_loss
+# `recipes` registers the methods, `bench` the benches (both import the method modules)
+from invariance.vision import bench, bss, galaxy, recipes, sepc
+from invariance.vision.bss import (
+    BSS,
+    SimCLR,
+    SSLAugment,
+    batch_styles_standardization,
+    nt_xent_loss,
+)
 from invariance.vision.data.digit_scenes import make_digit_scenes
 from invariance.vision.data.digit_styles import make_digit_styles
 from invariance.vision.data.galaxies import make_galaxies, simulate_votes
 from invariance.vision.galaxy import GalaxyNet, GalaxyZooOutput, PlainGalaxyCNN
 from invariance.vision.nn.galaxy_layers import galaxy_views, merge_views
-from invariance.vision.sepc import SEPC, PyramidConv, SEPCRetinaHead, build_retinanet
+from invariance.vision.recipes.bss import BSSConfig
+from invariance.vision.recipes.galaxy import GalaxyConfig, GalaxyMeanConfig
+from invariance.vision.recipes.sepc import SEPCConfig
+from invariance.vision.sepc import (
+    SEPC,
+    PyramidConv,
+    SEPCRetinaHead,
+    SmoothL1RegressionHead,
+    build_retinanet,
+    coco_detection_ap,
+    detection_ap,
+)
 
 __version__ = "0.1.0"
 
@@ -33,12 +51,21 @@ __all__ = [
     "batch_styles_standardization",
     "BSS",
     "SimCLR",
+    "SSLAugment",
     "nt_xent_loss",
     "make_digit_styles",
     "PyramidConv",
     "SEPC",
     "SEPCRetinaHead",
+    "SmoothL1RegressionHead",
     "build_retinanet",
+    "detection_ap",
+    "coco_detection_ap",
+    "GalaxyConfig",
+    "GalaxyMeanConfig",
+    "BSSConfig",
+    "SEPCConfig",
+    "recipes",
     "make_digit_scenes",
     "bench",
     "bss",

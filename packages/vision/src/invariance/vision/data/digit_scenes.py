@@ -15,14 +15,21 @@ import math
 import torch
 from torch import Tensor
 
+from invariance.vision._checks import check_int
 from invariance.vision.data.digit_styles import load_digit_glyphs
 
 __all__ = ["make_digit_scenes", "DigitScenes"]
 
 
-def make_digit_scenes(n: int, *, seed: int, size: int = 64, max_objects: int = 4,
-                      obj_size: tuple[float, float] = (8.0, 40.0),
-                      split: str = "train") -> dict[str, Tensor]:
+def make_digit_scenes(
+    n: int,
+    *,
+    seed: int,
+    size: int = 64,
+    max_objects: int = 4,
+    obj_size: tuple[float, float] = (8.0, 40.0),
+    split: str = "train",
+) -> dict[str, Tensor]:
     """Render ``n`` detection scenes.
 
     Args:
@@ -35,6 +42,10 @@ def make_digit_scenes(n: int, *, seed: int, size: int = 64, max_objects: int = 4
         dict with ``image`` (n, 3, size, size) in [0, 1], ``boxes`` (n, max_objects, 4) xyxy
         (padding rows are -1), ``labels`` (n, max_objects) (-1 padding) and ``count`` (n,).
     """
+    check_int(n, "n")
+    check_int(seed, "seed", lo=0)
+    check_int(size, "size", lo=8)
+    check_int(max_objects, "max_objects")
     if n < 1 or max_objects < 1:
         raise ValueError(f"n and max_objects must be >= 1, got {n}, {max_objects}")
     if not 2 <= obj_size[0] <= obj_size[1] <= size:
@@ -44,8 +55,11 @@ def make_digit_scenes(n: int, *, seed: int, size: int = 64, max_objects: int = 4
     glyphs, labels = load_digit_glyphs()
     pool = torch.arange(0 if split == "train" else 1, len(glyphs), 2)
     g = torch.Generator().manual_seed(int(seed))
-    yy, xx = torch.meshgrid(torch.arange(size, dtype=torch.float32),
-                            torch.arange(size, dtype=torch.float32), indexing="ij")
+    yy, xx = torch.meshgrid(
+        torch.arange(size, dtype=torch.float32),
+        torch.arange(size, dtype=torch.float32),
+        indexing="ij",
+    )
     images = torch.empty(n, 3, size, size)
     boxes = torch.full((n, max_objects, 4), -1.0)
     labs = torch.full((n, max_objects), -1, dtype=torch.long)
@@ -62,7 +76,8 @@ def make_digit_scenes(n: int, *, seed: int, size: int = 64, max_objects: int = 4
             cx, cy = (torch.rand(2, generator=g) * size).tolist()
             r = 2 + 4 * float(torch.rand((), generator=g))
             bg = bg + 0.25 * torch.rand(3, 1, 1, generator=g) * torch.exp(
-                -((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * r * r))
+                -((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * r * r)
+            )
         img = bg + 0.03 * torch.randn(3, size, size, generator=g)
         k = int(torch.randint(1, max_objects + 1, (), generator=g))
         placed: list[list[float]] = []
@@ -77,12 +92,23 @@ def make_digit_scenes(n: int, *, seed: int, size: int = 64, max_objects: int = 4
             else:
                 continue
             j = int(pool[torch.randint(0, len(pool), (), generator=g)])
-            theta = torch.tensor([[[size / s, 0.0, (size - 2 * x0 - s) / s],
-                                   [0.0, size / s, (size - 2 * y0 - s) / s]]])
+            theta = torch.tensor(
+                [
+                    [
+                        [size / s, 0.0, (size - 2 * x0 - s) / s],
+                        [0.0, size / s, (size - 2 * y0 - s) / s],
+                    ]
+                ]
+            )
             # maps output pixel centres to glyph coordinates (align_corners=False convention)
             grid = torch.nn.functional.affine_grid(theta, [1, 1, size, size], align_corners=False)
-            m = torch.nn.functional.grid_sample(glyphs[j][None, None], grid, mode="bilinear",
-                                                padding_mode="zeros", align_corners=False)[0, 0]
+            m = torch.nn.functional.grid_sample(
+                glyphs[j][None, None],
+                grid,
+                mode="bilinear",
+                padding_mode="zeros",
+                align_corners=False,
+            )[0, 0]
             on = m > 0.25
             if on.sum() < 3:
                 continue

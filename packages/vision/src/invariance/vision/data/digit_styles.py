@@ -15,11 +15,16 @@ Digits are split by source index (train: even, test: odd) so no glyph is seen in
 
 from __future__ import annotations
 
+import gzip
+import importlib.util
 import math
 from functools import lru_cache
+from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from invariance.vision._checks import check_int
 
 __all__ = ["DOMAINS", "make_digit_styles", "load_digit_glyphs"]
 
@@ -33,10 +38,6 @@ def load_digit_glyphs() -> tuple[Tensor, Tensor]:
     Reads ``sklearn/datasets/data/digits.csv.gz`` (shipped with scikit-learn) directly, without
     importing scikit-learn (whose import costs seconds).
     """
-    import gzip
-    import importlib.util
-    from pathlib import Path
-
     spec = importlib.util.find_spec("sklearn")
     if spec is None or not spec.submodule_search_locations:
         raise ImportError("DigitStyles needs scikit-learn installed (it ships the digits file)")
@@ -57,8 +58,9 @@ def _place(glyph: Tensor, size: int, g: torch.Generator) -> Tensor:
     theta[:, 1, 1] = 1 / scale
     theta[:, :, 2] = -shift / scale[:, None]
     grid = torch.nn.functional.affine_grid(theta, [n, 1, size, size], align_corners=False)
-    return torch.nn.functional.grid_sample(glyph[:, None], grid, mode="bilinear",
-                                           padding_mode="zeros", align_corners=False)[:, 0]
+    return torch.nn.functional.grid_sample(
+        glyph[:, None], grid, mode="bilinear", padding_mode="zeros", align_corners=False
+    )[:, 0]
 
 
 def _blur(x: Tensor, sigma: float) -> Tensor:
@@ -77,8 +79,9 @@ def _colour(n: int, g: torch.Generator) -> Tensor:
     return torch.rand(n, 3, 1, 1, generator=g)
 
 
-def make_digit_styles(n: int | None = None, *, seed: int, domain: str, split: str = "train",
-                      size: int = 32) -> dict[str, Tensor]:
+def make_digit_styles(
+    n: int | None = None, *, seed: int, domain: str, split: str = "train", size: int = 32
+) -> dict[str, Tensor]:
     """Render digits in one style domain.
 
     Args:
@@ -92,6 +95,10 @@ def make_digit_styles(n: int | None = None, *, seed: int, domain: str, split: st
         dict with ``image`` (n, 3, size, size) in [0, 1], ``label`` (n,), ``domain`` (n,) index
         into :data:`DOMAINS` and ``mask`` (n, size, size), the ground-truth digit strokes.
     """
+    if n is not None:
+        check_int(n, "n")
+    check_int(seed, "seed", lo=0)
+    check_int(size, "size", lo=8)
     if domain not in DOMAINS:
         raise ValueError(f"domain must be one of {DOMAINS}, got {domain!r}")
     if split not in ("train", "test"):
@@ -107,8 +114,11 @@ def make_digit_styles(n: int | None = None, *, seed: int, domain: str, split: st
         idx = idx[torch.randint(0, len(idx), (n,), generator=g)]
     m = _place(glyphs[idx], size, g).clamp(0, 1)[:, None]  # (n, 1, S, S)
     k = m.shape[0]
-    yy, xx = torch.meshgrid(torch.arange(size, dtype=torch.float32),
-                            torch.arange(size, dtype=torch.float32), indexing="ij")
+    yy, xx = torch.meshgrid(
+        torch.arange(size, dtype=torch.float32),
+        torch.arange(size, dtype=torch.float32),
+        indexing="ij",
+    )
     if domain == "A":
         img = m.expand(k, 3, size, size)
     elif domain == "B":
@@ -122,8 +132,9 @@ def make_digit_styles(n: int | None = None, *, seed: int, domain: str, split: st
         grating = 0.5 + 0.5 * torch.sin(freq * (torch.cos(ang) * xx + torch.sin(ang) * yy))
         bg = grating[:, None] * _colour(k, g)
         ang2 = math.pi * torch.rand(k, 1, 1, generator=g)
-        stripes = 0.5 + 0.5 * torch.sign(torch.sin(1.5 * (torch.cos(ang2) * xx
-                                                          + torch.sin(ang2) * yy)))
+        stripes = 0.5 + 0.5 * torch.sign(
+            torch.sin(1.5 * (torch.cos(ang2) * xx + torch.sin(ang2) * yy))
+        )
         fg = 0.4 + 0.6 * stripes[:, None] * _colour(k, g) + 0.2
         img = m * fg.clamp(0, 1) + (1 - m) * bg
     elif domain == "D":
@@ -135,9 +146,12 @@ def make_digit_styles(n: int | None = None, *, seed: int, domain: str, split: st
     else:  # "E": edge sketch
         gy = torch.nn.functional.pad(m[..., 2:, :] - m[..., :-2, :], (0, 0, 1, 1))
         gx = torch.nn.functional.pad(m[..., :, 2:] - m[..., :, :-2], (1, 1, 0, 0))
-        edge = (gx ** 2 + gy ** 2).sqrt().clamp(0, 1)
+        edge = (gx**2 + gy**2).sqrt().clamp(0, 1)
         img = (1 - edge).expand(k, 3, size, size) * (0.85 + 0.15 * _colour(k, g))
     img = img + 0.02 * torch.randn(img.shape, generator=g)
-    return {"image": img.clamp(0, 1).contiguous(), "label": labels[idx].clone(),
-            "domain": torch.full((k,), DOMAINS.index(domain), dtype=torch.long),
-            "mask": m[:, 0]}
+    return {
+        "image": img.clamp(0, 1).contiguous(),
+        "label": labels[idx].clone(),
+        "domain": torch.full((k,), DOMAINS.index(domain), dtype=torch.long),
+        "mask": m[:, 0],
+    }

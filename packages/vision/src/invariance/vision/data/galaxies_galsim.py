@@ -46,8 +46,9 @@ def import_galsim():
     try:
         import galsim
     except ImportError as e:  # pragma: no cover - exercised only without galsim
-        raise ImportError("backend='galsim' needs GalSim: pip install invariance-vision[galsim]"
-                          ) from e
+        raise ImportError(
+            "backend='galsim' needs GalSim: pip install invariance-vision[galsim]"
+        ) from e
     return galsim
 
 
@@ -59,13 +60,13 @@ def _clamped_sersic(galsim, n: float, re: float, amp: float, cap: float):
     """
     bn = 2 * n - 1 / 3 + 4 / (405 * n)
     a = amp * math.exp(bn)  # central surface brightness
-    r0 = re / bn ** n
-    flux = a * 2 * math.pi * n * r0 ** 2 * math.gamma(2 * n)
+    r0 = re / bn**n
+    flux = a * 2 * math.pi * n * r0**2 * math.gamma(2 * n)
     obj = galsim.Sersic(n, scale_radius=r0, flux=flux)
     if a > cap:
         rc = re * (math.log(a / cap) / bn) ** n
         inner = galsim.Sersic(n, scale_radius=r0, flux=-flux, trunc=rc, flux_untruncated=True)
-        obj = obj + inner + galsim.TopHat(radius=rc, flux=cap * math.pi * rc ** 2)
+        obj = obj + inner + galsim.TopHat(radius=rc, flux=cap * math.pi * rc**2)
     return obj
 
 
@@ -74,8 +75,7 @@ def _gauss(galsim, amp: float, su: float, sv: float):
     return galsim.Gaussian(sigma=su, flux=amp * 2 * math.pi * su * su).transform(1, 0, 0, sv / su)
 
 
-def render_galsim(lat: dict, residual: Tensor, *, size: int, scale: float,
-                  colors: tuple) -> Tensor:
+def render_galsim(lat: dict, residual: Tensor, *, size: int, scale: float, colors: tuple) -> Tensor:
     """Draw the noise-free, PSF-convolved galaxies with GalSim.
 
     Args:
@@ -116,8 +116,9 @@ def render_galsim(lat: dict, residual: Tensor, *, size: int, scale: float,
             elif t == 3:  # clumps
                 for cu, cv in zip(lat["clump_u"], lat["clump_v"]):
                     s = 1.5 * scale
-                    comps.append((_gauss(galsim, 0.5, s, s).shift(float(cu[i]), float(cv[i])),
-                                  odd_rgb))
+                    comps.append(
+                        (_gauss(galsim, 0.5, s, s).shift(float(cu[i]), float(cv[i])), odd_rgb)
+                    )
             elif t == 4:  # knot
                 s = 1.2 * scale
                 comps.append((_gauss(galsim, 0.8, s, s).shift(0.6 * R, 0.4 * R), odd_rgb))
@@ -128,8 +129,11 @@ def render_galsim(lat: dict, residual: Tensor, *, size: int, scale: float,
             comps.append((_gauss(galsim, 1.0, 1.2 * scale, 1.2 * scale), (1.0, 1.0, 1.0)))
             if bool(lat["streak"][i]):
                 comps.append((_gauss(galsim, 0.7, 20 * scale, 0.8 * scale), (1.0, 1.0, 1.0)))
-        field = [galsim.DeltaFunction(flux=float(val[i])).shift(float(px[i]) - c, float(py[i]) - c)
-                 for px, py, val in lat["field"] if float(val[i]) > 0]
+        field = [
+            galsim.DeltaFunction(flux=float(val[i])).shift(float(px[i]) - c, float(py[i]) - c)
+            for px, py, val in lat["field"]
+            if float(val[i]) > 0
+        ]
         psf = galsim.Gaussian(sigma=f("psf_sigma", i))
         flux, angle = f("flux", i), f("angle", i)
         for ch in range(3):
@@ -142,9 +146,12 @@ def render_galsim(lat: dict, residual: Tensor, *, size: int, scale: float,
                 obj = flux * obj.rotate(angle * galsim.radians)
             res = residual[i, ch].double().numpy()
             if abs(res).max() > 1e-12:
-                ii = galsim.InterpolatedImage(galsim.Image(res * flux, scale=1.0),
-                                              x_interpolant="lanczos3", calculate_stepk=False,
-                                              calculate_maxk=False)
+                ii = galsim.InterpolatedImage(
+                    galsim.Image(res * flux, scale=1.0),
+                    x_interpolant="lanczos3",
+                    calculate_stepk=False,
+                    calculate_maxk=False,
+                )
                 obj = ii if obj is None else obj + ii
             for fs in field:
                 obj = fs if obj is None else obj + fs

@@ -33,8 +33,9 @@ from torch import Tensor, nn
 __all__ = ["batch_styles_standardization", "BSS", "low_frequency_mask"]
 
 
-def low_frequency_mask(h: int, w: int, r: float | Tensor, *, window: str = "centered",
-                       device=None) -> Tensor:
+def low_frequency_mask(
+    h: int, w: int, r: float | Tensor, *, window: str = "centered", device=None
+) -> Tensor:
     """Boolean mask on the CENTRED (fftshift-ed) spectrum, shape (h, w) or (n, h, w).
 
     ``centered``: rows ``[h//2 - bh, h//2 + bh]``, ``bh = floor(sqrt(r) h / 2)`` (same for
@@ -64,25 +65,55 @@ def low_frequency_mask(h: int, w: int, r: float | Tensor, *, window: str = "cent
     return m[0] if torch.as_tensor(r).dim() == 0 else m
 
 
+def _check_unit(name: str, v: object) -> None:
+    """``v`` is None or a finite number in [0, 1]."""
+    if v is None:
+        return
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise TypeError(f"{name} must be a number in [0, 1] or None, got {type(v).__name__}")
+    if not 0 <= v <= 1:  # also rejects NaN
+        raise ValueError(f"{name} must lie in [0, 1], got {v!r}")
+
+
+def _check_range(name: str, v: object) -> None:
+    """``v`` is a (lo, hi) pair with 0 <= lo <= hi <= 1."""
+    if not isinstance(v, (tuple, list)) or len(v) != 2:
+        raise TypeError(f"{name} must be a (lo, hi) pair, got {v!r}")
+    for x in v:
+        _check_unit(name, x)
+    if v[0] > v[1]:
+        raise ValueError(f"{name} must satisfy 0 <= lo <= hi <= 1, got {tuple(v)}")
+
+
 def batch_styles_standardization(
-    x: Tensor, *, r: float | None = None, r_range: tuple[float, float] = (0.01, 0.3),
-    ref_index: int | None = None, mode: str = "swap", lam: float | None = None,
-    lam_range: tuple[float, float] = (0.5, 1.0), window: str = "centered",
-    per_image: bool = False, clip: bool = True, generator: torch.Generator | None = None,
+    x: Tensor,
+    *,
+    r: float | None = None,
+    r_range: tuple[float, float] = (0.01, 0.3),
+    ref_index: int | None = None,
+    mode: str = "swap",
+    lam: float | None = None,
+    lam_range: tuple[float, float] = (0.5, 1.0),
+    window: str = "centered",
+    per_image: bool = False,
+    clip: bool = True,
+    generator: torch.Generator | None = None,
     return_info: bool = False,
 ) -> Tensor | tuple[Tensor, dict]:
     """Standardise the Fourier-amplitude style of a batch to one reference image.
 
     Args:
-        x: (N, C, H, W) real images (in [0, 1] when ``clip``).
+        x: (N, C, H, W) real, finite images, N >= 1; in [0, 1] when ``clip`` (other values
+            raise ``ValueError`` instead of being clipped silently).
         r: area ratio of the low-frequency window; drawn from ``r_range`` when None.
         r_range: range of the per-batch area ratio (default: (0.01, 0.3)).
         ref_index: reference image; drawn uniformly when None.
         mode: ``"swap"`` (amplitude swap) or ``"mix"`` (amplitude mix) (default: ``"swap"``).
-        lam: mixing weight for ``mode="mix"``; drawn from ``lam_range`` when None.
+        lam: mixing weight in [0, 1] for ``mode="mix"``; drawn from ``lam_range`` when None.
         window: ``"centered"`` (default) or ``"fda"`` (albumentations' window, ``r`` = beta).
         per_image: independent reference/ratio per image (the per-image control, not BSS).
-        clip: clip the output to [0, 1] (default: True).
+        clip: the input must lie in [0, 1] and the output is clipped to [0, 1] (default:
+            True); with ``clip=False`` any real input is accepted and nothing is clipped.
         generator: source of randomness for r, lambda and the reference.
         return_info: also return ``{"ref_index", "r", "lam", "max_imag"}``.
 
@@ -95,14 +126,26 @@ def batch_styles_standardization(
         raise ValueError(f"x must be (N, C, H, W), got shape {tuple(x.shape)}")
     if x.is_complex() or not x.is_floating_point():
         raise TypeError(f"x must be a real floating tensor, got {x.dtype}")
+    if x.numel() == 0:
+        raise ValueError(f"x must be a non-empty batch, got shape {tuple(x.shape)}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("x holds NaN or inf")
+    if clip and (float(x.min()) < 0 or float(x.max()) > 1):
+        raise ValueError(
+            f"x must hold images in [0, 1] when clip=True, got values in "
+            f"[{float(x.min()):.4g}, {float(x.max()):.4g}] (pass clip=False for other ranges)"
+        )
     if mode not in ("swap", "mix"):
         raise ValueError(f"mode must be 'swap' or 'mix', got {mode!r}")
-    lo, hi = r_range
-    if not 0 <= lo <= hi <= 1:
-        raise ValueError(f"r_range must satisfy 0 <= lo <= hi <= 1, got {r_range}")
+    _check_range("r_range", r_range)
+    _check_range("lam_range", lam_range)
+    _check_unit("r", r)
+    _check_unit("lam", lam)
     n, _, h, w = x.shape
-    if ref_index is not None and not -n <= ref_index < n:
-        raise ValueError(f"ref_index {ref_index} out of range for a batch of {n}")
+    if ref_index is not None and (
+        isinstance(ref_index, bool) or not isinstance(ref_index, int) or not -n <= ref_index < n
+    ):
+        raise ValueError(f"ref_index {ref_index!r} out of range for a batch of {n}")
     k = n if per_image else 1
 
     def draw(lo_hi, fixed):
@@ -134,10 +177,12 @@ def batch_styles_standardization(
     if clip:
         out = out.clamp(0.0, 1.0)
     if return_info:
-        info = {"ref_index": refs.tolist() if per_image else int(refs[0]),
-                "r": rs.tolist() if per_image else float(rs[0]),
-                "lam": lams.tolist() if per_image else float(lams[0]),
-                "max_imag": float(out_c.imag.abs().max())}
+        info = {
+            "ref_index": refs.tolist() if per_image else int(refs[0]),
+            "r": rs.tolist() if per_image else float(rs[0]),
+            "lam": lams.tolist() if per_image else float(lams[0]),
+            "max_imag": float(out_c.imag.abs().max()),
+        }
         return out, info
     return out
 
@@ -164,16 +209,26 @@ class BSS(nn.Module):
         reference's and the phases of every image are kept.
     """
 
-    def __init__(self, *, r_range: tuple[float, float] = (0.01, 0.3), mode: str = "swap",
-                 lam_range: tuple[float, float] = (0.5, 1.0), window: str = "centered",
-                 per_image: bool = False, clip: bool = True, p: float = 1.0) -> None:
+    def __init__(
+        self,
+        *,
+        r_range: tuple[float, float] = (0.01, 0.3),
+        mode: str = "swap",
+        lam_range: tuple[float, float] = (0.5, 1.0),
+        window: str = "centered",
+        per_image: bool = False,
+        clip: bool = True,
+        p: float = 1.0,
+    ) -> None:
         super().__init__()
         if mode not in ("swap", "mix"):
             raise ValueError(f"mode must be 'swap' or 'mix', got {mode!r}")
         if window not in ("centered", "fda"):
             raise ValueError(f"window must be 'centered' or 'fda', got {window!r}")
-        if not 0 <= r_range[0] <= r_range[1] <= 1:
-            raise ValueError(f"r_range must satisfy 0 <= lo <= hi <= 1, got {r_range}")
+        _check_range("r_range", r_range)
+        _check_range("lam_range", lam_range)
+        if isinstance(p, bool) or not isinstance(p, (int, float)):
+            raise TypeError(f"p must be a number in [0, 1], got {type(p).__name__}")
         if not 0 <= p <= 1:
             raise ValueError(f"p must lie in [0, 1], got {p}")
         self.r_range, self.mode, self.lam_range = tuple(r_range), mode, tuple(lam_range)
@@ -183,11 +238,19 @@ class BSS(nn.Module):
         if self.p < 1 and torch.rand((), generator=generator).item() >= self.p:
             return x
         return batch_styles_standardization(
-            x, r_range=self.r_range, mode=self.mode, lam_range=self.lam_range,
-            window=self.window, per_image=self.per_image, clip=self.clip, generator=generator)
+            x,
+            r_range=self.r_range,
+            mode=self.mode,
+            lam_range=self.lam_range,
+            window=self.window,
+            per_image=self.per_image,
+            clip=self.clip,
+            generator=generator,
+        )
 
     def __repr__(self) -> str:
-        return (f"{self.__class__.__name__}(r_range={self.r_range}, mode={self.mode!r}, "
-                f"window={self.window!r}, per_image={self.per_image}, clip={self.clip}, "
-                f"p={self.p})")
-
+        return (
+            f"{self.__class__.__name__}(r_range={self.r_range}, mode={self.mode!r}, "
+            f"window={self.window!r}, per_image={self.per_image}, clip={self.clip}, "
+            f"p={self.p})"
+        )

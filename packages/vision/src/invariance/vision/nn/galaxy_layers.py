@@ -23,6 +23,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from invariance.vision._checks import check_int, check_number, check_tensor
 from invariance.vision.data.galaxies import QUESTION_SLICES
 
 __all__ = [
@@ -38,16 +39,19 @@ __all__ = [
 #: values (official ``scaling_sequence``): Q2 *= A1.2; Q3-Q5 *= A2.2; Q7 *= A1.1; Q8 *= A6.1;
 #: Q9 *= A2.1; Q10-Q11 *= A4.1.
 SCALING_SEQUENCE: tuple[tuple[slice, int], ...] = (
-    (slice(3, 5), 1), (slice(5, 13), 4), (slice(15, 18), 0), (slice(18, 25), 13),
-    (slice(25, 28), 3), (slice(28, 37), 7),
+    (slice(3, 5), 1),
+    (slice(5, 13), 4),
+    (slice(15, 18), 0),
+    (slice(18, 25), 13),
+    (slice(25, 28), 3),
+    (slice(28, 37), 7),
 )
 
 
 def _check_image(x: Tensor, name: str = "x") -> None:
     """Validate a (B, C, S, S) square image batch."""
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() != 4 or x.shape[-1] != x.shape[-2]:
+    check_tensor(x, name, dims=4, expected="(B, C, S, S)")
+    if x.shape[-1] != x.shape[-2]:
         raise ValueError(f"{name} must be a square image batch (B, C, S, S), got {tuple(x.shape)}")
 
 
@@ -60,14 +64,23 @@ def _resample(x: Tensor, size: int, angle: float, crop: float) -> Tensor:
     b = x.shape[0]
     c, s = math.cos(angle) * crop, math.sin(angle) * crop
     theta = torch.tensor([[c, -s, 0.0], [s, c, 0.0]], dtype=x.dtype, device=x.device)
-    grid = torch.nn.functional.affine_grid(theta.expand(b, 2, 3), [b, x.shape[1], size, size],
-                                           align_corners=True)
-    return torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="zeros",
-                                           align_corners=True)
+    grid = torch.nn.functional.affine_grid(
+        theta.expand(b, 2, 3), [b, x.shape[1], size, size], align_corners=True
+    )
+    return torch.nn.functional.grid_sample(
+        x, grid, mode="bilinear", padding_mode="zeros", align_corners=True
+    )
 
 
-def galaxy_views(x: Tensor, *, view_size: int = 69, part_size: int = 45, crop: float = 1.0,
-                 include_45: bool = True, include_flip: bool = True) -> Tensor:
+def galaxy_views(
+    x: Tensor,
+    *,
+    view_size: int = 69,
+    part_size: int = 45,
+    crop: float = 1.0,
+    include_45: bool = True,
+    include_flip: bool = True,
+) -> Tensor:
     """Cut the official 16 parts (4 with neither 45 deg nor flip) out of a galaxy batch.
 
     Args:
@@ -84,6 +97,9 @@ def galaxy_views(x: Tensor, *, view_size: int = 69, part_size: int = 45, crop: f
         part-major: row ``p * B + b`` is part ``p`` of image ``b``.
     """
     _check_image(x)
+    check_int(view_size, "view_size")
+    check_int(part_size, "part_size")
+    check_number(crop, "crop")
     if not 0 < part_size <= view_size:
         raise ValueError(f"need 0 < part_size <= view_size, got {part_size} and {view_size}")
     if not 0 < crop <= 1.5:
@@ -97,11 +113,11 @@ def galaxy_views(x: Tensor, *, view_size: int = 69, part_size: int = 45, crop: f
     ps = part_size
     parts = []
     for rep in reps:
-        for view in ([rep, rep.flip(-1)] if include_flip else [rep]):
-            parts.append(view[..., :ps, :ps])                                   # 0 deg
-            parts.append(torch.rot90(view[..., :ps, -ps:], 1, dims=(-2, -1)))   # 90 deg
+        for view in [rep, rep.flip(-1)] if include_flip else [rep]:
+            parts.append(view[..., :ps, :ps])  # 0 deg
+            parts.append(torch.rot90(view[..., :ps, -ps:], 1, dims=(-2, -1)))  # 90 deg
             parts.append(torch.rot90(view[..., -ps:, -ps:], 2, dims=(-2, -1)))  # 180 deg
-            parts.append(torch.rot90(view[..., -ps:, :ps], 3, dims=(-2, -1)))   # 270 deg
+            parts.append(torch.rot90(view[..., -ps:, :ps], 3, dims=(-2, -1)))  # 270 deg
     return torch.cat(parts, dim=0)
 
 
@@ -148,8 +164,9 @@ class GalaxyZooOutput(nn.Module):
         sum(Q9) = A2.1, sum(Q10) = sum(Q11) = A4.1 (whenever each group has a positive input).
     """
 
-    def __init__(self, *, activation: str = "relu", softplus_scale: float = 10.0,
-                 eps: float = 1e-12) -> None:
+    def __init__(
+        self, *, activation: str = "relu", softplus_scale: float = 10.0, eps: float = 1e-12
+    ) -> None:
         super().__init__()
         if activation not in ("relu", "softplus"):
             raise ValueError(f"activation must be 'relu' or 'softplus', got {activation!r}")
@@ -160,8 +177,9 @@ class GalaxyZooOutput(nn.Module):
         self.register_buffer("group", group, persistent=False)
 
     def forward(self, x: Tensor, normalise: bool = True) -> Tensor:
-        if x.dim() != 2 or x.shape[1] != 37:
-            raise ValueError(f"GalaxyZooOutput expects (B, 37), got {tuple(x.shape)}")
+        check_tensor(x, "x", dims=2, expected="(B, 37)")
+        if x.shape[1] != 37:
+            raise ValueError(f"GalaxyZooOutput expects x of shape (B, 37), got {tuple(x.shape)}")
         if not normalise:
             return x.clamp(0.0, 1.0)
         if self.activation == "relu":
@@ -191,8 +209,16 @@ class UntiedConv2d(nn.Module):
     Shapes: (N, C_in, S, S) -> (N, C_out, S - k + 1, S - k + 1).
     """
 
-    def __init__(self, *, in_channels: int, out_channels: int, kernel_size: int, in_size: int,
-                 w_std: float = 0.01, bias_init: float = 0.1) -> None:
+    def __init__(
+        self,
+        *,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        in_size: int,
+        w_std: float = 0.01,
+        bias_init: float = 0.1,
+    ) -> None:
         super().__init__()
         if in_size < kernel_size:
             raise ValueError(f"in_size {in_size} is smaller than kernel_size {kernel_size}")
@@ -210,13 +236,17 @@ class UntiedConv2d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels or x.shape[-1] != self.in_size:
-            raise ValueError(f"UntiedConv2d expects (N, {self.in_channels}, {self.in_size}, "
-                             f"{self.in_size}), got {tuple(x.shape)}")
+            raise ValueError(
+                f"UntiedConv2d expects (N, {self.in_channels}, {self.in_size}, "
+                f"{self.in_size}), got {tuple(x.shape)}"
+            )
         return torch.nn.functional.conv2d(x, self.weight) + self.bias
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-                f"in_size={self.in_size}")
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"in_size={self.in_size}"
+        )
 
 
 class Maxout(nn.Module):

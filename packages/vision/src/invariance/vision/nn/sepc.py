@@ -24,6 +24,9 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
+from torchvision.ops import deform_conv2d
+
+from invariance.vision._checks import check_int
 
 __all__ = ["SEPCConv", "PyramidConv", "SEPC", "integrated_bn"]
 
@@ -31,15 +34,27 @@ __all__ = ["SEPCConv", "PyramidConv", "SEPC", "integrated_bn"]
 def _check_pyramid(x: Sequence[Tensor], channels: int, name: str) -> None:
     """Validate a list of (N, C, H_l, W_l) feature maps."""
     if not isinstance(x, (list, tuple)) or len(x) < 2:
-        raise TypeError(f"{name} expects a list of >= 2 feature maps, got {type(x).__name__}"
-                        + (f" of length {len(x)}" if isinstance(x, (list, tuple)) else ""))
+        raise TypeError(
+            f"{name} expects a list of >= 2 feature maps, got {type(x).__name__}"
+            + (f" of length {len(x)}" if isinstance(x, (list, tuple)) else "")
+        )
     for i, t in enumerate(x):
         if not isinstance(t, Tensor) or t.dim() != 4:
-            raise ValueError(f"{name}: level {i} must be a (N, C, H, W) tensor, got "
-                             f"{getattr(t, 'shape', type(t).__name__)}")
+            raise ValueError(
+                f"{name}: level {i} must be a (N, C, H, W) tensor, got "
+                f"{getattr(t, 'shape', type(t).__name__)}"
+            )
         if t.shape[1] != channels or t.shape[0] != x[0].shape[0]:
-            raise ValueError(f"{name}: level {i} has shape {tuple(t.shape)}, expected "
-                             f"({x[0].shape[0]}, {channels}, H, W)")
+            raise ValueError(
+                f"{name}: level {i} has shape {tuple(t.shape)}, expected "
+                f"({x[0].shape[0]}, {channels}, H, W)"
+            )
+        if not t.is_floating_point():
+            raise TypeError(f"{name}: level {i} of x must be a floating tensor, got {t.dtype}")
+        if t.numel() == 0:
+            raise ValueError(f"{name}: level {i} of x is empty, shape {tuple(t.shape)}")
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name}: level {i} of x holds NaN or inf")
 
 
 def integrated_bn(feats: Sequence[Tensor], bn: nn.BatchNorm2d) -> list[Tensor]:
@@ -63,8 +78,15 @@ class SEPCConv(nn.Module):
     Shapes: (N, C_in, H, W) -> (N, C_out, ceil(H / stride), ceil(W / stride)).
     """
 
-    def __init__(self, *, in_channels: int, out_channels: int, stride: int = 1,
-                 deform: bool = False, start_level: int = 1) -> None:
+    def __init__(
+        self,
+        *,
+        in_channels: int,
+        out_channels: int,
+        stride: int = 1,
+        deform: bool = False,
+        start_level: int = 1,
+    ) -> None:
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
         self.stride, self.deform, self.start_level = stride, deform, start_level
@@ -82,16 +104,29 @@ class SEPCConv(nn.Module):
 
     def forward(self, level: int, x: Tensor) -> Tensor:
         if self.offset is None or level < self.start_level:
-            return torch.nn.functional.conv2d(x, self.weight, self.bias, stride=self.stride,
-                                              padding=1)
-        from torchvision.ops import deform_conv2d  # lazy: keep `import invariance.vision` light
-
-        return deform_conv2d(x, self.offset(x), self.weight, self.bias, stride=self.stride,
-                             padding=1)
+            return torch.nn.functional.conv2d(
+                x, self.weight, self.bias, stride=self.stride, padding=1
+            )
+        offset = self.offset(x)
+        # torchvision's CPU deform_conv2d kills the process (SIGSEGV) on NaN/inf input or
+        # offsets: refuse them here with an error instead
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(
+                f"SEPCConv: input x at level {level} holds NaN or inf (the "
+                "deformable conv would crash on it)"
+            )
+        if not bool(torch.isfinite(offset).all()):
+            raise ValueError(
+                f"SEPCConv: offsets at level {level} hold NaN or inf (non-finite "
+                "offset-conv weights?); the deformable conv would crash on them"
+            )
+        return deform_conv2d(x, offset, self.weight, self.bias, stride=self.stride, padding=1)
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, stride={self.stride}, "
-                f"deform={self.deform}, start_level={self.start_level}")
+        return (
+            f"{self.in_channels}, {self.out_channels}, stride={self.stride}, "
+            f"deform={self.deform}, start_level={self.start_level}"
+        )
 
 
 class PyramidConv(nn.Module):
@@ -112,8 +147,9 @@ class PyramidConv(nn.Module):
         PConv(x')_l = PConv(x)_{l+1} for 1 <= l <= L - 3 (exactly; with iBN in eval mode).
     """
 
-    def __init__(self, *, channels: int = 256, ibn: bool = False, deform: bool = False,
-                 relu: bool = True) -> None:
+    def __init__(
+        self, *, channels: int = 256, ibn: bool = False, deform: bool = False, relu: bool = True
+    ) -> None:
         super().__init__()
         self.channels, self.ibn, self.deform, self.relu = channels, ibn, deform, relu
         c = channels
@@ -137,8 +173,8 @@ class PyramidConv(nn.Module):
                 y = y + self.down(lvl, x[lvl - 1])
             if lvl < len(x) - 1:
                 y = y + torch.nn.functional.interpolate(
-                    self.up(lvl, x[lvl + 1]), size=y.shape[-2:], mode="bilinear",
-                    align_corners=True)
+                    self.up(lvl, x[lvl + 1]), size=y.shape[-2:], mode="bilinear", align_corners=True
+                )
             out.append(y)
         if self.bn is not None:
             out = integrated_bn(out, self.bn)
@@ -167,19 +203,26 @@ class SEPC(nn.Module):
         level-shift equivariance away from the pyramid's top and bottom (see PyramidConv).
     """
 
-    VARIANTS = {"pconv": (False, False, False), "ibn": (True, False, False),
-                "sepc_lite": (True, False, True), "sepc": (True, True, True)}
+    VARIANTS = {
+        "pconv": (False, False, False),
+        "ibn": (True, False, False),
+        "sepc_lite": (True, False, True),
+        "sepc": (True, True, True),
+    }
 
     def __init__(self, *, channels: int = 256, num_pconv: int = 4, variant: str = "sepc") -> None:
         super().__init__()
         if variant not in self.VARIANTS:
             raise ValueError(f"variant must be one of {sorted(self.VARIANTS)}, got {variant!r}")
+        check_int(channels, "channels")
+        check_int(num_pconv, "num_pconv", lo=0)
         if num_pconv < 0:
             raise ValueError(f"num_pconv must be >= 0, got {num_pconv}")
         ibn, pdeform, hdeform = self.VARIANTS[variant]
         self.channels, self.num_pconv, self.variant = channels, num_pconv, variant
-        self.pconvs = nn.ModuleList(PyramidConv(channels=channels, ibn=ibn, deform=pdeform)
-                                    for _ in range(num_pconv))
+        self.pconvs = nn.ModuleList(
+            PyramidConv(channels=channels, ibn=ibn, deform=pdeform) for _ in range(num_pconv)
+        )
         self.cconv = SEPCConv(in_channels=channels, out_channels=channels, deform=hdeform)
         self.lconv = SEPCConv(in_channels=channels, out_channels=channels, deform=hdeform)
         self.cbn = nn.BatchNorm2d(channels) if ibn else None

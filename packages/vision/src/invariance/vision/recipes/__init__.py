@@ -1,0 +1,18 @@
+"""Registered recipes of invariance-vision (configs, recipes and reproduce experiments).
+
+Importing this package imports every recipe module in it, which registers the methods
+(``galaxy``, ``galaxy_mean``, ``bss``, ``sepc``). Module names starting with ``_`` (private
+helpers, work in progress) are skipped.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+__all__: list[str] = []
+
+for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+    if not _info.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_info.name}")
+        __all__.append(_info.name)
