@@ -10,13 +10,8 @@ from invariance.core.testing import (
 )
 from invariance.geometry import EqMotion, constant_velocity
 from invariance.geometry.data import make_nbody
-from invariance.geometry.eqmotion import (
-    EqMotionConfig,
-    _eval_traj,
-    _nbody_split,
-    _train_traj,
-    dct_matrix,
-)
+from invariance.geometry.eqmotion import dct_matrix
+from invariance.geometry.recipes.eqmotion import EqMotionConfig, eval_traj, nbody_split, train_traj
 
 
 @pytest.fixture(scope="module")
@@ -84,17 +79,13 @@ def test_eqmotion_learns_nbody():
     cfg = EqMotionConfig(
         seed=0, n_train=100, n_test=50, steps=200, hidden=32, channels=16, layers=2
     )
-    train, test = _nbody_split(cfg, "train"), _nbody_split(cfg, "test")
+    train, test = nbody_split(cfg, "train"), nbody_split(cfg, "test")
     torch.manual_seed(0)
-    m = _train_traj(
-        EqMotion(past=10, future=10, hidden=32, channels=16, layers=2),
-        train,
-        cfg,
-        steps=cfg.steps,
-        seed=0,
+    m = train_traj(
+        EqMotion(past=10, future=10, hidden=32, channels=16, layers=2), train, cfg, seed=0
     )
-    cv = _eval_traj(lambda loc, vel: constant_velocity(loc, cfg.future), test)["ade"]
-    assert _eval_traj(m, test)["ade"] < 0.9 * cv
+    cv = eval_traj(lambda loc, vel: constant_velocity(loc, cfg.future), test)["ade"]
+    assert eval_traj(m, test)["ade"] < 0.9 * cv
 
 
 def test_eqmotion_matches_official_golden():
@@ -146,3 +137,20 @@ def test_egnn_baseline_equivariant(scenes):
     torch.manual_seed(0)
     mlp = TrajectoryMLP(past=6, future=4, hidden=16).double().eval()
     assert_not_invariant(mlp, scenes, E3(), ACT, "points")
+
+
+def test_eqmotion_rejects_non_finite_inputs():
+    """Issue 14: a NaN or Inf velocity used to flow silently into the prediction."""
+    ds = make_nbody(2, past=10, future=10, n_balls=4, seed=0)
+    model = EqMotion(past=10, future=10, hidden=8, channels=4, layers=1).eval()
+    for bad in (float("nan"), float("inf")):
+        vel = ds.vel.clone()
+        vel[0, 1, 2, 0] = bad
+        with pytest.raises(ValueError, match="vel contains NaN or Inf"):
+            model(ds.loc, vel)
+        loc = ds.loc.clone()
+        loc[1, 0, 0, 2] = bad
+        with pytest.raises(ValueError, match="loc contains NaN or Inf"):
+            model(loc, ds.vel)
+    with pytest.raises(TypeError, match="vel must be a floating"):
+        model(ds.loc, ds.vel.long())

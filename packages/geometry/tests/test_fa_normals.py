@@ -4,14 +4,10 @@ import torch
 from invariance.core.groups import E3
 from invariance.core.testing import assert_equivariant, assert_not_invariant
 from invariance.geometry import FrameAveraging, PointNetSeg
-from invariance.geometry._shapecls import shape_split
-from invariance.geometry.fa_normals import (
-    FANormalsConfig,
-    _err,
-    _train,
-    normal_error,
-    real_mesh_normals,
-)
+from invariance.geometry.fa_normals import normal_error, real_mesh_normals
+from invariance.geometry.recipes._common import shape_split, train_model
+from invariance.geometry.recipes.fa_normals import FANormalsConfig, normals_step
+from invariance.geometry.recipes.fa_normals import mean_normal_error as _err
 
 
 def _clouds(b=2, n=30, seed=0):
@@ -45,13 +41,16 @@ def test_fa_normals_learns_and_transfers_to_rotations():
     cfg = FANormalsConfig(seed=0, n_classes=4, n_per_class=6, n_points=48, steps=60)
     train, val, test = (shape_split(cfg, s) for s in ("train", "val", "test"))
     torch.manual_seed(0)
-    fa = _train(
+    fa = train_model(
         FrameAveraging(PointNetSeg(out_channels=3, hidden=32, global_dim=32), output="vectors"),
         train,
         cfg,
+        normals_step,
+        seed=0,
     )
-    torch.manual_seed(0)
-    pn = _train(PointNetSeg(out_channels=3, hidden=32, global_dim=32), train, cfg)
+    pn = train_model(
+        PointNetSeg(out_channels=3, hidden=32, global_dim=32), train, cfg, normals_step, seed=0
+    )
     fa_rot, fa_al, pn_rot = _err(fa, test), _err(fa, val), _err(pn, test)
     assert fa_rot < 0.5 and abs(fa_rot - fa_al) < 0.1, (fa_rot, fa_al)
     assert fa_rot < pn_rot, (fa_rot, pn_rot)

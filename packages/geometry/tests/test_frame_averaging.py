@@ -5,7 +5,7 @@ from torch import nn
 from invariance.core.groups import E3, SE3, SO3, Permutation
 from invariance.core.testing import assert_equivariant, assert_invariant, assert_not_invariant
 from invariance.geometry import FrameAveraging, PointNet
-from invariance.geometry._shapecls import ShapeClsConfig, plain_pointnet, rotated_protocol
+from invariance.geometry.recipes._common import ShapeClsConfig, plain_pointnet, rotated_protocol
 
 
 def _clouds(b=3, n=40, seed=0):
@@ -230,3 +230,43 @@ def test_fa_graph_points_equal_dense():
     batch = torch.arange(2).repeat_interleave(10)
     got = fa(x.reshape(-1, 3), batch=batch, vel=v.reshape(-1, 3))
     torch.testing.assert_close(got.reshape(2, 10, 3), fa(x, vel=v), atol=1e-12, rtol=1e-12)
+
+
+def _cube(dtype=torch.float64):
+    import itertools
+
+    return torch.tensor(list(itertools.product([-1.0, 1.0], repeat=3)), dtype=dtype)
+
+
+def _icosahedron(dtype=torch.float64):
+    p = (1 + 5**0.5) / 2
+    v = []
+    for a in (-1.0, 1.0):
+        for b in (-p, p):
+            v += [[0.0, a, b], [a, b, 0.0], [b, 0.0, a]]
+    return torch.tensor(v, dtype=dtype)
+
+
+@pytest.mark.parametrize("shape", [_cube, _icosahedron])
+def test_fa_on_degenerate_symmetric_clouds(shape):
+    """Issue 14: a cube or an icosahedron has three equal covariance eigenvalues, so its PCA frame
+    is arbitrary and FA is not exactly invariant for it: FA warns by default, raises or stays
+    silent on request, and always returns a finite output."""
+    import warnings
+
+    torch.manual_seed(0)
+    net = PointNet(num_classes=4).double().eval()
+    x = shape().unsqueeze(0)
+    with pytest.warns(RuntimeWarning, match="repeated covariance eigenvalues"):
+        y = FrameAveraging(net)(x)
+    assert torch.isfinite(y).all()
+    with pytest.raises(ValueError, match="repeated covariance eigenvalues"):
+        FrameAveraging(net, on_degenerate="raise")(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        FrameAveraging(net, on_degenerate="ignore")(x)
+        FrameAveraging(net, on_degenerate="raise")(
+            torch.randn(2, 32, 3).double() * torch.tensor([3.0, 2.0, 1.0]).double()
+        )
+    with pytest.raises(ValueError, match="on_degenerate"):
+        FrameAveraging(net, on_degenerate="sometimes")

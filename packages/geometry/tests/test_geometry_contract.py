@@ -8,7 +8,14 @@ METHODS = list_methods("geometry")
 
 
 def test_geometry_registry_is_complete():
-    assert {m.name for m in METHODS} >= {"frame_averaging", "tinvnn", "eqmotion", "risurconv"}
+    assert {m.name for m in METHODS} >= {
+        "frame_averaging",
+        "fa_normals",
+        "tinvnn",
+        "eqmotion",
+        "risurconv",
+        "affine_gresnet",
+    }
 
 
 @pytest.mark.parametrize("info", METHODS, ids=[m.name for m in METHODS])

@@ -105,3 +105,43 @@ def test_index_points():
     out = index_points(x, idx)
     assert out.shape == (2, 1, 2, 3)
     assert torch.equal(out[1, 0, 0], x[1, 3])
+
+
+def test_knn_distances_are_exact_and_self_distance_is_zero():
+    """Issue 14: matrix-multiply cdist loses ~1e-3 to cancellation in float32 (||x||^2 - 2xy +
+    ||y||^2 far from the origin) and gives non-zero self-distances. Both paths compute from
+    coordinate differences: the float32 distances equal the float64 ones to float32 rounding."""
+    g = torch.Generator().manual_seed(0)
+    x64 = 100.0 + torch.rand(2, 400, 3, generator=g, dtype=torch.float64)
+    x = x64.float()
+    ref = torch.cdist(x.double(), x.double(), compute_mode="donot_use_mm_for_euclid_dist")
+    for method in ("auto", "brute", "tree"):
+        idx, dist = knn(x, 8) if method == "auto" else knn(x, 8, method=method)
+        assert dist.dtype == torch.float32
+        assert (dist[..., 0] == 0).all(), method  # each point is its own nearest neighbour
+        assert (idx[..., 0] == torch.arange(400)).all(), method
+        exact = ref.gather(-1, idx)
+        assert float((dist.double() - exact).abs().max()) < 1e-5, method
+        _, i_ref = cKDTree(x[0].double().numpy()).query(x[0].double().numpy(), 8)
+        np.testing.assert_array_equal(idx[0].numpy(), i_ref)
+
+
+def test_knn_tree_equals_brute_and_keeps_gradients():
+    x = _cloud(600, b=2).requires_grad_(True)
+    q = _cloud(50, b=2, seed=3)
+    i_b, d_b = knn(x, 10, q, method="brute")
+    i_t, d_t = knn(x, 10, q, method="tree")
+    assert torch.equal(i_b, i_t)
+    torch.testing.assert_close(d_b, d_t)
+    d_t.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    i_e, _ = knn(x.detach(), 6, exclude_self=True, method="tree")
+    assert torch.equal(i_e, knn(x.detach(), 6, exclude_self=True, method="brute")[0])
+    with pytest.raises(ValueError, match="method"):
+        knn(x, 3, method="kdtree")
+
+
+def test_knn_duplicates_at_the_kth_neighbour_take_the_lowest_index():
+    x = torch.cat([torch.zeros(1, 3), torch.ones(6, 3)]).double()
+    idx, dist = knn(x, 3, x[:1], method="brute")
+    assert idx.tolist() == [[0, 1, 2]]

@@ -6,9 +6,11 @@ import torch
 from invariance.core.groups import SE3, SO3, Permutation
 from invariance.core.testing import assert_invariant, assert_not_invariant
 from invariance.geometry import RISurConvNet, risp_features
-from invariance.geometry._shapecls import plain_pointnet, rotated_protocol
 from invariance.geometry.data import make_shape_classes
-from invariance.geometry.risurconv import RISurConvConfig, _build, ring_order
+from invariance.geometry.recipes._common import plain_pointnet, rotated_protocol
+from invariance.geometry.recipes.risurconv import RISurConvConfig
+from invariance.geometry.recipes.risurconv import build_risurconv as _build
+from invariance.geometry.risurconv import ring_order
 
 
 @pytest.fixture(scope="module")
@@ -149,3 +151,30 @@ def test_risurconv_risp_matches_official_golden():
                 s,
             )
     assert full >= 8, f"only {full} of 16 rings are cyclic shifts of the official ones"
+
+
+def test_risurconv_validates_normals(shapes):
+    """Issue 14: normals are checked (finite, non-zero) and scaled to unit length, so scaled
+    normals give the same logits and NaN/zero normals raise instead of spreading NaN."""
+    pos, normal = shapes
+    torch.manual_seed(0)
+    net = (
+        RISurConvNet(
+            num_classes=2, npoints=(16, 8), nsamples=(8, 8), channels=(8, 16), global_channels=32
+        )
+        .double()
+        .eval()
+    )
+    scale = torch.rand(pos.shape[:2] + (1,), dtype=torch.float64) * 4 + 0.5
+    with torch.no_grad():
+        torch.testing.assert_close(net(pos, normal * scale), net(pos, normal))
+    bad = normal.clone()
+    bad[0, 3, 1] = float("nan")
+    with pytest.raises(ValueError, match="normal contains NaN"):
+        net(pos, bad)
+    bad = normal.clone()
+    bad[1, 5] = 0.0
+    with pytest.raises(ValueError, match="normal has 1 zero-length"):
+        net(pos, bad)
+    with pytest.raises(TypeError, match="normal must be a floating"):
+        net(pos, normal.long())

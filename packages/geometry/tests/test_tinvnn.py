@@ -5,8 +5,8 @@ from torch import nn
 from invariance.core.groups import E3, Permutation, Scaling
 from invariance.core.testing import assert_equivariant, assert_invariant, assert_not_invariant
 from invariance.geometry import PointNet, TinvNN, tinvnn_coordinates, tinvnn_from_distances
-from invariance.geometry._shapecls import ShapeClsConfig, plain_pointnet, rotated_protocol
 from invariance.geometry.ops import pca_frames
+from invariance.geometry.recipes._common import ShapeClsConfig, plain_pointnet, rotated_protocol
 
 
 def _clouds(b=3, n=40, seed=0):
@@ -99,3 +99,43 @@ def test_tinvnn_learns_rotated_shapes():
         {"pointnet": lambda: plain_pointnet(cfg), "tinvnn": lambda: TinvNN(plain_pointnet(cfg))},
     )
     assert res["tinvnn"]["rotated_acc"] >= res["pointnet"]["rotated_acc"] + 0.15, res
+
+
+def _symmetric_clouds():
+    import itertools
+
+    cube = torch.tensor(list(itertools.product([-1.0, 1.0], repeat=3)), dtype=torch.float64)
+    p = (1 + 5**0.5) / 2
+    ico = []
+    for a in (-1.0, 1.0):
+        for b in (-p, p):
+            ico += [[0.0, a, b], [a, b, 0.0], [b, 0.0, a]]
+    box = cube * torch.tensor([3.0, 2.0, 1.0], dtype=torch.float64)  # distinct eigenvalues
+    return {"cube": cube, "icosahedron": torch.tensor(ico, dtype=torch.float64), "box": box}
+
+
+@pytest.mark.parametrize("name", ["cube", "icosahedron", "box"])
+@pytest.mark.parametrize("method", ["pca", "mds"])
+def test_tinvnn_on_degenerate_symmetric_clouds(name, method):
+    """Issue 14: TinvNN has no unique canonical frame for a cube or an icosahedron (repeated
+    eigenvalues) nor for a centrally symmetric box (distinct eigenvalues, but no sign rule can fix
+    the axes): it warns by default, raises or stays silent on request."""
+    import warnings
+
+    torch.manual_seed(0)
+    net = PointNet(num_classes=4).double().eval()
+    x = _symmetric_clouds()[name].unsqueeze(0)
+    with pytest.warns(RuntimeWarning, match="not unique"):
+        y = TinvNN(net, method=method)(x)
+    assert torch.isfinite(y).all()
+    with pytest.raises(ValueError, match="not unique"):
+        TinvNN(net, method=method, on_degenerate="raise")(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        TinvNN(net, method=method, on_degenerate="ignore")(x)
+        gen = torch.randn(2, 40, 3, dtype=torch.float64).pow(3) * torch.tensor(
+            [3.0, 2.0, 1.0], dtype=torch.float64
+        )
+        TinvNN(net, method=method, on_degenerate="raise")(gen)  # generic clouds pass
+    with pytest.raises(ValueError, match="on_degenerate"):
+        TinvNN(net, on_degenerate="sometimes")

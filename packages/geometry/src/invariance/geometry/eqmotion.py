@@ -49,20 +49,16 @@ paper (CPU budget).
 
 from __future__ import annotations
 
+import importlib
 import math
-import time
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from invariance.core import CheckResult, Recipe, ReproduceResult, TrainConfig, register
+from .ops._checks import check_int, check_real, check_tensor
 
-from .data.nbody import NBodyDataset, make_nbody
-from .nn.baselines import EGNNTrajectory, TrajectoryGNN, TrajectoryMLP, constant_velocity
-
-__all__ = ["EqMotion", "EqMotionConfig", "eqmotion_loss", "dct_matrix", "ade_fde"]
+__all__ = ["EqMotion", "eqmotion_loss", "dct_matrix", "ade_fde"]
 
 
 def dct_matrix(n: int, *, dtype: torch.dtype = torch.float64, device: Any = None) -> Tensor:
@@ -182,12 +178,15 @@ class EqMotion(nn.Module):
         nonlinearity: str = "vn",
     ) -> None:
         super().__init__()
-        if past < 2 or future < 1:
-            raise ValueError(f"need past >= 2 and future >= 1, got past={past}, future={future}")
-        if hidden < 2 or hidden % 2:
+        check_int(past, "past", 2)
+        check_int(future, "future", 1)
+        check_int(hidden, "hidden", 2)
+        if hidden % 2:
             raise ValueError(f"hidden must be an even int >= 2, got {hidden}")
-        if channels < 1 or layers < 1 or categories < 1 or tau <= 0:
-            raise ValueError("channels, layers, categories must be >= 1 and tau > 0")
+        check_int(channels, "channels", 1)
+        check_int(layers, "layers", 1)
+        check_int(categories, "categories", 1)
+        check_real(tau, "tau", 0.0, lo_open=True)
         if nonlinearity not in ("vn", "relu"):
             raise ValueError(f"nonlinearity must be 'vn' or 'relu', got {nonlinearity!r}")
         H, C, act = hidden, channels, nn.SiLU
@@ -239,8 +238,15 @@ class EqMotion(nn.Module):
             )
         if loc.shape[1] < 2:
             raise ValueError(f"need at least 2 agents, got {loc.shape[1]}")
+        if not loc.is_floating_point():
+            raise TypeError(f"loc must be a floating tensor, got dtype {loc.dtype}")
         if not torch.isfinite(loc).all():
             raise ValueError("loc contains NaN or Inf values")
+        if vel is not None:
+            if not isinstance(vel, Tensor) or not vel.is_floating_point():
+                raise TypeError(f"vel must be a floating tensor, got {getattr(vel, 'dtype', vel)}")
+            if not torch.isfinite(vel).all():
+                raise ValueError("vel contains NaN or Inf values")
         if vel is None:
             vel = torch.zeros_like(loc)
             vel[:, :, 1:] = loc[:, :, 1:] - loc[:, :, :-1]
@@ -277,6 +283,8 @@ class EqMotion(nn.Module):
 
 def ade_fde(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     """Average and final displacement errors of (B, n, T, 3) trajectories."""
+    check_tensor(pred, "pred", ndim=4, last=3)
+    check_tensor(target, "target", ndim=4, last=3)
     if pred.shape != target.shape:
         raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ")
     err = (pred - target).norm(dim=-1)
@@ -289,247 +297,8 @@ def eqmotion_loss(pred: Tensor, target: Tensor) -> dict[str, Tensor]:
     return {"loss": ade, "ade": ade.detach(), "fde": fde.detach()}
 
 
-# ----------------------------------------------------------------------------- recipe
-
-
-@dataclass
-class EqMotionConfig(TrainConfig):
-    """Tiny preset: seconds on CPU. Fields beyond TrainConfig:
-
-    Args:
-        n_train / n_test: simulated systems. past / future: frames. n_balls: particles.
-        sample_freq: simulator steps between frames. hidden / channels / layers: model size.
-    """
-
-    steps: int = 60
-    batch_size: int = 32
-    lr: float = 5e-3
-    n_train: int = 200
-    n_test: int = 100
-    past: int = 10
-    future: int = 10
-    n_balls: int = 5
-    sample_freq: int = 100
-    hidden: int = 16
-    channels: int = 8
-    layers: int = 1
-
-
-def _nbody_split(cfg: EqMotionConfig, split: str) -> NBodyDataset:
-    n = cfg.n_train if split == "train" else cfg.n_test
-    offset = {"train": 0, "val": 1, "test": 2}[split]
-    return make_nbody(
-        n,
-        past=cfg.past,
-        future=cfg.future,
-        n_balls=cfg.n_balls,
-        sample_freq=cfg.sample_freq,
-        seed=1000 * cfg.seed + offset,
-    )
-
-
-def _train_traj(
-    model: nn.Module, ds: NBodyDataset, cfg: EqMotionConfig, *, steps: int, seed: int
-) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    model.train()
-    for _ in range(steps):
-        idx = torch.randint(len(ds), (cfg.batch_size,), generator=g)
-        pred = model(ds.loc[idx], ds.vel[idx])
-        loss = eqmotion_loss(pred, ds.target[idx])["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-    return model.eval()
-
-
-@torch.no_grad()
-def _eval_traj(fn, ds: NBodyDataset) -> dict[str, float]:
-    ade, fde = ade_fde(fn(ds.loc, ds.vel), ds.target)
-    return {"ade": float(ade), "fde": float(fde)}
-
-
-def _rotated(ds: NBodyDataset, seed: int) -> NBodyDataset:
-    from invariance.core.groups import haar_so3
-
-    R = haar_so3(len(ds), generator=torch.Generator().manual_seed(seed)).to(ds.loc.dtype)
-    Rt = R.transpose(1, 2).unsqueeze(1)
-    out = NBodyDataset(ds.loc @ Rt, ds.target @ Rt, ds.charges)
-    return out
-
-
-@register(
-    "eqmotion",
-    domain="geometry",
-    paper="EqMotion: Equivariant Multi-agent Motion Prediction with Invariant Interaction Reasoning",  # noqa: E501
-    authors="Xu, Tan, Tan, Chen, Wang, Wang, Wang",
-    year=2023,
-    arxiv="2303.10876",
-    code_url="https://github.com/MediaBrain-SJTU/EqMotion",
-    symmetry="E(3)-equivariant trajectories, agent-permutation-equivariant, E(3)-invariant relations",  # noqa: E501
-    baseline="constant velocity, non-equivariant MLP and GNN, EGNN",
-    tags=("trajectory", "n-body", "equivariant"),
-)
-class EqMotionRecipe(Recipe):
-    """Charged n-body trajectory prediction (past 10 -> future 10 frames)."""
-
-    Config = EqMotionConfig
-    # full: sized to ~10 min on an idle 2-core CPU (H64/C32/3 layers took 7 s per step on the
-    # loaded shared box, so 3000 such steps were hours); quick: 400 steps of the same model
-    presets = {
-        "tiny": {},
-        "full": {
-            "n_train": 500,
-            "n_test": 200,
-            "steps": 1500,
-            "hidden": 32,
-            "channels": 16,
-            "layers": 2,
-            "lr": 5e-3,
-        },
-    }
-
-    def make_data(self, cfg: EqMotionConfig, split: str) -> NBodyDataset:
-        return _nbody_split(cfg, split)
-
-    def build(self, cfg: EqMotionConfig) -> EqMotion:
-        return EqMotion(
-            past=cfg.past,
-            future=cfg.future,
-            hidden=cfg.hidden,
-            channels=cfg.channels,
-            layers=cfg.layers,
-        )
-
-    def step(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        return eqmotion_loss(model(batch["loc"], batch["vel"]), batch["target"])
-
-    def check(self, model: nn.Module, cfg: EqMotionConfig) -> list[CheckResult]:
-        from invariance.core.groups import E3, Permutation
-        from invariance.core.testing import (
-            as_float64,
-            check_equivariant,
-            check_invariant,
-            check_not_invariant,
-        )
-
-        ds = make_nbody(
-            4,
-            past=cfg.past,
-            future=cfg.future,
-            n_balls=cfg.n_balls,
-            sample_freq=cfg.sample_freq,
-            seed=1000 * cfg.seed + 1,
-        )
-        inp = {"loc": ds.loc, "vel": ds.vel}
-        act = {"loc": "points", "vel": "vector"}
-        model = model.eval()
-        broken = EqMotion(
-            past=cfg.past,
-            future=cfg.future,
-            hidden=cfg.hidden,
-            channels=cfg.channels,
-            layers=cfg.layers,
-            nonlinearity="relu",
-        )
-        broken.load_state_dict(model.state_dict())
-        m64 = as_float64(model)
-        cat = lambda loc, vel: m64(loc, vel, return_category=True)[1]  # noqa: E731
-        out = [
-            check_equivariant(
-                "E(3) equivariance of predictions", model, inp, E3(), act, "points", tol=1e-9
-            ),
-            check_equivariant(
-                "agent permutation equivariance",
-                model,
-                inp,
-                Permutation(dim=1),
-                "nodes",
-                "nodes",
-                tol=1e-9,
-            ),
-            check_not_invariant(
-                "negative control: coordinate-wise ReLU instead of VN non-linearity",
-                broken.eval(),
-                inp,
-                E3(),
-                act,
-                "points",
-            ),
-        ]
-        out.append(
-            check_invariant("E(3) invariance of relation categories", cat, inp, E3(), act, tol=1e-9)
-        )
-        return out
-
-    def reproduce(self, cfg: EqMotionConfig, run: Any, *, quick: bool) -> ReproduceResult:
-        t0 = time.time()
-        if quick:
-            cfg = EqMotionConfig(
-                **{
-                    **cfg.__dict__,
-                    "n_train": 300,
-                    "n_test": 100,
-                    "steps": 400,
-                    "hidden": 32,
-                    "channels": 16,
-                    "layers": 2,
-                }
-            )
-        torch.manual_seed(cfg.seed)
-        train, test = _nbody_split(cfg, "train"), _nbody_split(cfg, "test")
-        rot = _rotated(test, seed=cfg.seed + 99)
-        res: dict[str, dict[str, float]] = {}
-        res["constant_velocity"] = _eval_traj(
-            lambda loc, vel: constant_velocity(loc, cfg.future), test
-        )
-        models = {
-            "eqmotion": self.build(cfg),
-            "mlp": TrajectoryMLP(past=cfg.past, future=cfg.future, hidden=4 * cfg.hidden),
-            "gnn": TrajectoryGNN(past=cfg.past, future=cfg.future, hidden=2 * cfg.hidden),
-        }
-        try:  # equivariant peer baseline, only when the optional egnn-pytorch is installed
-            torch.manual_seed(cfg.seed)
-            models["egnn"] = EGNNTrajectory(
-                past=cfg.past, future=cfg.future, hidden=2 * cfg.hidden, layers=cfg.layers + 1
-            )
-        except ImportError:
-            res["egnn"] = {"skipped": "egnn-pytorch is not installed"}
-        for name, mdl in models.items():
-            torch.manual_seed(cfg.seed)
-            _train_traj(mdl, train, cfg, steps=cfg.steps, seed=cfg.seed)
-            res[name] = _eval_traj(mdl, test)
-            res[name]["rotated_ade"] = _eval_traj(mdl, rot)["ade"]
-        from invariance.core.groups import E3
-        from invariance.core.testing import equivariance_error
-
-        inv_err = equivariance_error(
-            models["eqmotion"],
-            {"loc": test.loc[:16], "vel": test.vel[:16]},
-            E3(),
-            {"loc": "points", "vel": "vector"},
-            "points",
-        ).max_error
-        bases = [k for k in ("constant_velocity", "mlp", "gnn", "egnn") if "ade" in res.get(k, {})]
-        best_base = min(bases, key=lambda k: res[k]["ade"])
-        result = ReproduceResult(
-            task=f"charged n-body ({cfg.n_balls} particles), past {cfg.past} -> future {cfg.future} frames",  # noqa: E501
-            metric="test ADE",
-            method="EqMotion",
-            baseline=best_base,
-            method_value=res["eqmotion"]["ade"],
-            baseline_value=res[best_base]["ade"],
-            higher_is_better=False,
-            invariance_error=inv_err,
-            seconds=time.time() - t0,
-            details={
-                "results": res,
-                "n_train": cfg.n_train,
-                "n_test": cfg.n_test,
-                "steps": cfg.steps,
-            },
-        )
-        return result
+def __getattr__(name: str) -> object:
+    """Config and recipe names moved to ``recipes.eqmotion``; still importable here."""
+    if name in {"EqMotionConfig", "EqMotionRecipe"}:
+        return getattr(importlib.import_module("invariance.geometry.recipes.eqmotion"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -53,19 +53,22 @@ Tested properties (``tests/test_frame_averaging.py``):
 Deviations. The frame is the plain PCA frame of the paper's point-cloud experiments. The FA-GNN
 for n-body (which recomputes frames from latent vectors between layers) is not implemented here;
 FA is a generic wrapper and the n-body task is covered by EqMotion. Degenerate covariances (repeated
-eigenvalues) make the frame non-unique; the wrapper warns or raises on request
-(``on_degenerate``) and otherwise returns a finite but not exactly invariant output.
+eigenvalues: a cube, an icosahedron) make the frame non-unique: the output stays finite but is
+not exactly invariant, and ``on_degenerate`` warns (default), raises or stays silent
+(``test_fa_on_degenerate_symmetric_clouds``).
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
-from .ops.frames import frame_signs, pca_frames
+from .ops._checks import check_points
+from .ops.frames import centroid_covariance, flag_degenerate, frame_signs, pca_frames
 
 __all__ = ["FrameAveraging"]
 
@@ -91,8 +94,11 @@ class FrameAveraging(nn.Module):
         stochastic (bool): in training mode use one uniformly random frame per cloud instead of
             all of them (cheaper; invariant in distribution); eval mode always averages all
             frames (default: ``False``).
-        on_degenerate (str): ``"ignore"``, ``"warn"`` or ``"raise"`` for clouds with repeated
-            covariance eigenvalues (default: ``"ignore"``).
+        on_degenerate (str): what to do with clouds whose covariance has repeated eigenvalues
+            (a cube, a regular polyhedron, a sphere's vertices): their PCA frame is not unique,
+            so the output is finite but not exactly invariant for them. ``"warn"`` (default)
+            emits a ``RuntimeWarning`` naming how many clouds of the batch are affected,
+            ``"raise"`` raises ``ValueError``, ``"ignore"`` stays silent.
         frames_per_pass (int, "auto" or None): dense inputs only: run the backbone on this many
             frames at a time (an ``k*B`` batch per pass); ``None``: all ``F`` frames in one
             ``F*B`` batch; ``"auto"``: as many frames per pass as fit in ``auto_points`` points
@@ -124,7 +130,7 @@ class FrameAveraging(nn.Module):
         output: Output = "invariant",
         vector_inputs: Sequence[str] = (),
         stochastic: bool = False,
-        on_degenerate: Literal["ignore", "warn", "raise"] = "ignore",
+        on_degenerate: Literal["ignore", "warn", "raise"] = "warn",
         frames_per_pass: int | Literal["auto"] | None = "auto",
         auto_points: int = AUTO_POINTS,
     ) -> None:
@@ -137,8 +143,12 @@ class FrameAveraging(nn.Module):
             raise ValueError(
                 f"frames_per_pass must be an int >= 1, 'auto' or None, got {frames_per_pass!r}"
             )
-        if auto_points < 1:
-            raise ValueError(f"auto_points must be >= 1, got {auto_points}")
+        if isinstance(auto_points, bool) or not isinstance(auto_points, int) or auto_points < 1:
+            raise ValueError(f"auto_points must be an int >= 1, got {auto_points!r}")
+        if on_degenerate not in ("ignore", "warn", "raise"):
+            raise ValueError(
+                f"on_degenerate must be 'ignore', 'warn' or 'raise', got {on_degenerate!r}"
+            )
         if not isinstance(backbone, nn.Module):
             raise TypeError(f"backbone must be an nn.Module, got {type(backbone).__name__}")
         if group not in ("O3", "SO3"):
@@ -189,6 +199,20 @@ class FrameAveraging(nn.Module):
                 f"output={self.output!r} needs a backbone output with last dim 3, got {tuple(y.shape)}"  # noqa: E501
             )
 
+    def _first_frame(self, pos: Tensor) -> tuple[Tensor, Tensor]:
+        """Centroid and the first frame ``R0`` (the eigenvectors, ascending; for SO3 the third
+        column is the cross product of the first two) of dense clouds (B, N, 3): the part of
+        :func:`~invariance.geometry.ops.pca_frames` FA needs (same validation and degeneracy
+        flag, without building the other frames)."""
+        check_points(pos, "pos", dim=3)
+        t, cov = centroid_covariance(pos)
+        eigvals, V = torch.linalg.eigh(cov)
+        flag_degenerate(eigvals, on_degenerate=self.on_degenerate)
+        if self.group == "SO3":
+            c3 = torch.linalg.cross(V[..., 0], V[..., 1], dim=-1)
+            V = torch.cat([V[..., :2], c3.unsqueeze(-1)], dim=-1)
+        return t, V
+
     @staticmethod
     def _rotate_back(y: Tensor, R0: Tensor) -> Tensor:
         """y (L, *, 3) times R0ᵀ per item, R0 (L, 3, 3)."""
@@ -219,8 +243,7 @@ class FrameAveraging(nn.Module):
         B, N = pos.shape[:2]
         # one eigendecomposition per cloud (pca_frames also rejects NaN/Inf); every frame is
         # R0·diag(s_f), so the framed clouds are sign flips of one rotated copy (X - t) R0
-        fr = pca_frames(pos.detach(), group=self.group, on_degenerate=self.on_degenerate)
-        R0, t = fr.frames[:, 0], fr.center  # (B, 3, 3), (B, 3)
+        t, R0 = self._first_frame(pos.detach())  # (B, 3), (B, 3, 3)
         base = (pos - t.unsqueeze(1)) @ R0  # (B, N, 3)
         S = self._signs((B,), pos.dtype, pos.device)  # (F, B, 3)
         F = S.shape[0]
@@ -236,8 +259,12 @@ class FrameAveraging(nn.Module):
                 )
             vec[name] = (v.reshape(B, -1, 3) @ R0).reshape(v.shape)
 
-        def sl(s: Tensor, v: Tensor) -> Tensor:  # frames s (k, B, 3) applied to v (B, ..., 3)
+        identity_first = not (self.stochastic and self.training)  # frame 0 is R0 itself
+
+        def sl(s: Tensor, v: Tensor, lo: int) -> Tensor:  # frames s (k, B, 3) on v (B, ..., 3)
             k = s.shape[0]
+            if k == 1 and lo == 0 and identity_first:
+                return v  # the all-plus sign pattern: no copy
             sv = s.view(k, B, *([1] * (v.dim() - 2)), 3)
             return (v.unsqueeze(0) * sv).reshape(k * B, *v.shape[1:])
 
@@ -252,9 +279,9 @@ class FrameAveraging(nn.Module):
             s = S[lo : lo + step]
             k = s.shape[0]
             y = self.backbone(
-                sl(s, base),
+                sl(s, base, lo),
                 *(rep(a, k) for a in args),
-                **{n: sl(s, vec[n]) if n in vec else rep(v, k) for n, v in kwargs.items()},
+                **{n: sl(s, vec[n], lo) if n in vec else rep(v, k) for n, v in kwargs.items()},
             )
             if y.shape[0] != k * B:
                 raise ValueError(
@@ -263,8 +290,9 @@ class FrameAveraging(nn.Module):
             y = y.reshape(k, B, *y.shape[1:])
             if self.output != "invariant":
                 self._check_vec_out(y)
-                y = y * s.view(k, B, *([1] * (y.dim() - 3)), 3)
-            part = y.sum(0)
+                if not (k == 1 and lo == 0 and identity_first):
+                    y = y * s.view(k, B, *([1] * (y.dim() - 3)), 3)
+            part = y[0] if k == 1 else y.sum(0)
             acc = part if acc is None else acc + part
         assert acc is not None
         out = acc / F
@@ -353,118 +381,8 @@ class FrameAveraging(nn.Module):
         return out
 
 
-# ----------------------------------------------------------------------------- recipe
-
-from dataclasses import dataclass  # noqa: E402
-
-from invariance.core import CheckResult, Recipe, ReproduceResult, register  # noqa: E402
-
-from ._shapecls import (  # noqa: E402
-    ShapeClsConfig,
-    cls_step,
-    generic_check_clouds,
-    plain_pointnet,
-    rotated_protocol,
-    shape_split,
-)
-
-
-@dataclass
-class FrameAveragingConfig(ShapeClsConfig):
-    """Shape classification with FA-PointNet. ``group``: "O3" (8 frames) or "SO3" (4 frames)."""
-
-    group: str = "O3"
-
-
-@register(
-    "frame_averaging",
-    domain="geometry",
-    paper="Frame Averaging for Invariant and Equivariant Network Design",
-    authors="Puny, Atzmon, Ben-Hamu, Misra, Grover, Smith, Lipman",
-    year=2022,
-    arxiv="2110.03336",
-    code_url="https://github.com/omri1348/Frame-Averaging",
-    symmetry="E(3)-invariant (O3 frames) or SE(3)-invariant (SO3 frames), point-permutation-invariant",  # noqa: E501
-    baseline="plain PointNet",
-    tags=("point-cloud", "classification", "wrapper"),
-)
-class FrameAveragingRecipe(Recipe):
-    """FA-PointNet on procedural shapes: train aligned, test on SO(3)-rotated shapes."""
-
-    Config = FrameAveragingConfig
-    presets = {"tiny": {}, "full": {"n_per_class": 40, "n_points": 256, "steps": 600}}
-
-    def make_data(self, cfg: FrameAveragingConfig, split: str):
-        return shape_split(cfg, split)
-
-    def build(self, cfg: FrameAveragingConfig) -> FrameAveraging:
-        return FrameAveraging(plain_pointnet(cfg), group=cfg.group)
-
-    def step(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        return cls_step(model, batch)
-
-    def check(self, model: nn.Module, cfg: FrameAveragingConfig) -> list[CheckResult]:
-        from invariance.core.groups import E3, SE3, Permutation
-        from invariance.core.testing import check_invariant, check_not_invariant
-
-        pos = generic_check_clouds(cfg)[0]
-        model = model.eval()
-        group = E3() if model.group == "O3" else SE3()
-        return [
-            check_invariant(
-                f"{group.name} invariance of FA-PointNet logits",
-                model,
-                (pos,),
-                group,
-                ("points",),
-                tol=1e-8,
-            ),
-            check_invariant(
-                "point permutation invariance",
-                model,
-                (pos,),
-                Permutation(dim=1),
-                ("nodes",),
-                tol=1e-8,
-            ),
-            check_not_invariant(
-                "negative control: the bare PointNet backbone",
-                model.backbone,
-                (pos,),
-                group,
-                ("points",),
-            ),
-        ]
-
-    def reproduce(self, cfg: FrameAveragingConfig, run: Any, *, quick: bool) -> ReproduceResult:
-        from invariance.core.groups import E3
-        from invariance.core.testing import equivariance_error
-
-        if quick:
-            cfg = FrameAveragingConfig(
-                **{**cfg.__dict__, "n_per_class": 16, "n_points": 128, "steps": 150}
-            )
-        res, secs = rotated_protocol(
-            cfg, {"pointnet": lambda: plain_pointnet(cfg), "fa_pointnet": lambda: self.build(cfg)}
-        )
-        torch.manual_seed(cfg.seed)
-        err = equivariance_error(
-            self.build(cfg).eval(), (generic_check_clouds(cfg)[0],), E3(), ("points",)
-        ).max_error
-        return ReproduceResult(
-            task=f"procedural shapes ({cfg.n_classes} classes), train aligned / test SO(3)-rotated",
-            metric="rotated test accuracy",
-            method=f"FA-PointNet ({cfg.group})",
-            baseline="PointNet",
-            method_value=res["fa_pointnet"]["rotated_acc"],
-            baseline_value=res["pointnet"]["rotated_acc"],
-            higher_is_better=True,
-            invariance_error=err,
-            seconds=secs,
-            details={
-                "results": res,
-                "n_per_class": cfg.n_per_class,
-                "n_points": cfg.n_points,
-                "steps": cfg.steps,
-            },
-        )
+def __getattr__(name: str) -> object:
+    """Config and recipe names moved to ``recipes.frame_averaging``; still importable here."""
+    if name in {"FrameAveragingConfig", "FrameAveragingRecipe"}:
+        return getattr(importlib.import_module("invariance.geometry.recipes.frame_averaging"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -27,6 +27,9 @@ Tested properties (``tests/test_risurconv.py``):
   coordinates instead of RISP features (``test_risurconv_classifier_invariant_with_negative_controls``).
 * Ring order is a cyclic rotation of the angular order (``test_risurconv_ring_order``).
 * Learning: beats PointNet on rotated test shapes (``test_risurconv_learns_rotated_shapes``).
+* Normals are validated (``check_normals``): NaN/Inf and zero vectors are rejected, others are
+  scaled to unit length, so a scaled normal gives the same logits
+  (``test_risurconv_validates_normals``).
 
 Deviations (all documented fixes or CPU choices):
 * **LRA sign (fix).** The official global layer uses the LRA eigenvector with the arbitrary sign
@@ -58,30 +61,26 @@ Deviations (all documented fixes or CPU choices):
 
 from __future__ import annotations
 
+import importlib
 import math
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-from invariance.core import CheckResult, Recipe, ReproduceResult, register
-
-from ._shapecls import (
-    ShapeClsConfig,
-    cls_step,
-    generic_check_clouds,
-    plain_pointnet,
-    rotated_protocol,
-    shape_split,
-)
-from .ops._checks import check_points
+from .ops._checks import check_int, check_points, check_real
 from .ops.geometry_features import estimate_normals
 from .ops.neighbors import farthest_point_sample, index_points, knn
 
-__all__ = ["RISurConvNet", "RISurConvSA", "risp_features", "ring_order", "lra_normal"]
+__all__ = [
+    "RISurConvNet",
+    "RISurConvSA",
+    "risp_features",
+    "ring_order",
+    "lra_normal",
+    "check_normals",
+]
 
 _EPS = 1e-7
 
@@ -92,6 +91,33 @@ def _unit(v: Tensor) -> Tensor:
 
 def _dot(a: Tensor, b: Tensor) -> Tensor:
     return (a * b).sum(-1, keepdim=True)
+
+
+def check_normals(normal: Tensor, pos: Tensor, name: str = "normal") -> Tensor:
+    """Validate per-point normals for ``pos`` and return them with unit length.
+
+    Raises:
+        TypeError: not a floating tensor. ValueError: a shape other than ``pos``'s, NaN/Inf, or a
+        (near-)zero vector (its direction, which every RISP feature uses, is undefined).
+    """
+    if not isinstance(normal, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(normal).__name__}")
+    if not normal.is_floating_point():
+        raise TypeError(f"{name} must be a floating tensor, got dtype {normal.dtype}")
+    if normal.shape != pos.shape:
+        raise ValueError(
+            f"{name} must have the shape of pos {tuple(pos.shape)}, got {tuple(normal.shape)}"
+        )
+    if not torch.isfinite(normal).all():
+        raise ValueError(f"{name} contains NaN or Inf values")
+    length = normal.norm(dim=-1, keepdim=True)
+    tiny = torch.finfo(normal.dtype).eps ** 0.5
+    if (length <= tiny).any():
+        raise ValueError(
+            f"{name} has {int((length <= tiny).sum())} zero-length vectors (norm <= {tiny:.1g}); "
+            "a normal needs a direction"
+        )
+    return normal / length
 
 
 def ring_order(local: Tensor, normal: Tensor) -> Tensor:
@@ -125,6 +151,22 @@ def risp_features(xi: Tensor, ni: Tensor, n_p: Tensor, *, shift: int = 1) -> Ten
     Returns:
         (B, S, K, 14), invariant to any rotation applied to xi, ni, n_p together.
     """
+    for name, v, nd in (("xi", xi, 4), ("ni", ni, 4), ("n_p", n_p, 3)):
+        if not isinstance(v, Tensor) or not v.is_floating_point():
+            raise TypeError(f"{name} must be a floating tensor, got {getattr(v, 'dtype', v)}")
+        if v.dim() != nd or v.shape[-1] != 3 or v.numel() == 0:
+            raise ValueError(
+                f"{name} must be a non-empty {nd}-d tensor (..., 3), got {tuple(v.shape)}"
+            )
+        if not torch.isfinite(v).all():
+            raise ValueError(f"{name} contains NaN or Inf values")
+    if ni.shape != xi.shape or n_p.shape != xi.shape[:2] + (3,):
+        raise ValueError(
+            f"ni {tuple(ni.shape)} must equal xi {tuple(xi.shape)} and n_p {tuple(n_p.shape)} must "
+            f"be {tuple(xi.shape[:2]) + (3,)}"
+        )
+    if isinstance(shift, bool) or not isinstance(shift, int) or not 1 <= shift < xi.shape[2]:
+        raise ValueError(f"shift must be an int in [1, K={xi.shape[2]}), got {shift!r}")
     x3, n3 = xi.roll(shift, dims=2), ni.roll(shift, dims=2)  # predecessor x_{i-1}
     x4, n4 = xi.roll(-shift, dims=2), ni.roll(-shift, dims=2)  # successor x_{i+1}
     npp = n_p.unsqueeze(2).expand_as(xi)
@@ -289,6 +331,20 @@ class RISurConvSA(nn.Module):
     def forward(
         self, xyz: Tensor, normal: Tensor, feats: Tensor | None
     ) -> tuple[Tensor, Tensor, Tensor]:
+        check_points(xyz, "xyz", dim=3, min_points=1)
+        if xyz.dim() != 3:
+            raise ValueError(f"xyz must be batched (B, N, 3), got {tuple(xyz.shape)}")
+        normal = check_normals(normal, xyz)
+        if feats is not None:
+            if not isinstance(feats, Tensor) or feats.shape[:2] != xyz.shape[:2]:
+                raise ValueError(
+                    f"feats must be (B, N, C) with (B, N) = {tuple(xyz.shape[:2])}, got "
+                    f"{tuple(getattr(feats, 'shape', ()))}"
+                )
+            if feats.shape[-1] != self.in_channels:
+                raise ValueError(
+                    f"feats must have {self.in_channels} channels, got {feats.shape[-1]}"
+                )
         B, N, _ = xyz.shape
         if self.group_all:
             center = xyz.mean(1, keepdim=True)
@@ -363,6 +419,12 @@ class RISurConvNet(nn.Module):
         embed_channels: tuple[int, int] = (32, 64),
     ) -> None:
         super().__init__()
+        check_int(num_classes, "num_classes", 1)
+        check_int(global_channels, "global_channels", 1)
+        check_int(transformer_layers, "transformer_layers", 1)
+        check_int(heads, "heads", 1)
+        check_real(dropout, "dropout", 0.0, 1.0, hi_open=True)
+        check_int(normal_k, "normal_k", 3)
         if not (len(npoints) == len(nsamples) == len(channels) >= 1):
             raise ValueError(
                 f"npoints, nsamples, channels must have the same length >= 1, got {npoints}, {nsamples}, {channels}"  # noqa: E501
@@ -433,10 +495,8 @@ class RISurConvNet(nn.Module):
         if normal is None:
             with torch.no_grad():
                 normal = estimate_normals(pos, min(self.normal_k, pos.shape[1]))
-        elif normal.shape != pos.shape:
-            raise ValueError(
-                f"normal must have the shape of pos {tuple(pos.shape)}, got {tuple(normal.shape)}"
-            )
+        else:
+            normal = check_normals(normal, pos)
         xyz = pos - pos.mean(1, keepdim=True)
         feats = None
         for stage in self.stages:
@@ -445,129 +505,8 @@ class RISurConvNet(nn.Module):
         return self.head(x[:, 0])
 
 
-# ----------------------------------------------------------------------------- recipe
-
-
-@dataclass
-class RISurConvConfig(ShapeClsConfig):
-    """RISurConv-lite on procedural shapes (tiny preset = defaults)."""
-
-    steps: int = 20
-    width: int = 16  # channels of the first stage; later stages double
-    nsample: int = 16
-    embed: int = 16  # first embedding width (official 32; the second is twice this)
-
-
-def _build(cfg: RISurConvConfig, **kw: Any) -> RISurConvNet:
-    n, w, k = cfg.n_points, cfg.width, cfg.nsample
-    return RISurConvNet(
-        num_classes=cfg.n_classes,
-        npoints=(n // 4, n // 8, n // 16),
-        nsamples=(k, k, min(k, n // 8)),
-        channels=(w, 2 * w, 4 * w),
-        global_channels=8 * w,
-        embed_channels=(cfg.embed, 2 * cfg.embed),
-        **kw,
-    )
-
-
-@register(
-    "risurconv",
-    domain="geometry",
-    paper="RISurConv: Rotation Invariant Surface Attention-Augmented Convolutions for 3D Point Cloud Classification and Segmentation",  # noqa: E501
-    authors="Zhang, Yang, Xiang",
-    year=2024,
-    arxiv="2408.06110",
-    code_url="https://github.com/cszyzhang/RISurConv",
-    symmetry="SE(3)-invariant (rotations of points and normals, translations), point-permutation-invariant",  # noqa: E501
-    baseline="plain PointNet",
-    tags=("point-cloud", "classification", "rotation-invariant"),
-)
-class RISurConvRecipe(Recipe):
-    """RISurConv-lite with exact normals: train aligned, test on SO(3)-rotated shapes."""
-
-    Config = RISurConvConfig
-    presets = {
-        "tiny": {},
-        # sized for ~10 min on an idle 2-core CPU (measured 6.4 s/step at 256 points, width 32,
-        # on the loaded shared box; 512 points took 12 s/step)
-        "full": {"n_per_class": 24, "n_points": 256, "steps": 200, "width": 32, "embed": 32},
-    }
-
-    def make_data(self, cfg: RISurConvConfig, split: str):
-        return shape_split(cfg, split)
-
-    def build(self, cfg: RISurConvConfig) -> RISurConvNet:
-        return _build(cfg)
-
-    def step(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        return cls_step(model, batch, uses_normals=True)
-
-    def check(self, model: nn.Module, cfg: RISurConvConfig) -> list[CheckResult]:
-        from invariance.core.groups import SE3, Permutation
-        from invariance.core.testing import check_invariant, check_not_invariant
-
-        pos, normal = generic_check_clouds(cfg, 2)
-        model = model.eval()
-        official = _build(cfg, lra_sign="official")
-        official.load_state_dict(model.state_dict())
-        inp = (pos, normal)
-        act = ("points", "vector")
-        return [
-            check_invariant("SE(3) invariance of logits", model, inp, SE3(), act, tol=1e-8),
-            check_invariant(
-                "point permutation invariance",
-                model,
-                inp,
-                Permutation(dim=1),
-                ("nodes", "nodes"),
-                tol=1e-8,
-            ),
-            check_not_invariant(
-                "negative control: official ambiguous LRA sign",
-                official.eval(),
-                inp,
-                SE3(),
-                act,
-                min_error=1e-6,
-                trials=6,
-            ),
-        ]
-
-    def reproduce(self, cfg: RISurConvConfig, run: Any, *, quick: bool) -> ReproduceResult:
-        from invariance.core.groups import SE3
-        from invariance.core.testing import equivariance_error
-
-        if quick:
-            cfg = RISurConvConfig(
-                **{**cfg.__dict__, "n_per_class": 10, "n_points": 128, "steps": 60}
-            )
-        t0 = time.time()
-        res, _ = rotated_protocol(
-            cfg,
-            {"pointnet": lambda: plain_pointnet(cfg), "risurconv": lambda: self.build(cfg)},
-            uses_normals={"risurconv": True},
-            steps={"pointnet": max(cfg.steps, 150)},  # the cheap baseline gets at least 150 steps
-        )
-        ds = shape_split(cfg, "val")
-        torch.manual_seed(cfg.seed)
-        err = equivariance_error(
-            self.build(cfg).eval(), (ds.pos[:2], ds.normal[:2]), SE3(), ("points", "vector")
-        ).max_error
-        return ReproduceResult(
-            task=f"procedural shapes ({cfg.n_classes} classes) with normals, train aligned / test SO(3)-rotated",  # noqa: E501
-            metric="rotated test accuracy",
-            method="RISurConv-lite",
-            baseline="PointNet",
-            method_value=res["risurconv"]["rotated_acc"],
-            baseline_value=res["pointnet"]["rotated_acc"],
-            higher_is_better=True,
-            invariance_error=err,
-            seconds=time.time() - t0,
-            details={
-                "results": res,
-                "n_per_class": cfg.n_per_class,
-                "n_points": cfg.n_points,
-                "steps": cfg.steps,
-            },
-        )
+def __getattr__(name: str) -> object:
+    """Config and recipe names moved to ``recipes.risurconv``; still importable here."""
+    if name in {"RISurConvConfig", "RISurConvRecipe"}:
+        return getattr(importlib.import_module("invariance.geometry.recipes.risurconv"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

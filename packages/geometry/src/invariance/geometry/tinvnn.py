@@ -40,18 +40,21 @@ Tested properties (``tests/test_tinvnn.py``):
 
 Deviations. The combinatorial-optimisation (TSP) experiments of the paper are not reproduced.
 Symmetric shapes (repeated eigenvalues, zero third moments) have no unique canonical frame; the
-coordinates are then not invariant (documented failure mode, see :mod:`invariance.geometry.ops.frames`).
+coordinates are then not invariant, and ``on_degenerate`` (default ``"warn"``) says so
+(``tests/test_tinvnn.py::test_tinvnn_on_degenerate_symmetric_clouds``; see
+:mod:`invariance.geometry.ops.frames`).
 """  # noqa: E501
 
 from __future__ import annotations
 
+import importlib
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from .ops._checks import check_points
-from .ops.frames import canonical_frame, classical_mds
+from .ops.frames import canonical_frame, check_on_degenerate, classical_mds, flag_degenerate
 
 __all__ = ["TinvNN", "tinvnn_coordinates", "tinvnn_from_distances"]
 
@@ -78,7 +81,7 @@ def tinvnn_coordinates(
     sign: Sign = "third_moment",
     scale: Scale = None,
     return_transform: bool = False,
-    on_degenerate: Literal["ignore", "warn", "raise"] = "ignore",
+    on_degenerate: Literal["ignore", "warn", "raise"] = "warn",
 ) -> Tensor | tuple[Tensor, Tensor, Tensor, Tensor]:
     """Transformation-invariant initial coordinates of point clouds.
 
@@ -89,18 +92,28 @@ def tinvnn_coordinates(
         scale (str, optional): ``None``, ``"rms"`` or ``"max"`` normalisation (default ``None``).
         return_transform (bool): also return ``(center, R, s)`` with
             ``coords = (pos - center) @ R / s`` (default ``False``).
+        on_degenerate (str): clouds without a unique canonical frame (repeated covariance
+            eigenvalues, e.g. a cube or an icosahedron, or a column whose sign no rule can fix,
+            e.g. a centrally symmetric box): ``"warn"`` (default, ``RuntimeWarning``),
+            ``"raise"`` (``ValueError``) or ``"ignore"``; their coordinates are finite but not
+            invariant.
 
     Returns:
         (…, N, 3) coordinates (and the transform).
     """
     check_points(pos, "pos", dim=3, min_points=2)
+    if sign not in ("third_moment", "max_abs", "none"):
+        raise ValueError(f"sign must be 'third_moment', 'max_abs' or 'none', got {sign!r}")
+    check_on_degenerate(on_degenerate)
     if method == "pca":
         t, R = canonical_frame(pos, sign=sign, on_degenerate=on_degenerate)
         c = (pos - t.unsqueeze(-2)) @ R
     elif method == "mds":
-        d2 = torch.cdist(pos, pos).pow(2)
-        c, _ = classical_mds(d2, 3, sign=sign)
+        check_on_degenerate(on_degenerate)
         t = pos.mean(-2)
+        d2 = (pos.unsqueeze(-2) - pos.unsqueeze(-3)).pow(2).sum(-1)  # exact (no matmul cdist)
+        c, lam = classical_mds(d2, 3, sign=sign)
+        flag_degenerate(lam.flip(-1), on_degenerate=on_degenerate, coords=c, sign=sign)
         # recover the orthogonal alignment (least squares; exact for Euclidean input)
         R = torch.linalg.pinv(pos - t.unsqueeze(-2)) @ c
     else:
@@ -128,6 +141,11 @@ class TinvNN(nn.Module):
             (``y R^T``) (default ``"invariant"``).
         vector_inputs (tuple[str]): keyword inputs of per-point 3-vectors, rotated into the
             canonical frame (default ``()``).
+        on_degenerate (str): inputs without a unique canonical frame (repeated covariance
+            eigenvalues: cube, icosahedron; or a centrally symmetric cloud whose axis signs no
+            rule can fix): ``"warn"`` (default: ``RuntimeWarning`` naming how many clouds),
+            ``"raise"`` (``ValueError``) or ``"ignore"``. Their output is finite but not
+            invariant.
 
     Shapes: pos (B, N, 3) -> backbone output.
 
@@ -144,8 +162,14 @@ class TinvNN(nn.Module):
         scale: Scale = None,
         output: Literal["invariant", "points", "vectors"] = "invariant",
         vector_inputs: tuple[str, ...] = (),
+        on_degenerate: Literal["ignore", "warn", "raise"] = "warn",
     ) -> None:
         super().__init__()
+        if not isinstance(backbone, nn.Module):
+            raise TypeError(f"backbone must be an nn.Module, got {type(backbone).__name__}")
+        check_on_degenerate(on_degenerate)
+        if sign not in ("third_moment", "max_abs", "none"):
+            raise ValueError(f"sign must be 'third_moment', 'max_abs' or 'none', got {sign!r}")
         if method not in ("pca", "mds"):
             raise ValueError(f"method must be 'pca' or 'mds', got {method!r}")
         if output not in ("invariant", "points", "vectors"):
@@ -154,6 +178,7 @@ class TinvNN(nn.Module):
         self.backbone = backbone
         self.method, self.sign, self.scale, self.output = method, sign, scale, output
         self.vector_inputs = tuple(vector_inputs)
+        self.on_degenerate = on_degenerate
 
     def reset_parameters(self) -> None:
         if hasattr(self.backbone, "reset_parameters"):
@@ -163,6 +188,10 @@ class TinvNN(nn.Module):
         return f"method={self.method}, sign={self.sign}, scale={self.scale}, output={self.output}"
 
     def forward(self, pos: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        check_points(pos, "pos", dim=3, min_points=2)
+        missing = [n for n in self.vector_inputs if n not in kwargs]
+        if missing:
+            raise ValueError(f"vector_inputs {missing} were not passed as keyword arguments")
         with torch.no_grad():
             _, t, R, s = tinvnn_coordinates(
                 pos.detach(),
@@ -170,10 +199,18 @@ class TinvNN(nn.Module):
                 sign=self.sign,
                 scale=self.scale,
                 return_transform=True,
+                on_degenerate=self.on_degenerate,
             )
         coords = (pos - t.unsqueeze(-2)) @ R / s.unsqueeze(-1).unsqueeze(-1)
         for name in self.vector_inputs:
-            kwargs[name] = kwargs[name] @ R
+            v = kwargs[name]
+            if not isinstance(v, Tensor) or v.shape != pos.shape:
+                raise ValueError(
+                    f"vector input {name!r} must have the shape of pos {tuple(pos.shape)}, "
+                    f"got {tuple(getattr(v, 'shape', ()))}"
+                )
+            check_points(v, name, dim=3)
+            kwargs[name] = v @ R
         y = self.backbone(coords, *args, **kwargs)
         if self.output == "invariant":
             return y
@@ -191,126 +228,8 @@ class TinvNN(nn.Module):
         return out
 
 
-# ----------------------------------------------------------------------------- recipe
-
-import time  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-
-from invariance.core import CheckResult, Recipe, ReproduceResult, register  # noqa: E402
-
-from ._shapecls import (  # noqa: E402
-    ShapeClsConfig,
-    cls_step,
-    generic_check_clouds,
-    plain_pointnet,
-    rotated_protocol,
-    shape_split,
-)
-
-
-@dataclass
-class TinvNNConfig(ShapeClsConfig):
-    """Shape classification with TinvNN-PointNet. ``method``: "pca" or "mds"."""
-
-    method: str = "pca"
-
-
-@register(
-    "tinvnn",
-    domain="geometry",
-    paper="Revisiting Transformation Invariant Geometric Deep Learning: Are Initial Representations All You Need?",  # noqa: E501
-    authors="Zhang, Wang, Zhang, Cui, Zhu",
-    year=2021,
-    arxiv="2112.12345",
-    code_url="",
-    symmetry="E(3)-invariant on generic clouds (distinct eigenvalues), point-permutation-invariant",
-    baseline="plain PointNet",
-    tags=("point-cloud", "classification", "canonicalisation"),
-)
-class TinvNNRecipe(Recipe):
-    """TinvNN-PointNet on procedural shapes: train aligned, test on SO(3)-rotated shapes."""
-
-    Config = TinvNNConfig
-    presets = {"tiny": {}, "full": {"n_per_class": 40, "n_points": 256, "steps": 600}}
-
-    def make_data(self, cfg: TinvNNConfig, split: str):
-        return shape_split(cfg, split)
-
-    def build(self, cfg: TinvNNConfig) -> TinvNN:
-        return TinvNN(plain_pointnet(cfg), method=cfg.method)
-
-    def step(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        return cls_step(model, batch)
-
-    def check(self, model: nn.Module, cfg: TinvNNConfig) -> list[CheckResult]:
-        from invariance.core.groups import E3, Permutation
-        from invariance.core.testing import check_invariant, check_not_invariant
-
-        pos = generic_check_clouds(cfg)[0]
-        model = model.eval()
-        unsigned = TinvNN(model.backbone, method=model.method, sign="none")
-        return [
-            check_invariant(
-                "E(3) invariance of TinvNN-PointNet logits",
-                model,
-                (pos,),
-                E3(),
-                ("points",),
-                tol=1e-8,
-            ),
-            check_invariant(
-                "point permutation invariance",
-                model,
-                (pos,),
-                Permutation(dim=1),
-                ("nodes",),
-                tol=1e-8,
-            ),
-            check_not_invariant(
-                "negative control: the bare PointNet backbone",
-                model.backbone,
-                (pos,),
-                E3(),
-                ("points",),
-            ),
-            check_not_invariant(
-                "negative control: MDS without sign disambiguation",
-                unsigned,
-                (pos,),
-                E3(),
-                ("points",),
-            ),
-        ]
-
-    def reproduce(self, cfg: TinvNNConfig, run: Any, *, quick: bool) -> ReproduceResult:
-        from invariance.core.groups import E3
-        from invariance.core.testing import equivariance_error
-
-        if quick:
-            cfg = TinvNNConfig(**{**cfg.__dict__, "n_per_class": 16, "n_points": 128, "steps": 150})
-        t0 = time.time()
-        res, _ = rotated_protocol(
-            cfg,
-            {"pointnet": lambda: plain_pointnet(cfg), "tinvnn_pointnet": lambda: self.build(cfg)},
-        )
-        torch.manual_seed(cfg.seed)
-        err = equivariance_error(
-            self.build(cfg).eval(), (generic_check_clouds(cfg)[0],), E3(), ("points",)
-        ).max_error
-        return ReproduceResult(
-            task=f"procedural shapes ({cfg.n_classes} classes), train aligned / test SO(3)-rotated",
-            metric="rotated test accuracy",
-            method="TinvNN-PointNet",
-            baseline="PointNet",
-            method_value=res["tinvnn_pointnet"]["rotated_acc"],
-            baseline_value=res["pointnet"]["rotated_acc"],
-            higher_is_better=True,
-            invariance_error=err,
-            seconds=time.time() - t0,
-            details={
-                "results": res,
-                "n_per_class": cfg.n_per_class,
-                "n_points": cfg.n_points,
-                "steps": cfg.steps,
-            },
-        )
+def __getattr__(name: str) -> object:
+    """Config and recipe names moved to ``recipes.tinvnn``; still importable here."""
+    if name in {"TinvNNRecipe", "TinvNNConfig"}:
+        return getattr(importlib.import_module("invariance.geometry.recipes.tinvnn"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..ops._checks import check_int, check_tensor
+
 __all__ = ["read_ply", "sample_mesh", "pyvista_example_path", "load_pyvista_mesh", "PYVISTA_MESHES"]
 
 PYVISTA_MESHES = ("airplane", "ant", "nut", "sphere")
@@ -139,10 +141,17 @@ def sample_mesh(
     Returns:
         (n, 3) points and (n, 3) unit normals, float64.
     """
-    if vertices.dim() != 2 or vertices.shape[-1] != 3:
-        raise ValueError(f"vertices must be (V, 3), got {tuple(vertices.shape)}")
-    if faces.dim() != 2 or faces.shape[-1] != 3 or faces.shape[0] == 0:
-        raise ValueError(f"faces must be a non-empty (F, 3) tensor, got {tuple(faces.shape)}")
+    check_tensor(vertices, "vertices", ndim=2, last=3)
+    check_tensor(faces, "faces", ndim=2, last=3, floating=False)
+    if faces.is_floating_point() or faces.is_complex():
+        raise TypeError(f"faces must be an integer tensor, got dtype {faces.dtype}")
+    if int(faces.min()) < 0 or int(faces.max()) >= vertices.shape[0]:
+        raise ValueError(
+            f"faces must index the {vertices.shape[0]} vertices, got range "
+            f"[{int(faces.min())}, {int(faces.max())}]"
+        )
+    check_int(n, "n", 1)
+    check_int(seed, "seed", 0)
     V = vertices.to(torch.float64)
     a, b, c = V[faces[:, 0]], V[faces[:, 1]], V[faces[:, 2]]
     cr = torch.linalg.cross(b - a, c - a, dim=-1)

@@ -23,6 +23,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ..ops._checks import check_int, check_real
+
 __all__ = ["simulate_charged", "NBodyDataset", "make_nbody"]
 
 
@@ -62,9 +64,19 @@ def simulate_charged(
         ``(loc, vel, charges)``: (S, T, n, 3), (S, T, n, 3) float64 with
         ``T = steps // sample_freq`` frames, and charges (S, n).
     """
-    if n_sims < 1 or n_balls < 2:
-        raise ValueError(f"need n_sims >= 1 and n_balls >= 2, got {n_sims}, {n_balls}")
-    if sample_freq < 1 or steps < sample_freq:
+    check_int(n_sims, "n_sims", 1)
+    check_int(n_balls, "n_balls", 2)
+    check_int(steps, "steps", 1)
+    check_int(sample_freq, "sample_freq", 1)
+    check_int(seed, "seed", 0)
+    check_real(dt, "dt", 0.0, lo_open=True)
+    check_real(loc_std, "loc_std", 0.0, lo_open=True)
+    check_real(vel_norm, "vel_norm", 0.0)
+    if max_force is not None:
+        check_real(max_force, "max_force", 0.0, lo_open=True)
+    if box is not None:
+        check_real(box, "box", 0.0, lo_open=True)
+    if steps < sample_freq:
         raise ValueError(
             f"need 1 <= sample_freq <= steps, got sample_freq={sample_freq}, steps={steps}"
         )
@@ -151,8 +163,9 @@ def make_nbody(
     dtype: torch.dtype = torch.float32,
 ) -> NBodyDataset:
     """Simulate and cut into (past, future) windows starting at frame 0."""
-    if past < 2 or future < 1:
-        raise ValueError(f"need past >= 2 and future >= 1, got {past}, {future}")
+    check_int(past, "past", 2)
+    check_int(future, "future", 1)
+    check_int(sample_freq, "sample_freq", 1)
     steps = (past + future) * sample_freq
     L, _, q = simulate_charged(
         n_sims,

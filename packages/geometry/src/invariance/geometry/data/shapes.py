@@ -21,6 +21,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ..ops._checks import check_int, check_real
+
 __all__ = ["SHAPE_CLASSES", "PointCloudDataset", "make_shape_classes", "sample_shape"]
 
 _F64 = torch.float64
@@ -192,10 +194,9 @@ def sample_shape(
     """One shape of class ``name``: (n_points, 3) points (centred, max radius 1) and exact normals."""  # noqa: E501
     if name not in SHAPE_CLASSES:
         raise ValueError(f"unknown shape class {name!r}; choose from {sorted(SHAPE_CLASSES)}")
-    if n_points < 1:
-        raise ValueError(f"n_points must be >= 1, got {n_points}")
-    if not 0 <= jitter < 1:
-        raise ValueError(f"jitter must be in [0, 1), got {jitter}")
+    check_int(n_points, "n_points", 1)
+    check_real(jitter, "jitter", 0.0, 1.0, hi_open=True)
+    check_real(noise, "noise", 0.0)
     g = generator
     p, nrm = SHAPE_CLASSES[name](2 * n_points, g)
     A = 1 + jitter * (2 * _u(g, 3) - 1)
@@ -267,8 +268,11 @@ def make_shape_classes(
     names = list(SHAPE_CLASSES) if classes is None else list(classes)
     if not names:
         raise ValueError("classes must not be empty")
-    if n_per_class < 1:
-        raise ValueError(f"n_per_class must be >= 1, got {n_per_class}")
+    check_int(n_per_class, "n_per_class", 1)
+    check_int(n_points, "n_points", 1)
+    check_int(seed, "seed", 0)
+    check_real(jitter, "jitter", 0.0, 1.0, hi_open=True)
+    check_real(noise, "noise", 0.0)
     if rotation not in ("none", "so3"):
         raise ValueError(f"rotation must be 'none' or 'so3', got {rotation!r}")
     g = torch.Generator().manual_seed(seed)

@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..ops._checks import check_int, check_points, check_tensor
+
 __all__ = [
     "PointNet",
     "PointNetSeg",
@@ -57,10 +59,10 @@ class PointNet(nn.Module):
         self, *, num_classes: int, in_channels: int = 3, hidden: int = 64, global_dim: int = 128
     ) -> None:
         super().__init__()
-        if num_classes < 1 or in_channels < 1:
-            raise ValueError(
-                f"num_classes and in_channels must be >= 1, got {num_classes}, {in_channels}"
-            )
+        check_int(num_classes, "num_classes", 1)
+        check_int(in_channels, "in_channels", 1)
+        check_int(hidden, "hidden", 1)
+        check_int(global_dim, "global_dim", 1)
         self.num_classes, self.in_channels = num_classes, in_channels
         self.point_mlp = _mlp([in_channels, hidden, hidden, global_dim], last_act=True)
         self.head = _mlp([global_dim, hidden, num_classes])
@@ -71,8 +73,7 @@ class PointNet(nn.Module):
                 m.reset_parameters()
 
     def forward(self, pos: Tensor) -> Tensor:
-        if pos.dim() != 3 or pos.shape[-1] != self.in_channels:
-            raise ValueError(f"PointNet expects (B, N, {self.in_channels}), got {tuple(pos.shape)}")
+        _check_cloud(pos, self.in_channels)
         return self.head(self.point_mlp(pos).max(dim=1).values)
 
     def extra_repr(self) -> str:
@@ -96,10 +97,10 @@ class PointNetSeg(nn.Module):
         self, *, out_channels: int, in_channels: int = 3, hidden: int = 64, global_dim: int = 128
     ) -> None:
         super().__init__()
-        if out_channels < 1 or in_channels < 1:
-            raise ValueError(
-                f"out_channels and in_channels must be >= 1, got {out_channels}, {in_channels}"
-            )
+        check_int(out_channels, "out_channels", 1)
+        check_int(in_channels, "in_channels", 1)
+        check_int(hidden, "hidden", 1)
+        check_int(global_dim, "global_dim", 1)
         self.out_channels, self.in_channels = out_channels, in_channels
         self.local = _mlp([in_channels, hidden, hidden], last_act=True)
         self.glob = _mlp([hidden, global_dim], last_act=True)
@@ -111,10 +112,7 @@ class PointNetSeg(nn.Module):
                 m.reset_parameters()
 
     def forward(self, pos: Tensor) -> Tensor:
-        if pos.dim() != 3 or pos.shape[-1] != self.in_channels:
-            raise ValueError(
-                f"PointNetSeg expects (B, N, {self.in_channels}), got {tuple(pos.shape)}"
-            )
+        _check_cloud(pos, self.in_channels)
         f = self.local(pos)
         g = self.glob(f).max(dim=1, keepdim=True).values.expand(-1, f.shape[1], -1)
         return self.head(torch.cat([f, g], dim=-1))
@@ -123,14 +121,30 @@ class PointNetSeg(nn.Module):
         return f"out_channels={self.out_channels}, in_channels={self.in_channels}"
 
 
-def _check_traj(loc: Tensor) -> None:
-    if loc.dim() != 4 or loc.shape[-1] != 3:
-        raise ValueError(f"expected trajectories (B, agents, T, 3), got {tuple(loc.shape)}")
+def _check_cloud(pos: Tensor, channels: int) -> None:
+    check_points(pos, "pos", dim=channels)
+    if pos.dim() != 3:
+        raise ValueError(f"pos must be batched (B, N, {channels}), got {tuple(pos.shape)}")
+
+
+def _check_traj(loc: Tensor, vel: Tensor | None = None, past: int | None = None) -> None:
+    check_tensor(loc, "loc", ndim=4, last=3)
+    if past is not None and loc.shape[2] != past:
+        raise ValueError(f"loc must have past={past} frames, got shape {tuple(loc.shape)}")
+    if vel is not None:
+        check_tensor(vel, "vel", ndim=4, last=3)
+        if vel.shape != loc.shape:
+            raise ValueError(
+                f"vel {tuple(vel.shape)} must have the shape of loc {tuple(loc.shape)}"
+            )
 
 
 def constant_velocity(loc: Tensor, future: int) -> Tensor:
     """Extrapolate the last displacement: (B, n, T_p, 3) -> (B, n, future, 3)."""
     _check_traj(loc)
+    check_int(future, "future", 1)
+    if loc.shape[2] < 2:
+        raise ValueError(f"loc needs at least 2 past frames, got shape {tuple(loc.shape)}")
     v = loc[:, :, -1:] - loc[:, :, -2:-1]
     steps = torch.arange(1, future + 1, dtype=loc.dtype, device=loc.device).view(1, 1, -1, 1)
     return loc[:, :, -1:] + steps * v
@@ -145,11 +159,14 @@ class TrajectoryMLP(nn.Module):
 
     def __init__(self, *, past: int, future: int, hidden: int = 128) -> None:
         super().__init__()
+        check_int(past, "past", 1)
+        check_int(future, "future", 1)
+        check_int(hidden, "hidden", 1)
         self.past, self.future = past, future
         self.net = _mlp([3 * past, hidden, hidden, 3 * future])
 
     def forward(self, loc: Tensor, vel: Tensor | None = None) -> Tensor:
-        _check_traj(loc)
+        _check_traj(loc, vel, self.past)
         c = loc.mean(dim=(1, 2), keepdim=True)
         B, n = loc.shape[:2]
         out = self.net((loc - c).reshape(B, n, -1)).reshape(B, n, self.future, 3)
@@ -167,6 +184,10 @@ class TrajectoryGNN(nn.Module):
 
     def __init__(self, *, past: int, future: int, hidden: int = 64, layers: int = 2) -> None:
         super().__init__()
+        check_int(past, "past", 1)
+        check_int(future, "future", 1)
+        check_int(hidden, "hidden", 1)
+        check_int(layers, "layers", 1)
         self.past, self.future = past, future
         self.enc = _mlp([6 * past, hidden, hidden])
         self.msgs = nn.ModuleList(_mlp([2 * hidden + 3, hidden, hidden]) for _ in range(layers))
@@ -174,7 +195,7 @@ class TrajectoryGNN(nn.Module):
         self.dec = _mlp([hidden, hidden, 3 * future])
 
     def forward(self, loc: Tensor, vel: Tensor) -> Tensor:
-        _check_traj(loc)
+        _check_traj(loc, vel, self.past)
         B, n = loc.shape[:2]
         c = loc.mean(dim=(1, 2), keepdim=True)
         h = self.enc(torch.cat([(loc - c).reshape(B, n, -1), vel.reshape(B, n, -1)], -1))

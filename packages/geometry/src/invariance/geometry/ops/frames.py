@@ -18,7 +18,10 @@ polyhedra, a single point, collinear or coplanar-symmetric clouds) the eigenvect
 eigenspace are arbitrary, so the frame is no longer equivariant and frame-averaged / canonicalised
 outputs lose exact invariance for that input (they stay well defined, never NaN). We flag such
 inputs with a relative gap test ``min(λ2-λ1, λ3-λ2) <= rtol·max(λ3, tiny)`` and act according to
-``on_degenerate``: ``"ignore"``, ``"warn"`` (default) or ``"raise"`` (``ValueError``). A cloud with
+``on_degenerate``: ``"ignore"``, ``"warn"`` (default) or ``"raise"`` (``ValueError``).
+:func:`canonical_frame` (a single frame) also flags clouds whose axis signs no sign rule can fix
+(:func:`sign_ambiguous`: zero third moment and tied extreme coordinates, e.g. a centrally
+symmetric box). A cloud with
 all points identical has λ = 0 and is always degenerate. Near-degenerate (but not flagged) inputs
 are exactly invariant in exact arithmetic but numerically unstable; sampled symmetric shapes fall
 in this class, which is why invariance tests use generic (anisotropic, skewed) clouds.
@@ -33,7 +36,7 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor
 
-from ._checks import check_points
+from ._checks import check_int, check_points, check_tensor
 
 __all__ = [
     "Frames",
@@ -45,6 +48,9 @@ __all__ = [
     "O3_SIGNS",
     "SO3_SIGNS",
     "frame_signs",
+    "flag_degenerate",
+    "sign_ambiguous",
+    "check_on_degenerate",
 ]
 
 OnDegenerate = Literal["ignore", "warn", "raise"]
@@ -113,19 +119,69 @@ def centroid_covariance(
     return t, cov
 
 
-def _flag_degenerate(eigvals: Tensor, rtol: float, on_degenerate: OnDegenerate) -> Tensor:
+def check_on_degenerate(on_degenerate: str) -> None:
+    """Raise ``ValueError`` unless ``on_degenerate`` is ``"ignore"``, ``"warn"`` or ``"raise"``."""
     if on_degenerate not in ("ignore", "warn", "raise"):
         raise ValueError(
             f"on_degenerate must be 'ignore', 'warn' or 'raise', got {on_degenerate!r}"
         )
+
+
+def sign_ambiguous(coords: Tensor, rule: str = "third_moment") -> Tensor:
+    """(…,) bool: some column of the centred canonical ``coords`` (…, N, D) has a sign that
+    :func:`sign_disambiguate` cannot fix robustly: its third moment is zero up to rounding
+    (``|Σc³| <= sqrt(eps)·Σ|c|³``) *and* its largest positive and negative entries have the same
+    magnitude up to rounding (a centrally symmetric cloud). ``rule="none"`` never flags (that rule
+    promises no invariance)."""
+    if rule == "none":
+        return torch.zeros(coords.shape[:-2], dtype=torch.bool, device=coords.device)
+    tol = torch.finfo(coords.dtype).eps ** 0.5
+    m3 = (coords**3).sum(dim=-2).abs()
+    a3 = (coords.abs() ** 3).sum(dim=-2)
+    pos_max = coords.amax(dim=-2)
+    neg_max = (-coords).amax(dim=-2)
+    scale = torch.maximum(pos_max.abs(), neg_max.abs())
+    tie = (pos_max - neg_max).abs() <= tol * scale
+    amb = tie if rule == "max_abs" else tie & (m3 <= tol * a3)
+    return amb.any(dim=-1)
+
+
+def flag_degenerate(
+    eigvals: Tensor,
+    *,
+    rtol: float = 1e-6,
+    on_degenerate: OnDegenerate = "warn",
+    coords: Tensor | None = None,
+    sign: str = "third_moment",
+) -> Tensor:
+    """Flag clouds whose PCA frame is not unique and act on ``on_degenerate``.
+
+    Args:
+        eigvals (Tensor): (…, 3) covariance eigenvalues, ascending.
+        rtol (float): relative eigen-gap at or below which eigenvalues count as repeated.
+        on_degenerate (str): ``"ignore"``, ``"warn"`` (``RuntimeWarning``) or ``"raise"``
+            (``ValueError``).
+        coords (Tensor, optional): canonical coordinates (…, N, 3); when given, clouds whose
+            axis signs are ambiguous (:func:`sign_ambiguous` under ``sign``) are flagged too.
+
+    Returns:
+        (…,) bool, True for the flagged clouds.
+    """
+    check_on_degenerate(on_degenerate)
     gaps = torch.minimum(eigvals[..., 1] - eigvals[..., 0], eigvals[..., 2] - eigvals[..., 1])
     scale = eigvals[..., 2].abs().clamp_min(torch.finfo(eigvals.dtype).tiny)
     degenerate = gaps <= rtol * scale
+    what = f"have repeated covariance eigenvalues (relative gap <= {rtol:g})"
+    if coords is not None:
+        amb = sign_ambiguous(coords, sign)
+        if amb.any():
+            what += " or axis signs that no sign rule can fix (centrally symmetric)"
+        degenerate = degenerate | amb
     if degenerate.any() and on_degenerate != "ignore":
         msg = (
-            f"{int(degenerate.sum())} of {degenerate.numel()} point clouds have repeated covariance "  # noqa: E501
-            f"eigenvalues (relative gap <= {rtol:g}); their PCA frame is not unique, so "
-            "frame-averaged/canonicalised outputs are not exactly invariant for them"
+            f"{int(degenerate.sum())} of {degenerate.numel()} point clouds {what}; their PCA "
+            "frame is not unique, so frame-averaged/canonicalised outputs are not exactly "
+            "invariant for them (on_degenerate='ignore' silences this)"
         )
         if on_degenerate == "raise":
             raise ValueError(msg)
@@ -161,7 +217,7 @@ def pca_frames(
         raise ValueError(f"group must be 'O3' or 'SO3', got {group!r}")
     t, cov = centroid_covariance(pos, batch, num_graphs)
     eigvals, V = torch.linalg.eigh(cov)
-    degenerate = _flag_degenerate(eigvals, rtol, on_degenerate)
+    degenerate = flag_degenerate(eigvals, rtol=rtol, on_degenerate=on_degenerate)
     if group == "O3":
         S = O3_SIGNS.to(dtype=pos.dtype, device=pos.device)  # (8, 3)
         frames = V.unsqueeze(-3) * S.view(*([1] * (V.dim() - 2)), 8, 1, 3)
@@ -229,10 +285,11 @@ def canonical_frame(
     check_points(pos, "pos", dim=3)
     t, cov = centroid_covariance(pos)
     eigvals, V = torch.linalg.eigh(cov)
-    _flag_degenerate(eigvals, rtol, on_degenerate)
+    check_on_degenerate(on_degenerate)
     V = V.flip(-1)  # descending eigenvalues
     c = (pos - t.unsqueeze(-2)) @ V
     s = sign_disambiguate(c, rule=sign)
+    flag_degenerate(eigvals, rtol=rtol, on_degenerate=on_degenerate, coords=c, sign=sign)
     return t, V * s.unsqueeze(-2)
 
 
@@ -257,15 +314,15 @@ def classical_mds(
     Returns:
         ``(coords, eigvals)``: (…, n, d) and the top-d eigenvalues (…, d), descending.
     """
-    if dist2.dim() not in (2, 3) or dist2.shape[-1] != dist2.shape[-2]:
+    check_tensor(dist2, "dist2", ndim=(2, 3), finite=False)
+    if dist2.shape[-1] != dist2.shape[-2]:
         raise ValueError(
             f"dist2 must be a square (n, n) or (B, n, n) matrix, got {tuple(dist2.shape)}"
         )
     if not torch.isfinite(dist2).all():
         raise ValueError("dist2 contains NaN or Inf values")
     n = dist2.shape[-1]
-    if not 1 <= d <= n:
-        raise ValueError(f"d must be in [1, {n}], got {d}")
+    check_int(d, "d", 1, n)
     if (dist2 - dist2.transpose(-1, -2)).abs().max() > 1e-6 * dist2.abs().max().clamp_min(1.0):
         raise ValueError("dist2 must be symmetric")
     J = torch.eye(n, dtype=dist2.dtype, device=dist2.device) - 1.0 / n

@@ -17,7 +17,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from ._checks import check_points
+from ._checks import check_int, check_points, check_tensor
 from .neighbors import index_points, knn
 
 __all__ = ["estimate_normals", "point_pair_features", "vector_angle"]
@@ -39,8 +39,11 @@ def point_pair_features(pos_i: Tensor, pos_j: Tensor, normal_i: Tensor, normal_j
         ("normal_i", normal_i),
         ("normal_j", normal_j),
     ):
-        if t.shape[-1] != 3:
-            raise ValueError(f"{name} must have last dimension 3, got shape {tuple(t.shape)}")
+        check_tensor(t, name, last=3)
+        if t.shape != pos_i.shape:
+            raise ValueError(
+                f"{name} {tuple(t.shape)} must have the shape of pos_i {tuple(pos_i.shape)}"
+            )
     d = pos_j - pos_i
     return torch.stack(
         [
@@ -76,8 +79,7 @@ def estimate_normals(
     never NaN.
     """
     check_points(pos, "pos", dim=3, min_points=3)
-    if not isinstance(k, int) or k < 3:
-        raise ValueError(f"k must be an int >= 3 to fit a plane, got {k!r}")
+    check_int(k, "k", 3)
     if orient not in ("centroid", "none"):
         raise ValueError(f"orient must be 'centroid' or 'none', got {orient!r}")
     squeeze = pos.dim() == 2

@@ -1,11 +1,18 @@
-"""Neighbour search and sampling on point clouds, in pure torch.
+"""Neighbour search and sampling on point clouds, in pure torch (plus scipy's cKDTree on CPU).
 
 PyG 2.8's ``torch_geometric.nn.knn``/``fps``/``radius`` need the compiled ``pyg-lib`` (or
 ``torch-cluster``), which is not installable offline here (``torch_geometric.typing.WITH_KNN`` is
-``False`` after a plain ``pip install torch-geometric``). These are dense ``torch.cdist`` + ``topk``
-versions: O(B·M·N) memory, fine for the few-thousand-point clouds of this package. For large
-offline preprocessing use ``scipy.spatial.cKDTree`` (our kNN indices equal cKDTree's, see
-``tests/test_ops_neighbors.py``).
+``False`` after a plain ``pip install torch-geometric``). :func:`knn` has two exact paths:
+
+* ``"brute"``: distances from coordinate differences (``torch.cdist`` with
+  ``compute_mode="donot_use_mm_for_euclid_dist"``; the default matrix-multiply ``cdist`` loses
+  ~1e-3 to cancellation in float32 and gives non-zero self-distances), queries in chunks of
+  bounded memory, ``topk`` instead of a full sort; any device, differentiable distances;
+* ``"tree"``: ``scipy.spatial.cKDTree`` per cloud (CPU), then the distances of the chosen
+  neighbours recomputed exactly in torch (so they keep the input dtype and autograd).
+
+``"auto"`` takes the tree on CPU for clouds of at least ``TREE_MIN_POINTS`` points, else brute
+force. Both give the indices of cKDTree (tested) with ties broken by index on the brute path.
 
 Conventions: points are rows, ``(N, 3)`` or batched ``(B, N, 3)``; indices are ``int64``.
 """
@@ -14,22 +21,33 @@ from __future__ import annotations
 
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from ._checks import check_points
+from ._checks import check_int, check_points, check_real, check_tensor
 
-__all__ = ["index_points", "knn", "ball_query", "farthest_point_sample"]
+__all__ = ["index_points", "knn", "ball_query", "farthest_point_sample", "TREE_MIN_POINTS"]
+
+#: ``knn(method="auto")`` uses cKDTree on CPU from this many reference points on
+TREE_MIN_POINTS = 256
+#: brute force works on query chunks of at most this many query-point pairs
+_CHUNK_PAIRS = 1 << 22
 
 
 def index_points(x: Tensor, idx: Tensor) -> Tensor:
     """Gather rows: ``x`` (B, N, C), ``idx`` (B, *S) -> (B, *S, C)."""
-    if x.dim() != 3:
-        raise ValueError(f"index_points expects x of shape (B, N, C), got {tuple(x.shape)}")
-    if idx.shape[0] != x.shape[0]:
+    check_tensor(x, "x", ndim=3)
+    if not isinstance(idx, Tensor) or idx.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"idx must be an integer tensor, got {getattr(idx, 'dtype', type(idx))}")
+    if idx.dim() < 1 or idx.shape[0] != x.shape[0]:
         raise ValueError(f"batch mismatch: x {tuple(x.shape)} vs idx {tuple(idx.shape)}")
+    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= x.shape[1]):
+        raise ValueError(
+            f"idx must lie in [0, {x.shape[1]}), got [{int(idx.min())}, {int(idx.max())}]"
+        )
     B = x.shape[0]
-    flat = idx.reshape(B, -1)
+    flat = idx.reshape(B, -1).long()
     out = torch.gather(x, 1, flat.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
     return out.reshape(*idx.shape, x.shape[-1])
 
@@ -38,12 +56,73 @@ def _batched(x: Tensor) -> tuple[Tensor, bool]:
     return (x, False) if x.dim() == 3 else (x.unsqueeze(0), True)
 
 
+def _order(dist: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
+    """Sort each row of k candidates by (distance, index)."""
+    by_idx, p = idx.sort(dim=-1)
+    d = dist.gather(-1, p)
+    d, q = d.sort(dim=-1, stable=True)
+    return d, by_idx.gather(-1, q)
+
+
+def _knn_brute(xb: Tensor, qb: Tensor, k: int, self_mask: bool) -> tuple[Tensor, Tensor]:
+    M, N = qb.shape[1], xb.shape[1]
+    step = max(1, _CHUNK_PAIRS // max(N, 1))
+    dists, idxs = [], []
+    for lo in range(0, M, step):
+        q = qb[:, lo : lo + step]
+        d = torch.cdist(q, xb, compute_mode="donot_use_mm_for_euclid_dist")  # (B, m, N), exact
+        if self_mask:
+            r = torch.arange(lo, lo + q.shape[1], device=d.device)
+            eye = r.view(-1, 1) == torch.arange(N, device=d.device).view(1, -1)
+            d = d.masked_fill(eye, float("inf"))
+        dist, idx = d.topk(k, dim=-1, largest=False, sorted=True)
+        # exact ties at the k-th distance (duplicates): topk may pick any of them, a stable
+        # sort picks the lowest indices (rare, so only then)
+        kth = dist[..., -1:]
+        if ((d == kth).sum(-1) > (dist == kth).sum(-1)).any():
+            dist, idx = torch.sort(d, dim=-1, stable=True)
+            dist, idx = dist[..., :k], idx[..., :k]
+        else:
+            dist, idx = _order(dist, idx)
+        dists.append(dist)
+        idxs.append(idx)
+    return torch.cat(idxs, 1), torch.cat(dists, 1)
+
+
+def _knn_tree(xb: Tensor, qb: Tensor, k: int, exclude_self: bool) -> tuple[Tensor, Tensor]:
+    from scipy.spatial import cKDTree
+
+    workers = max(1, torch.get_num_threads())
+    B, M = xb.shape[0], qb.shape[1]
+    kk = k + 1 if exclude_self else k
+    xs = xb.detach().cpu().double().numpy()
+    qs = xs if exclude_self else qb.detach().cpu().double().numpy()
+    ii = np.empty((B, M, kk), dtype=np.int64)
+    dd = np.empty((B, M, kk), dtype=np.float64)
+    for b in range(B):
+        d, i = cKDTree(xs[b]).query(qs[b], kk, workers=workers)
+        ii[b], dd[b] = np.reshape(i, (M, kk)), np.reshape(d, (M, kk))
+    idx, dist = torch.from_numpy(ii), torch.from_numpy(dd)
+    if exclude_self:
+        keep = idx != torch.arange(M).view(1, M, 1)
+        keep[..., -1] &= ~keep.all(-1)  # self not among them (duplicates): drop the farthest
+        idx, dist = idx[keep].view(B, M, k), dist[keep].view(B, M, k)
+    idx = idx.to(xb.device)
+    if xb.requires_grad or qb.requires_grad:  # exact distances again, in torch, for autograd
+        nb = torch.gather(xb, 1, idx.reshape(B, -1, 1).expand(-1, -1, xb.shape[-1]))
+        d = (qb.unsqueeze(2) - nb.view(*idx.shape, xb.shape[-1])).pow(2).sum(-1).sqrt()
+        return idx, d
+    # cKDTree's float64 distances are computed from coordinate differences: exact
+    return idx, dist.to(device=xb.device, dtype=xb.dtype)
+
+
 def knn(
     x: Tensor,
     k: int,
     query: Tensor | None = None,
     *,
     exclude_self: bool = False,
+    method: Literal["auto", "brute", "tree"] = "auto",
 ) -> tuple[Tensor, Tensor]:
     """k nearest neighbours of each query point among ``x``, sorted by distance.
 
@@ -53,37 +132,51 @@ def knn(
         query (Tensor, optional): query points (M, D) or (B, M, D); defaults to ``x``.
         exclude_self (bool): drop the query itself (only when ``query`` is ``None``): asks for
             k+1 neighbours and removes each point's own index (default: ``False``).
+        method (str): ``"brute"`` (exact differences, any device), ``"tree"`` (scipy cKDTree,
+            CPU) or ``"auto"``: the tree on CPU for ``N >= TREE_MIN_POINTS``, else brute force
+            (default: ``"auto"``).
 
     Returns:
-        ``(idx, dist)``: (…, M, k) int64 indices into ``x`` and Euclidean distances, ascending.
-        Ties (duplicate points) are broken by index, so duplicates are allowed.
+        ``(idx, dist)``: (…, M, k) int64 indices into ``x`` and Euclidean distances, ascending
+        (exact: computed from coordinate differences, zero for a point and itself; the gradient
+        flows to ``x`` and ``query`` through ``dist``). Duplicates are allowed; ties are broken by
+        index on the brute path (in cKDTree's order on the tree path).
 
     Raises:
-        ValueError: k < 1, k larger than the number of available points, NaN input, shape mismatch.
+        ValueError: k < 1, k larger than the number of available points, NaN input, shape
+        mismatch, unknown method. TypeError: non-tensor or non-floating input.
     """
     check_points(x, "x", dim=None)
-    if not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a positive int, got {k!r}")
+    check_int(k, "k", 1)
+    if method not in ("auto", "brute", "tree"):
+        raise ValueError(f"method must be 'auto', 'brute' or 'tree', got {method!r}")
     q = x if query is None else check_points(query, "query", dim=x.shape[-1])
     if query is not None and query.dim() != x.dim():
         raise ValueError(
             f"query {tuple(query.shape)} and x {tuple(x.shape)} must have the same rank"
         )
-    n_avail = x.shape[-2] - (1 if (exclude_self and query is None) else 0)
+    if query is not None and x.dim() == 3 and query.shape[0] != x.shape[0]:
+        raise ValueError(f"query {tuple(query.shape)} and x {tuple(x.shape)}: batch sizes differ")
+    if query is not None and query.dtype != x.dtype:
+        raise TypeError(f"query dtype {query.dtype} differs from x dtype {x.dtype}")
+    self_ex = bool(exclude_self) and query is None
+    n_avail = x.shape[-2] - (1 if self_ex else 0)
     if k > n_avail:
         raise ValueError(
             f"k={k} exceeds the {n_avail} available points (x has shape {tuple(x.shape)}"
-            f"{', self excluded' if exclude_self and query is None else ''})"
+            f"{', self excluded' if self_ex else ''})"
         )
     xb, squeeze = _batched(x)
     qb, _ = _batched(q)
-    d = torch.cdist(qb, xb)  # (B, M, N)
-    if exclude_self and query is None:
-        eye = torch.eye(xb.shape[1], dtype=torch.bool, device=x.device)
-        d = d.masked_fill(eye, float("inf"))
-    # stable tie-break by index: sort is stable, topk is not
-    dist, idx = torch.sort(d, dim=-1, stable=True)
-    dist, idx = dist[..., :k], idx[..., :k]
+    use_tree = method == "tree" or (
+        method == "auto" and x.device.type == "cpu" and xb.shape[1] >= TREE_MIN_POINTS
+    )
+    if use_tree and x.device.type != "cpu":
+        raise ValueError(f"method='tree' needs CPU tensors, got x on {x.device}")
+    if use_tree:
+        idx, dist = _knn_tree(xb, qb, k, self_ex)
+    else:
+        idx, dist = _knn_brute(xb, qb, k, self_ex)
     if squeeze:
         dist, idx = dist[0], idx[0]
     return idx, dist
@@ -103,8 +196,7 @@ def ball_query(x: Tensor, query: Tensor, radius: float, k: int) -> tuple[Tensor,
     Returns:
         ``(idx, mask)``, both (…, M, k).
     """
-    if not radius > 0:
-        raise ValueError(f"radius must be > 0, got {radius}")
+    check_real(radius, "radius", 0.0, lo_open=True)
     idx, dist = knn(x, k, query)
     inside = dist <= radius
     first = idx[..., :1].expand_as(idx)
@@ -133,7 +225,8 @@ def farthest_point_sample(
     """
     check_points(x, "x", dim=None)
     N = x.shape[-2]
-    if not isinstance(n, int) or not 1 <= n <= N:
+    check_int(n, "n")
+    if not 1 <= n <= N:
         raise ValueError(f"n must be an int in [1, {N}] for x of shape {tuple(x.shape)}, got {n!r}")
     xb, squeeze = _batched(x)
     B = xb.shape[0]
