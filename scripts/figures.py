@@ -210,8 +210,10 @@ def quick_results(path: str | None, timeout: int) -> tuple[list[dict], str]:
             if not (out / "results.json").exists():
                 raise
         path = str(out / "results.json")
+        (out / "machine.txt").write_text(line)
     else:
-        line = f"results read from {path}, commit {_commit()}"
+        side = Path(path).with_name("machine.txt")
+        line = side.read_text().strip() if side.exists() else f"read from {path}"
     return json.loads(Path(path).read_text()), line
 
 
@@ -251,7 +253,12 @@ def main(argv: list[str] | None = None) -> int:
         q = QUICK.match(cmd)
         if q and results is not None:
             body = domain_table(results, q["domain"]) if q["domain"] else ""
-            write_block(p, fid, f"{body}\n\nMeasured with `{cmd}`: {line}.\n")
+            write_block(
+                p,
+                fid,
+                f"{body}\n\nMeasured in one `uv run invariance reproduce --quick` of every "
+                f"method (`{cmd}` runs this domain alone): {line}.\n",
+            )
             print(f"{fid}: from the quick results")
             continue
         print(f"$ {cmd}", flush=True)
