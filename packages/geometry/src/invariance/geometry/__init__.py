@@ -11,7 +11,7 @@ from . import (
     data,
     lie,
     ops,
-    recipes,  # noqa: E402,I001  (after the methods: registers every recipe)
+    recipes,  # registers every recipe (each imports its method module)
     registration,
 )
 from .affine_gresnet import AffineGResNet

@@ -182,7 +182,8 @@ class _ProjectedBase(Optimizer):
         return True if f is None else bool(f)
 
     def _fused_args(self, hp: dict[str, Any], p: Tensor, g: Tensor) -> tuple[Any, ...]:
-        raise NotImplementedError
+        """The per-tensor arguments of the compiled step (defined by AdamP and SGDP)."""
+        raise NotImplementedError(f"{type(self).__name__} does not define _fused_args")
 
     def _fused_steps(
         self, kind: str, hp: dict[str, Any], params: list[Tensor], grads: list[Tensor]
