@@ -58,9 +58,9 @@ def test_reproduce_keeps_a_recipe_written_results_json(tmp_path):
     import json
     import time
 
-    from invariance.core.cli import _keep_recipe_results, _write_reproduce
     from invariance.core.io import RunDir
     from invariance.core.recipe import ReproduceResult
+    from invariance.core.report import _keep_recipe_results, _write_reproduce
 
     run = RunDir(tmp_path / "r")
     started = time.time()

@@ -299,7 +299,7 @@ def test_reproduce_report_links_real_plot_files(tmp_path):
 
 
 def test_bench_output_has_no_nested_dicts_in_table_cells():
-    from invariance.core.cli import _bench_text
+    from invariance.core.report import _bench_text
 
     text = _bench_text(
         {"rows": [{"name": "a", "median_ms": 1.5}], "machine": "x", "extra": {"rows": [{"n": 2}]}}

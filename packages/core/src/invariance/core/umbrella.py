@@ -12,14 +12,11 @@ from invariance.core.cli import (
     UsageError,
     _check_rows,
     _check_table,
-    _ensure_plot,
     _flagify,
     _list,
     _quiet_third_party_warnings,
-    _relpath,
-    _reproduce_table,
-    _write_reproduce,
 )
+from invariance.core.report import _ensure_plot, _relpath, _reproduce_table, _write_reproduce
 
 __all__ = ["main", "umbrella_main"]
 
