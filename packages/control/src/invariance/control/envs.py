@@ -137,8 +137,13 @@ class RBCSetup:
 
 
 def save_state(path: str | Path, state: RBCState) -> Path:
-    """Write a state to a safetensors file."""
+    """Write a state to a safetensors file (``path``); returns the path."""
     from safetensors.torch import save_file
+
+    if not isinstance(path, (str, Path)):
+        raise TypeError(f"path must be a str or Path, got {type(path).__name__}")
+    if not isinstance(state, RBCState):
+        raise TypeError(f"state must be an RBCState, got {type(state).__name__}")
 
     path = Path(path)
     save_file(state.tensors(), str(path))
@@ -149,6 +154,10 @@ def load_state(path: str | Path) -> RBCState:
     """Read a state written by :func:`save_state`."""
     from safetensors.torch import load_file
 
+    if not isinstance(path, (str, Path)):
+        raise TypeError(f"path must be a str or Path, got {type(path).__name__}")
+    if not Path(path).is_file():
+        raise ValueError(f"path {str(path)!r} is not a file")
     return RBCState.from_tensors(load_file(str(path)))
 
 
@@ -160,7 +169,16 @@ def _baseline(setup: RBCSetup, seed: int) -> RBCState:
 
 
 def baseline_state(setup: RBCSetup, *, seed: int = 0) -> RBCState:
-    """The developed uncontrolled state (batch 1) after ``warmup_time`` (cached per setup)."""
+    """The developed uncontrolled state (batch 1) after ``warmup_time`` (cached per setup).
+
+    Args:
+        setup: the control problem.
+        seed: seed of the start's perturbation (default: ``0``).
+    """
+    if not isinstance(setup, RBCSetup):
+        raise TypeError(f"setup must be an RBCSetup, got {type(setup).__name__}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
     return _baseline(setup, seed).clone()
 
 
@@ -183,6 +201,10 @@ class RBCControl:
     ) -> None:
         if isinstance(n_envs, bool) or not isinstance(n_envs, int) or n_envs < 1:
             raise ValueError(f"n_envs must be an int >= 1, got {n_envs!r}")
+        if setup is not None and not isinstance(setup, RBCSetup):
+            raise TypeError(f"setup must be an RBCSetup, got {type(setup).__name__}")
+        if init_state is not None and not isinstance(init_state, RBCState):
+            raise TypeError(f"init_state must be an RBCState, got {type(init_state).__name__}")
         self.setup = setup or RBCSetup()
         self.n_envs = n_envs
         self.solver = self.setup.solver()
@@ -240,6 +262,16 @@ class RBCControl:
 # ------------------------------------------------------------------------------ gymnasium
 
 
+def _action_array(action: Any, name: str) -> np.ndarray:
+    try:
+        a = np.asarray(action, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be numeric, got {type(action).__name__}") from None
+    if not np.isfinite(a).all():
+        raise ValueError(f"{name} contains NaN or inf")
+    return a
+
+
 class RBCEnv(gym.Env):
     """Single-agent (SARL) env: one agent sets all ``n_seg`` segment temperatures.
 
@@ -265,7 +297,10 @@ class RBCEnv(gym.Env):
         return self._obs(self.core.reset()), {}
 
     def step(self, action):
-        out = self.core.step(np.asarray(action, dtype=np.float64)[None])
+        a = _action_array(action, "action")
+        if a.shape != (self.core.setup.n_seg,):
+            raise ValueError(f"action must be ({self.core.setup.n_seg},), got shape {a.shape}")
+        out = self.core.step(a[None])
         r = float(sarl_rewards(out["nu"], offset=self.core.setup.nu_offset)[0])
         trunc = self.core.t >= self.core.setup.episode_actions
         return self._obs(out["probes"]), r, False, trunc, {"nu": float(out["nu"][0])}
@@ -309,9 +344,10 @@ class RBCParallelEnv(ParallelEnv):
         missing = [a for a in self.agents if a not in actions]
         if missing:
             raise ValueError(f"actions is missing agents {missing}")
-        vec = np.array(
-            [np.asarray(actions[a], dtype=np.float64).reshape(-1)[0] for a in self.possible_agents]
-        )[None]
+        vals = [_action_array(actions[a], "actions").reshape(-1) for a in self.possible_agents]
+        if any(v.size != 1 for v in vals):
+            raise ValueError("actions must hold one number per agent")
+        vec = np.array([v[0] for v in vals])[None]
         out = self.core.step(vec)
         s = self.core.setup
         r = marl_rewards(out["nu"], out["nu_local"], beta=s.beta, offset=s.nu_offset)[0]

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from invariance.control.envs import RBCControl, RBCSetup
 from invariance.control.marl_rbc import marl_rewards, recentre, sarl_rewards
-from invariance.control.rbc import RBCState
+from invariance.control.rbc import RBCState, _count, _number
 
 __all__ = [
     "RBCVecEnv",
@@ -61,6 +61,8 @@ class RBCVecEnv(VecEnv):
     ) -> None:
         if mode not in ("marl", "sarl"):
             raise ValueError(f"mode must be 'marl' or 'sarl', got {mode!r}")
+        _check_setup(setup)
+        _count(n_sims, "n_sims")
         self.core = RBCControl(setup, n_sims, init_state)
         self.mode, self.n_sims, self.setup = mode, n_sims, setup
         n = setup.n_seg
@@ -142,7 +144,35 @@ def make_ppo(
 ) -> PPO:
     """SB3 PPO: one episode per rollout (``n_steps = episode_actions``), ``minibatches``
     minibatches per epoch (the same number of gradient steps for MARL and SARL), clip 0.2,
-    γ = 0.99, GAE λ = 0.95."""
+    γ = 0.99, GAE λ = 0.95.
+
+    Args:
+        env: the :class:`RBCVecEnv` (``"marl"``: the PPO policy is the shared policy).
+        seed: seed of SB3 (default: ``0``).
+        lr: Adam learning rate (default: ``1e-3``, the paper's).
+        hidden: widths of the policy and value networks (default: ``(64, 64)``).
+        n_epochs: PPO epochs per rollout (default: ``10``).
+        minibatches: minibatches per epoch (default: ``4``).
+        ent_coef: entropy bonus (default: ``0.01``, the paper's).
+        log_std_init: initial log standard deviation of the actions (default: ``-0.5``).
+
+    Save and resume with SB3's own format: ``model.save(path)``, ``PPO.load(path, env=env)``,
+    ``model.learn(n, reset_num_timesteps=False)``.
+    """
+    if not isinstance(env, RBCVecEnv):
+        raise TypeError(f"env must be an RBCVecEnv, got {type(env).__name__}")
+    _count(seed, "seed", lo=0)
+    _number(lr, "lr")
+    _count(n_epochs, "n_epochs")
+    _count(minibatches, "minibatches")
+    _number(ent_coef, "ent_coef", positive=False)
+    _number(log_std_init, "log_std_init", positive=False)
+    if ent_coef < 0:
+        raise ValueError(f"ent_coef must be >= 0, got {ent_coef}")
+    if isinstance(hidden, (str, bytes)) or not hasattr(hidden, "__iter__"):
+        raise TypeError(f"hidden must be a sequence of ints, got {type(hidden).__name__}")
+    for h in hidden:
+        _count(h, "hidden")
     return PPO(
         "MlpPolicy",
         env,
@@ -165,7 +195,18 @@ def make_ppo(
 
 
 def ppo_controller(model: PPO, setup: RBCSetup, mode: str) -> Controller:
-    """Deterministic (mean) actions of a trained PPO model as a controller."""
+    """Deterministic (mean) actions of a trained PPO model as a controller.
+
+    Args:
+        model: a PPO model trained on an :class:`RBCVecEnv` of ``setup``.
+        setup: the control problem.
+        mode: ``"marl"`` (one action per recentred agent view) or ``"sarl"``.
+    """
+    if not hasattr(model, "predict"):
+        raise TypeError(f"model must be a stable-baselines3 model, got {type(model).__name__}")
+    _check_setup(setup)
+    if mode not in ("marl", "sarl"):
+        raise ValueError(f"mode must be 'marl' or 'sarl', got {mode!r}")
 
     def act(probes: Tensor) -> Tensor:
         b = probes.shape[0]
@@ -179,13 +220,21 @@ def ppo_controller(model: PPO, setup: RBCSetup, mode: str) -> Controller:
     return act
 
 
+def _check_setup(setup: Any) -> None:
+    if not isinstance(setup, RBCSetup):
+        raise TypeError(f"setup must be an RBCSetup, got {type(setup).__name__}")
+
+
 def uncontrolled(n_seg: int) -> Controller:
-    """Zero actions (uniform bottom temperature)."""
+    """Zero actions (uniform bottom temperature) for ``n_seg`` segments."""
+    _count(n_seg, "n_seg")
     return lambda probes: torch.zeros(probes.shape[0], n_seg, dtype=torch.float64)
 
 
 def random_controller(n_seg: int, seed: int = 0) -> Controller:
-    """Uniform actions in ``[-1, 1]`` (seeded)."""
+    """Uniform actions in ``[-1, 1]`` for ``n_seg`` segments (seeded by ``seed``)."""
+    _count(n_seg, "n_seg")
+    _count(seed, "seed", lo=0)
     g = torch.Generator().manual_seed(seed)
     return lambda probes: (
         2 * torch.rand(probes.shape[0], n_seg, generator=g, dtype=torch.float64) - 1
@@ -194,7 +243,14 @@ def random_controller(n_seg: int, seed: int = 0) -> Controller:
 
 def proportional_controller(setup: RBCSetup, gain: float = 5.0, row: int = 0) -> Controller:
     """``a_i = -gain * ⟨v⟩_i``: cool the bottom where the fluid near it rises (probe row ``row``,
-    averaged over segment ``i``'s probe columns; ``v`` in physical units)."""
+    averaged over segment ``i``'s probe columns; ``v`` in physical units; ``gain >= 0``)."""
+    _check_setup(setup)
+    gain = _number(gain, "gain", positive=False)
+    if gain < 0:
+        raise ValueError(f"gain must be >= 0 (a negative gain heats rising fluid), got {gain}")
+    _count(row, "row", lo=0)
+    if row >= setup.probe_y:
+        raise ValueError(f"row must be < probe_y={setup.probe_y}, got {row}")
     cps = setup.probe_x // setup.n_seg
 
     def act(probes: Tensor) -> Tensor:
@@ -213,22 +269,45 @@ def rollout(
     episode_actions: int | None = None,
     init_state: RBCState | None = None,
     keep_fields: bool = False,
+    keep_frames: bool = False,
 ) -> dict[str, Any]:
     """Run one episode of ``controller`` on ``n_sims`` simulations.
 
+    Args:
+        setup: the control problem.
+        controller: ``probes (B, 3, py, px) -> actions (B, n_seg)``.
+        n_sims: simulations run together (default: ``1``).
+        episode_actions: actions in the episode (default: ``setup.episode_actions``).
+        init_state: the start (default: the setup's baseline state).
+        keep_fields: also return the final temperature field (default: ``False``).
+        keep_frames: also return the temperature field at the start and after every action
+            (default: ``False``).
+
     Returns ``{"nu": (n_sims, actions) per-action volume Nu, "episode_nu": (n_sims,) mean,
-    "nu_wall": ..., "T": final temperature fields (if keep_fields)}``.
+    "nu_wall": ..., "T": (n_sims, ny + 1, nx) final temperature (if keep_fields),
+    "frames": (actions + 1, n_sims, ny + 1, nx) temperatures (if keep_frames)}``.
     """
+    _check_setup(setup)
+    if not callable(controller):
+        raise TypeError(f"controller must be callable, got {type(controller).__name__}")
+    _count(n_sims, "n_sims")
+    if episode_actions is not None:
+        _count(episode_actions, "episode_actions")
     core = RBCControl(setup, n_sims, init_state)
     probes = core.reset()
     nus, walls = [], []
-    for _ in range(episode_actions or setup.episode_actions):
+    frames = [core.solver.fields(core.state)["T"]] if keep_frames else []
+    for _ in range(setup.episode_actions if episode_actions is None else episode_actions):
         out = core.step(controller(probes))
         probes = out["probes"]
         nus.append(out["nu"])
         walls.append(out["nu_wall"])
+        if keep_frames:
+            frames.append(core.solver.fields(core.state)["T"])
     nu = torch.stack(nus, 1)
     res: dict[str, Any] = {"nu": nu, "episode_nu": nu.mean(1), "nu_wall": torch.stack(walls, 1)}
     if keep_fields:
         res["T"] = core.solver.fields(core.state)["T"]
+    if keep_frames:
+        res["frames"] = torch.stack(frames)
     return res

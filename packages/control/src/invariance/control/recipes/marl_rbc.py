@@ -8,7 +8,9 @@
 * ``reproduce``: stable-baselines3 PPO (the ``rl`` extra) for MARL (every agent of every
   simulation is one sub-env of one shared policy) and SARL (one agent, all segments) after the same
   number of CFD episodes, against uncontrolled, random and proportional control; metric: the
-  episode-mean Nusselt number of the deterministic policy (lower is better), per seed.
+  episode-mean Nusselt number of the deterministic policy (lower is better), per seed. Writes the
+  Nusselt and temperature plots (PNG), a GIF of the temperature field (uncontrolled, SARL, MARL),
+  the trained agents in stable-baselines3's format and the start state in safetensors.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from invariance.control.envs import RBCControl, RBCSetup, baseline_state
+from invariance.control.envs import RBCControl, RBCSetup, baseline_state, save_state
 from invariance.control.marl_rbc import (
     ActorCritic,
     PerAgentPolicy,
@@ -31,6 +33,7 @@ from invariance.control.marl_rbc import (
     marl_rewards,
     recentre,
 )
+from invariance.control.recipes import _marl_rbc_plots as _plots
 from invariance.core.groups import CyclicShift
 from invariance.core.recipe import CheckResult, Recipe, ReproduceResult, TrainConfig
 from invariance.core.registry import register
@@ -388,24 +391,30 @@ def _reproduce(cfg: MarlRBCConfig, run: Any, *, quick: bool) -> ReproduceResult:
     curves: dict[str, list[list[float]]] = {"marl_ppo": [], "sarl_ppo": []}
     inv: list[float] = []
     spreads: list[float] = []
+    kw = {"init_state": init, "keep_fields": True, "keep_frames": True}
     fixed = {
-        "uncontrolled": rollout(setup, uncontrolled(n), init_state=init, keep_fields=True),
-        "proportional": rollout(
-            setup, proportional_controller(setup, cfg.gain), init_state=init, keep_fields=True
-        ),
+        "uncontrolled": rollout(setup, uncontrolled(n), **kw),
+        "proportional": rollout(setup, proportional_controller(setup, cfg.gain), **kw),
     }
+    frames: dict[str, Tensor] = {}
+    saved: list[str] = []
+    if run is not None and getattr(
+        run, "enabled", True
+    ):  # the episode start, to restart or resume episodes
+        saved.append(str(save_state(run.path / "baseline_state.safetensors", init)))
     probes = _check_probes(setup)
     for s in seeds:
         outs = dict(fixed)  # deterministic controllers: the same value for every seed
-        outs["random"] = rollout(
-            setup, random_controller(n, seed=s), init_state=init, keep_fields=True
-        )
+        outs["random"] = rollout(setup, random_controller(n, seed=s), **kw)
         for mode in ("sarl", "marl"):
             model, curve = _train_ppo(cfg, setup, init, mode, s)
             curves[f"{mode}_ppo"].append(curve)
-            outs[f"{mode}_ppo"] = rollout(
-                setup, ppo_controller(model, setup, mode), init_state=init, keep_fields=True
-            )
+            outs[f"{mode}_ppo"] = rollout(setup, ppo_controller(model, setup, mode), **kw)
+            if run is not None and getattr(
+                run, "enabled", True
+            ):  # stable-baselines3's own format (PPO.load)
+                model.save(run.path / f"{mode}_ppo_seed{s}.zip")
+                saved.append(str(run.path / f"{mode}_ppo_seed{s}.zip"))
             if mode == "marl":
                 e, sp = _sb3_equivariance_error(model, setup, probes)
                 inv.append(e)
@@ -415,9 +424,12 @@ def _reproduce(cfg: MarlRBCConfig, run: Any, *, quick: bool) -> ReproduceResult:
             if s == seeds[0]:
                 series[a] = outs[a]["nu"][0]
                 snaps[a] = outs[a]["T"][0]
+                frames[a] = outs[a]["frames"][:, 0]
         if run is not None:
             run.log_metrics({"seed": s, **{a: vals[a][-1] for a in ARMS}})
-    plots = _plots(run, setup, series, snaps, curves) if run is not None else []
+    plots = _plots.plots(run, setup, series, snaps, curves) if run is not None else []
+    if run is not None and getattr(run, "enabled", True):
+        plots += _plots.animation(run, setup, frames, series)
     episodes = max(1, math.ceil(cfg.episodes / cfg.n_sims)) * cfg.n_sims
     not_showable = ""
     if quick:
@@ -458,52 +470,6 @@ def _reproduce(cfg: MarlRBCConfig, run: Any, *, quick: bool) -> ReproduceResult:
             ),
             "marl_action_spread": spreads,
             "proportional_gain": cfg.gain,
+            "saved": [str(p).rsplit("/", 1)[-1] for p in saved],
         },
     )
-
-
-def _plots(run: Any, setup: RBCSetup, series: dict, snaps: dict, curves: dict) -> list[str]:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from matplotlib.colors import TwoSlopeNorm
-    except ImportError:
-        return []
-    out = []
-    hold = setup.hold_steps * setup.dt
-    fig, ax = plt.subplots(1, 2, figsize=(11, 3.6))
-    for a, nu in series.items():
-        t = hold * torch.arange(1, len(nu) + 1)
-        ax[0].plot(t, nu, label=a)
-    ax[0].set(xlabel="time (free-fall units)", ylabel="Nu (volume)", title="seed 0, evaluation")
-    ax[0].legend(fontsize=8)
-    for a, cs in curves.items():
-        for i, c in enumerate(cs):
-            ax[1].plot(
-                range(1, len(c) + 1),
-                c,
-                color="C4" if a == "marl_ppo" else "C3",
-                alpha=0.7,
-                label=a if i == 0 else None,
-            )
-    ax[1].set(xlabel="CFD episode (training)", ylabel="episode-mean Nu", title="training")
-    ax[1].legend(fontsize=8)
-    out.append(str(run.savefig(fig, "marl_rbc_nusselt")))
-    fig, axs = plt.subplots(len(snaps), 1, figsize=(7, 1.7 * len(snaps)), squeeze=False)
-    for axi, (a, T) in zip(axs[:, 0], snaps.items()):
-        axi.imshow(
-            T.numpy(),
-            origin="lower",
-            cmap="RdBu_r",
-            norm=TwoSlopeNorm(vmin=0.0, vcenter=0.5, vmax=1.75),
-            aspect="auto",
-            extent=(0, setup.lx, 0, 1),
-        )
-        axi.set_ylabel(a, fontsize=8)
-        axi.set_xticks([])
-        axi.set_yticks([])
-    axs[0, 0].set_title("temperature at the end of the evaluation episode (seed 0)")
-    out.append(str(run.savefig(fig, "marl_rbc_temperature")))
-    return out
