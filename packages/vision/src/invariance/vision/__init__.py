@@ -5,14 +5,18 @@
 * :mod:`~invariance.vision.bss`: Batch Styles Standardization (Scalbert et al. 2024):
   :func:`batch_styles_standardization`, :class:`BSS`, a SimCLR pipeline on style domains;
 * :mod:`~invariance.vision.sepc`: Scale-Equalizing Pyramid Convolution (Wang et al. 2020):
-  :class:`PyramidConv`, :class:`SEPC`, a torchvision RetinaNet head.
+  :class:`PyramidConv`, :class:`SEPC`, a torchvision RetinaNet head;
+* :mod:`~invariance.vision.render`: a differentiable ray caster for primitive scenes
+  (:class:`Scene`, :func:`look_at`, :func:`render_scene`) and the Prim3D-10 objects;
+* :mod:`~invariance.vision.viat`: VIAT (Ruan et al. 2023): GMVFool (:func:`gmvfool`) and
+  viewpoint-adversarial training.
 
 Importing this package registers the methods ``galaxy``, ``galaxy_mean``, ``bss`` and ``sepc``
 (and the benches) with :mod:`invariance.core.registry`.
 """
 
 # `recipes` registers the methods, `bench` the benches (both import the method modules)
-from invariance.vision import bench, bss, galaxy, recipes, sepc
+from invariance.vision import bench, bss, galaxy, recipes, render, sepc, viat
 from invariance.vision.bss import (
     BSS,
     SimCLR,
@@ -23,11 +27,15 @@ from invariance.vision.bss import (
 from invariance.vision.data.digit_scenes import make_digit_scenes
 from invariance.vision.data.digit_styles import make_digit_styles
 from invariance.vision.data.galaxies import make_galaxies, simulate_votes
+from invariance.vision.data.prim3d import PRIM3D_CLASSES, make_prim3d
 from invariance.vision.galaxy import GalaxyNet, GalaxyZooOutput, PlainGalaxyCNN
 from invariance.vision.nn.galaxy_layers import galaxy_views, merge_views
 from invariance.vision.recipes.bss import BSSConfig
 from invariance.vision.recipes.galaxy import GalaxyConfig, GalaxyMeanConfig
 from invariance.vision.recipes.sepc import SEPCConfig
+from invariance.vision.recipes.viat import VIATConfig, ViewClassifier
+from invariance.vision.render import Camera, Scene, look_at
+from invariance.vision.render import render as render_scene
 from invariance.vision.sepc import (
     SEPC,
     PyramidConv,
@@ -36,6 +44,15 @@ from invariance.vision.sepc import (
     build_retinanet,
     coco_detection_ap,
     detection_ap,
+)
+from invariance.vision.viat import (
+    GMMViews,
+    gmvfool,
+    nes_step,
+    random_viewpoints,
+    sample_pool_views,
+    viat_loss,
+    viewpoint,
 )
 
 __version__ = "0.1.0"
@@ -71,4 +88,21 @@ __all__ = [
     "bss",
     "galaxy",
     "sepc",
+    "render",
+    "viat",
+    "Scene",
+    "Camera",
+    "look_at",
+    "render_scene",
+    "make_prim3d",
+    "PRIM3D_CLASSES",
+    "GMMViews",
+    "gmvfool",
+    "nes_step",
+    "viewpoint",
+    "random_viewpoints",
+    "sample_pool_views",
+    "viat_loss",
+    "VIATConfig",
+    "ViewClassifier",
 ]
