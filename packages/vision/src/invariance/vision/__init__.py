@@ -9,14 +9,18 @@
 * :mod:`~invariance.vision.render`: a differentiable ray caster for primitive scenes
   (:class:`Scene`, :func:`look_at`, :func:`render_scene`) and the Prim3D-10 objects;
 * :mod:`~invariance.vision.viat`: VIAT (Ruan et al. 2023): GMVFool (:func:`gmvfool`) and
-  viewpoint-adversarial training.
+  viewpoint-adversarial training;
+* :mod:`~invariance.vision.modalities`: pixel-aligned infrared/depth/normal/event/sketch/paint
+  images of renders;
+* :mod:`~invariance.vision.prelude`: PreludeNet (Ziskind et al. 2022): the PredNet encoder
+  (:class:`PredNet`), the depth decoder (:class:`PreludeNet`) and a U-Net baseline.
 
 Importing this package registers the methods ``galaxy``, ``galaxy_mean``, ``bss`` and ``sepc``
 (and the benches) with :mod:`invariance.core.registry`.
 """
 
 # `recipes` registers the methods, `bench` the benches (both import the method modules)
-from invariance.vision import bench, bss, galaxy, recipes, render, sepc, viat
+from invariance.vision import bench, bss, galaxy, modalities, prelude, recipes, render, sepc, viat
 from invariance.vision.bss import (
     BSS,
     SimCLR,
@@ -27,11 +31,14 @@ from invariance.vision.bss import (
 from invariance.vision.data.digit_scenes import make_digit_scenes
 from invariance.vision.data.digit_styles import make_digit_styles
 from invariance.vision.data.galaxies import make_galaxies, simulate_votes
+from invariance.vision.data.lightbox import make_lightbox
 from invariance.vision.data.prim3d import PRIM3D_CLASSES, make_prim3d
 from invariance.vision.galaxy import GalaxyNet, GalaxyZooOutput, PlainGalaxyCNN
 from invariance.vision.nn.galaxy_layers import galaxy_views, merge_views
+from invariance.vision.prelude import DepthUNet, PredNet, PreludeNet, prediction_error_loss
 from invariance.vision.recipes.bss import BSSConfig
 from invariance.vision.recipes.galaxy import GalaxyConfig, GalaxyMeanConfig
+from invariance.vision.recipes.preludenet import PreludeNetConfig
 from invariance.vision.recipes.sepc import SEPCConfig
 from invariance.vision.recipes.viat import VIATConfig, ViewClassifier
 from invariance.vision.render import Camera, Scene, look_at
@@ -105,4 +112,12 @@ __all__ = [
     "viat_loss",
     "VIATConfig",
     "ViewClassifier",
+    "modalities",
+    "prelude",
+    "PredNet",
+    "PreludeNet",
+    "DepthUNet",
+    "prediction_error_loss",
+    "PreludeNetConfig",
+    "make_lightbox",
 ]

@@ -314,6 +314,7 @@ def render(
     scene_index: Tensor | None = None,
     light: tuple[float, float, float] | Tensor = (0.4, 1.0, 0.6),
     ambient: float = 0.35,
+    intensity: float = 1.0,
     shadows: bool = True,
     background: float = 1.0,
     chunk: int = 32,
@@ -322,7 +323,8 @@ def render(
     ``len(scene) == B``, scene 0 when ``len(scene) == 1``).
 
     ``light`` is the direction towards a directional light (world frame; one for all views or
-    ``(B, 3)``). Returns ``rgb`` ``(B, 3, S, S)`` in ``[0, 1]``, ``depth`` ``(B, 1, S, S)``
+    ``(B, 3)``) of strength ``intensity``; a lit point has brightness ``ambient + intensity *
+    (1 - ambient) * max(0, n . light)`` times its albedo, clipped at 1. Returns ``rgb`` ``(B, 3, S, S)`` in ``[0, 1]``, ``depth`` ``(B, 1, S, S)``
     (z-depth, 0 on the background), ``normals`` ``(B, 3, S, S)`` (world frame, 0 on the
     background), ``mask`` ``(B, 1, S, S)``, ``prim`` ``(B, 1, S, S)`` (hit primitive slot, -1 on
     the background) and ``material`` ``(B, 1, S, S)``.
@@ -334,6 +336,7 @@ def render(
     size = check_int(size, "size")
     chunk = check_int(chunk, "chunk")
     ambient = check_number(ambient, "ambient", lo=0.0, hi=1.0)
+    intensity = check_number(intensity, "intensity", lo=0.0)
     background = check_number(background, "background", lo=0.0, hi=1.0)
     b = len(camera)
     check_tensor(camera.position, "camera.position", dims=2)
@@ -364,6 +367,7 @@ def render(
             lt[i : i + chunk],
             size,
             ambient,
+            intensity,
             shadows,
             background,
         )
@@ -373,7 +377,14 @@ def render(
 
 
 def _render_chunk(
-    scene: Scene, cam: Camera, light: Tensor, size: int, ambient: float, shadows: bool, bg: float
+    scene: Scene,
+    cam: Camera,
+    light: Tensor,
+    size: int,
+    ambient: float,
+    intensity: float,
+    shadows: bool,
+    bg: float,
 ) -> dict[str, Tensor]:
     b = len(cam)
     o, d = _rays(cam, size)
@@ -399,8 +410,11 @@ def _render_chunk(
         p = o + t_hit[..., None] * d + 1e-4 * n_w
         ts, _, _ = _intersect(scene, p, light[:, None, :].expand_as(d))
         lam = lam * (~torch.isfinite(ts.min(-1).values)).to(lam.dtype)
-    shade = ambient + (1 - ambient) * lam
-    rgb = torch.where(mask[..., None], albedo * shade[..., None], torch.full_like(albedo, bg))
+    shade = ambient + intensity * (1 - ambient) * lam
+    lit = albedo * shade[..., None]
+    if intensity > 1:
+        lit = lit.clamp_max(1.0)
+    rgb = torch.where(mask[..., None], lit, torch.full_like(albedo, bg))
     material = scene.material.gather(1, idx)
 
     def img(x: Tensor) -> Tensor:
