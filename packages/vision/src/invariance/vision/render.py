@@ -327,8 +327,9 @@ def render(
     (1 - ambient) * max(0, n . light)`` times its albedo, clipped at 1.
 
     Returns ``rgb`` ``(B, 3, S, S)`` in ``[0, 1]``, ``depth`` ``(B, 1, S, S)`` (z-depth, 0 on
-    the background), ``normals`` ``(B, 3, S, S)`` (world frame, 0 on the background), ``mask`` ``(B, 1, S, S)``, ``prim`` ``(B, 1, S, S)`` (hit primitive slot, -1 on
-    the background) and ``material`` ``(B, 1, S, S)``.
+    the background), ``normals`` ``(B, 3, S, S)`` (world frame, 0 on the background),
+    ``mask`` ``(B, 1, S, S)``, ``prim`` ``(B, 1, S, S)`` (hit primitive slot, -1 on the
+    background) and ``material`` ``(B, 1, S, S)``.
     """
     if not isinstance(scene, Scene):
         raise TypeError(f"scene must be a Scene, got {type(scene).__name__}")
