@@ -18,9 +18,11 @@ from invariance.core.testing import fuzz_bad_inputs, fuzz_table
 from invariance.geometry import (
     EqMotion,
     FrameAveraging,
+    PARENet,
     PointNet,
     PointNetSeg,
     RISurConvNet,
+    RoITr,
     TinvNN,
     TrajectoryGNN,
     TrajectoryMLP,
@@ -42,6 +44,20 @@ from invariance.geometry.ops import (
     knn,
     pca_frames,
     point_pair_features,
+)
+from invariance.geometry.pare_net import feature_hypotheses
+from invariance.geometry.registration import (
+    inlier_ratio,
+    log_optimal_transport,
+    make_pair,
+    ransac,
+    registration_metrics,
+    weighted_procrustes,
+)
+from invariance.geometry.registration.matching import (
+    dual_normalized_scores,
+    mutual_topk,
+    point_to_node,
 )
 
 
@@ -69,7 +85,55 @@ def _cases():
     d2 = torch.cdist(pos[0], pos[0]).pow(2)
     xi, ni = _gen(2, 4, 6, 3), torch.nn.functional.normalize(_gen(2, 4, 6, 3, seed=2), dim=-1)
     n_p = torch.nn.functional.normalize(_gen(2, 4, 3, seed=3), dim=-1)
+    rp = make_pair(0, n_points=96, split="full")
+    roitr = RoITr(
+        widths=(8, 8, 8), k=(6, 6, 6), coarse_dim=8, fine_dim=8, patch_k=8, num_coarse=4
+    ).eval()
+    pare = PARENet(
+        channels=(4, 4, 8), out_channels=8, k=6, coarse_dim=8, fine_dim=8, patch_k=8, num_coarse=4
+    ).eval()
+    clouds = {
+        "src": rp.src,
+        "src_normals": rp.src_normals,
+        "tgt": rp.tgt,
+        "tgt_normals": rp.tgt_normals,
+    }
+    fv = _gen(16, 4, 3, seed=4)
     return [
+        # registration toolkit and matchers
+        ("make_pair", make_pair,
+         {"seed": 0, "n_points": 32, "split": "normal", "rotation": "so3", "noise": 0.01,
+          "translation_std": 1.0, "tau": 0.05}, ()),
+        ("weighted_procrustes", weighted_procrustes,
+         {"src": rp.src[:32], "tgt": rp.tgt[:32], "weights": torch.rand(32)},
+         ("src:extra_dim", "tgt:extra_dim")),
+        ("ransac", ransac,
+         {"src": rp.src[:32], "tgt": rp.tgt[:32], "threshold": 0.1, "iterations": 20}, ()),
+        ("log_optimal_transport", log_optimal_transport,
+         {"scores": _gen(2, 5, 3), "alpha": 1.0, "iters": 5},
+         ("scores:fewer_dims", "alpha:negative")),
+        ("registration_metrics", registration_metrics,
+         {"src": rp.src, "R_est": rp.R, "t_est": rp.t, "R_gt": rp.R.T, "t_gt": -rp.t}, ()),
+        ("inlier_ratio", inlier_ratio,
+         {"src_corr": rp.src[:32], "tgt_corr": rp.tgt[:32], "R_gt": rp.R, "t_gt": rp.t,
+          "tau1": 0.05}, ()),
+        ("point_to_node", point_to_node, {"points": rp.src, "nodes": rp.src[:8], "k": 4}, ()),
+        ("dual_normalized_scores", dual_normalized_scores,
+         {"fx": _gen(5, 3), "fy": _gen(6, 3, seed=1)}, ()),
+        ("mutual_topk", mutual_topk, {"scores": torch.rand(5, 6), "k": 2, "threshold": 0.01},
+         ("threshold:negative",)),
+        ("feature_hypotheses", feature_hypotheses,
+         {"src": rp.src[:16], "ref": rp.tgt[:16], "f_src": fv, "f_ref": fv.flip(0),
+          "voters_src": rp.src[:20], "voters_ref": rp.tgt[:20], "radius": 0.1,
+          "refine_steps": 2}, ()),
+        ("RoITr.forward", roitr, clouds, ()),
+        ("RoITr.register", roitr.register, {**clouds, "iterations": 50, "threshold": 0.1}, ()),
+        ("RoITr.loss", roitr.loss, {**clouds, "R": rp.R, "t": rp.t, "radius": 0.1}, ()),
+        ("PARENet.encode", pare.encode, {"pos": rp.src}, ()),
+        ("PARENet.register", pare.register,
+         {"src": rp.src, "tgt": rp.tgt, "num": 32, "radius": 0.1}, ()),
+        ("PARENet.loss", pare.loss, {"src": rp.src, "tgt": rp.tgt, "R": rp.R, "t": rp.t,
+                                     "radius": 0.1}, ()),
         # ops
         ("knn", knn, {"x": pos, "k": 4}, ("x:extra_dim", "x:fewer_dims")),
         ("knn (query)", knn, {"x": pos, "k": 4, "query": pos[:, :5]}, ()),

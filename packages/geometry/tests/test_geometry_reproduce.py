@@ -23,6 +23,16 @@ TINY = {
         "embed": 4, "batch_size": 8,
     },
     "eqmotion": {"n_train": 16, "n_test": 8, "steps": 2, "batch_size": 8},
+    "roitr": {
+        "n_points": 96, "n_train": 2, "n_test": 2, "steps": 2, "test_splits": "normal",
+        "fpfh": False, "widths": (8, 8, 8), "coarse_dim": 8, "fine_dim": 8, "patch_k": 8,
+        "ransac_iterations": 50,
+    },
+    "pare_net": {
+        "n_points": 96, "n_train": 2, "n_test": 2, "steps": 2, "test_splits": "normal",
+        "fpfh": False, "channels": (4, 4, 8), "out_channels": 8, "k": 6, "coarse_dim": 8,
+        "fine_dim": 8, "patch_k": 8, "ransac_iterations": 50, "num_corr": 32,
+    },
 }  # fmt: skip
 
 

@@ -1,7 +1,16 @@
 """PARE-Net blocks: exact SO(3) equivariance of the VN layers and PARE-Conv, invariance of the
 Gram-Schmidt head, rotations recovered from features, equivariant hypotheses; negative controls
 (the official +1e-9 normalisation, a coordinate-wise non-linearity, features that ignore the
-rotation)."""
+rotation); golden values of the official ``solve_local_rotations``, ``weighted_procrustes`` and
+``relative_rotation_error``.
+
+Golden provenance: ``golden_pare_official.json`` was recorded by running the official functions
+(github.com/yaorz97/PARENet @ 71baada, ``pareconv/modules/registration/procrustes.py`` and
+``metrics.py``) on CPU in float64 with ``ipdb`` stubbed and ``Tensor.cuda`` patched to the
+identity; the recording script is in the JSON's ``script`` field."""
+
+import json
+from pathlib import Path
 
 import torch
 
@@ -21,6 +30,19 @@ from invariance.geometry.pare_net import (
     feature_hypotheses,
     solve_local_rotations,
 )
+
+GOLDEN = json.loads((Path(__file__).parent / "golden_pare_official.json").read_text())
+
+
+def test_golden_official_rotation_solvers_and_rre():
+    from invariance.geometry.registration import rotation_error, weighted_procrustes
+
+    t = lambda k: torch.tensor(GOLDEN[k], dtype=torch.float64)  # noqa: E731
+    R, valid = solve_local_rotations(t("A"), t("B"))
+    assert valid.all() and torch.allclose(R, t("R_local"), atol=1e-10)
+    Rw, tw = weighted_procrustes(t("P"), t("Q"), t("w"))
+    assert torch.allclose(Rw, t("R_wp"), atol=1e-10) and torch.allclose(tw, t("t_wp"), atol=1e-10)
+    assert torch.allclose(rotation_error(t("R2"), t("R1")), t("rre_deg"), atol=1e-8)
 
 
 def _cloud(n=64, seed=0):

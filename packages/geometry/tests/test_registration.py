@@ -218,6 +218,30 @@ def test_optimal_transport_marginals_dustbin_and_permutation_equivariance():
         log_optimal_transport(s, 1.0, iters=0)
 
 
+@with_package("ot")
+def test_optimal_transport_matches_pot_sinkhorn_log():
+    """Parity with POT's ``ot.bregman.sinkhorn_log`` (POT, the field's OT library, run live) on
+    the dustbin-augmented problem: cost = -scores, reg = 1, marginals 1/(m+n) for real rows and
+    columns, n/(m+n) and m/(m+n) for the dustbins; our plan is rescaled by (m+n)."""
+    import warnings
+
+    import ot
+
+    g = torch.Generator().manual_seed(3)
+    m, n, alpha, iters = 5, 7, 0.7, 30
+    s = torch.randn(m, n, generator=g, dtype=torch.float64)
+    aug = torch.full((m + 1, n + 1), alpha, dtype=torch.float64)
+    aug[:m, :n] = s
+    norm = 1.0 / (m + n)
+    mu = torch.cat([torch.full((m,), norm), torch.tensor([n * norm])]).double()
+    nu = torch.cat([torch.full((n,), norm), torch.tensor([m * norm])]).double()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plan = ot.bregman.sinkhorn_log(mu, nu, -aug, reg=1.0, numItermax=iters, stopThr=0.0)
+    ours = log_optimal_transport(s, alpha, iters)
+    assert torch.allclose(ours, plan.log() - math.log(norm), atol=1e-10)
+
+
 # --------------------------------------------------------------------------- metrics, PPF
 
 

@@ -1,9 +1,12 @@
-"""Benchmarks (``invariance-geometry bench <name>``): kNN against scipy's cKDTree, and Frame
-Averaging's overhead over its backbone. Both time through :func:`invariance.core.bench.compare`
+"""Benchmarks (``invariance-geometry bench <name>``): kNN against scipy's cKDTree, Frame
+Averaging's overhead over its backbone, and the registration ops (kNN, FPS, PPF, Sinkhorn,
+RANSAC) against scipy / open3d / PyG / POT. All time through :func:`invariance.core.bench.compare`
 (``torch.utils.benchmark``, candidates interleaved, repeats, median and spread) and return flat
 rows."""
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 import torch
@@ -13,9 +16,11 @@ from invariance.core.bench import compare, machine, register_bench
 from .frame_averaging import FrameAveraging
 from .nn.baselines import PointNet
 from .ops.frames import frame_signs, pca_frames
+from .ops.geometry_features import point_pair_features
 from .ops.neighbors import farthest_point_sample, knn
+from .registration.solvers import log_optimal_transport, ransac
 
-__all__ = ["bench_knn", "bench_fa_overhead"]
+__all__ = ["bench_knn", "bench_fa_overhead", "bench_registration"]
 
 
 @register_bench("geometry", "knn")
@@ -176,3 +181,183 @@ def bench_fa_overhead(
         "peer": peer or "frame-averaging-pytorch not installed",
         "machine": machine(device),
     }
+
+
+def _peer(label: str, fn):
+    """``fn()`` or ``None`` when the peer is not installed (the row then says so)."""
+    try:
+        return fn()
+    except ImportError:
+        return None
+
+
+@register_bench("geometry", "registration")
+def bench_registration(
+    *,
+    device: str = "cpu",
+    quick: bool = False,
+    n_points: int = 2048,
+    k: int = 16,
+    n_corr: int = 1024,
+    iterations: int = 1000,
+    ot_batch: int = 16,
+    ot_size: int = 64,
+    repeats: int = 0,
+) -> dict:
+    """The registration toolkit's ops against the peers that run here, one cloud of
+    ``n_points`` (float32 unless the peer needs float64), one torch thread, each op timed with
+    core's ``compare`` (interleaved, repeats, median and spread); ``speedup`` > 1 = faster than
+    the op's reference (the peer). Sections:
+
+    * ``knn``: ours (brute / auto) vs ``scipy.spatial.cKDTree`` (build + query) and open3d's
+      ``core.nns.NearestNeighborSearch`` (build + knn search); indices compared with cKDTree;
+    * ``fps``: ours to n/4 vs open3d ``farthest_point_down_sample``;
+    * ``ppf``: ours vs PyG's ``point_pair_features`` on the kNN pairs (max abs difference);
+    * ``sinkhorn``: our log-domain OT with a dustbin vs POT's ``sinkhorn_log`` on the same
+      augmented problem and marginals (torch backend; max abs difference of the log plans);
+    * ``ransac``: ours (vectorised) vs open3d's ``registration_ransac_based_on_correspondence``,
+      ``iterations`` hypotheses each (no early stop), ``n_corr`` correspondences with 50%%
+      outliers; the rotation error of each against the ground truth.
+    """
+    from scipy.spatial import cKDTree
+
+    from .registration.fpfh import import_open3d
+    from .registration.metrics import rotation_error
+    from .registration.pairs import make_pair
+
+    if quick:
+        n_points, n_corr, iterations = min(n_points, 1024), min(n_corr, 512), min(iterations, 500)
+    repeats = repeats or (3 if quick else 5)
+    mrt = 0.05 if quick else 0.2
+    torch.manual_seed(0)
+    p = make_pair(0, n_points=n_points, split="full", rotation="so3")
+    x, nrm = p.src.contiguous(), p.src_normals.contiguous()
+    xn = x.double().numpy()
+    label = f"{n_points} points, k={k}"
+    o3d = _peer("open3d", import_open3d)
+    out: dict = {"machine": machine(device), "label": label}
+
+    # -- kNN
+    fns = {"ckdtree": lambda: cKDTree(xn).query(xn, k)}
+    fns["ours_brute"] = lambda: knn(x, k, method="brute")
+    fns["ours_auto"] = lambda: knn(x, k)
+    if o3d is not None:
+        xt = o3d.core.Tensor(xn)
+
+        def o3d_knn():
+            s = o3d.core.nns.NearestNeighborSearch(xt)
+            s.knn_index()
+            return s.knn_search(xt, k)
+
+        fns["open3d_nns"] = o3d_knn
+    rows = compare(fns, reference="ckdtree", repeats=repeats, min_run_time=mrt, label=label)
+    ref = cKDTree(xn).query(xn, k)[1]
+    for r in rows:
+        if r["name"].startswith("ours"):
+            m = "brute" if r["name"] == "ours_brute" else "auto"
+            r["indices_equal_ckdtree"] = bool(np.array_equal(knn(x, k, method=m)[0].numpy(), ref))
+    out["knn"] = rows
+
+    # -- FPS
+    fns = {"ours": lambda: farthest_point_sample(x, n_points // 4)}
+    if o3d is not None:
+        pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(xn))
+        fns = {"open3d": lambda: pcd.farthest_point_down_sample(n_points // 4), **fns}
+    out["fps"] = compare(fns, repeats=repeats, min_run_time=mrt, label=label)
+
+    # -- PPF on the kNN pairs
+    idx = knn(x, k, method="brute")[0]
+    pi, pj = x[:, None].expand(-1, k, -1), x[idx]
+    ni, nj = nrm[:, None].expand(-1, k, -1), nrm[idx]
+    fns = {"ours": lambda: point_pair_features(pi, pj, ni, nj)}
+    try:
+        from torch_geometric.nn.conv.ppf_conv import point_pair_features as pyg_ppf
+
+        a, b, c, d = (t.reshape(-1, 3) for t in (pi, pj, ni, nj))
+        fns = {"pyg": lambda: pyg_ppf(a, b, c, d), **fns}
+        diff = (pyg_ppf(a, b, c, d) - point_pair_features(a, b, c, d)).abs().max()
+        out["ppf_max_abs_diff_vs_pyg"] = float(diff)
+    except ImportError:
+        out["ppf_max_abs_diff_vs_pyg"] = "torch_geometric not installed"
+    out["ppf"] = compare(fns, repeats=repeats, min_run_time=mrt, label=f"{n_points * k} pairs")
+
+    # -- Sinkhorn with a dustbin: ot_batch patches of ot_size x ot_size
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(ot_batch, ot_size, ot_size, generator=g, dtype=torch.float64)
+    alpha, iters = 1.0, 20
+    fns = {"ours": lambda: log_optimal_transport(scores, alpha, iters)}
+    try:
+        import ot
+
+        m_, n_ = ot_size, ot_size
+        aug = torch.cat(
+            [
+                torch.cat([scores, torch.full((ot_batch, m_, 1), alpha, dtype=scores.dtype)], 2),
+                torch.full((ot_batch, 1, n_ + 1), alpha, dtype=scores.dtype),
+            ],
+            1,
+        )
+        norm = 1.0 / (m_ + n_)
+        mu = torch.cat([torch.full((m_,), norm), torch.tensor([n_ * norm])]).double()
+        nu = torch.cat([torch.full((n_,), norm), torch.tensor([m_ * norm])]).double()
+
+        def pot():
+            warnings.filterwarnings("ignore", "Sinkhorn did not converge")
+            return [
+                ot.bregman.sinkhorn_log(mu, nu, -aug[b], reg=1.0, numItermax=iters, stopThr=0.0)
+                for b in range(aug.shape[0])
+            ]
+
+        fns = {"pot_sinkhorn_log": pot, **fns}
+        ours_plan = log_optimal_transport(scores, alpha, iters)
+        pot_plan = torch.stack(pot()).clamp_min(1e-300).log() - np.log(norm)
+        out["sinkhorn_max_abs_diff_vs_pot"] = float((ours_plan - pot_plan).abs().max())
+    except ImportError:
+        out["sinkhorn_max_abs_diff_vs_pot"] = "POT not installed"
+    out["sinkhorn"] = compare(
+        fns, repeats=repeats, min_run_time=mrt, label=f"{ot_batch} x {ot_size} x {ot_size}, 20 it"
+    )
+
+    # -- RANSAC on correspondences with 50% outliers
+    R = p.R
+    src = x[:n_corr]
+    tgt = src @ R.T + p.t + 0.005 * torch.randn(src.shape, generator=g).to(src)
+    n_out = n_corr // 2
+    tgt[:n_out] = tgt[torch.randperm(n_corr, generator=g)[:n_out]]
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    fns = {"ours": lambda: ransac(src, tgt, threshold=0.05, iterations=iterations, generator=gen())}
+    errs = {"ours": float(rotation_error(fns["ours"]().R, R))}
+    if o3d is not None:
+        reg = o3d.pipelines.registration
+        a = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(src.double().numpy()))
+        b = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(tgt.double().numpy()))
+        corr = o3d.utility.Vector2iVector(np.stack([np.arange(n_corr)] * 2, 1).astype(np.int32))
+
+        def o3d_ransac():
+            o3d.utility.random.seed(0)
+            return reg.registration_ransac_based_on_correspondence(
+                a,
+                b,
+                corr,
+                0.05,
+                reg.TransformationEstimationPointToPoint(False),
+                3,
+                [],
+                reg.RANSACConvergenceCriteria(iterations, 1.0),
+            )
+
+        fns = {"open3d": o3d_ransac, **fns}
+        T = torch.from_numpy(np.asarray(o3d_ransac().transformation).copy()).to(R)
+        errs["open3d"] = float(rotation_error(T[:3, :3], R))
+    out["ransac"] = compare(
+        fns,
+        repeats=repeats,
+        min_run_time=mrt,
+        label=f"{n_corr} correspondences, 50% outliers, {iterations} it",
+    )
+    for r in out["ransac"]:
+        r["rre_deg"] = round(errs[r["name"]], 4)
+    out["peers"] = "open3d " + (o3d.__version__ if o3d is not None else "not installed")
+    ops = ("knn", "fps", "ppf", "sinkhorn", "ransac")
+    out["rows"] = [{"op": op, **r} for op in ops for r in out.pop(op)]
+    return out

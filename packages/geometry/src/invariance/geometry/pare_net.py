@@ -1,7 +1,7 @@
 r"""PARE-Net building blocks: vector-neuron layers, the position-aware rotation-equivariant
 convolution, the invariant (Gram-Schmidt frame) head and the feature-based hypothesis proposer.
 
-Paper: Yao, Du, Li, Zhou, Zhou, Zhang, Xu (ECCV 2024), "PARE-Net: Position-Aware
+Paper: Yao et al. (ECCV 2024), "PARE-Net: Position-Aware
 Rotation-Equivariant Networks for Robust Point Cloud Registration", arXiv:2407.10142. Official
 code: github.com/yaorz97/PARENet (no licence file: read for understanding only, nothing copied).
 
@@ -33,8 +33,12 @@ Tested properties: blocks SO(3)-equivariant and the head invariant to float64 pr
 Deviations: the official VN-linear-leaky-ReLU normalises ``p + 1e-9`` (adding a constant
 *vector*), which breaks equivariance at the 1e-7 level; here the norm is clamped instead, which is
 exactly equivariant (the official behaviour is reproduced in the tests as a negative control).
-Not yet here: the voxel pyramid / FPN network, the GeoTransformer coarse matcher, dual matching,
-losses, training and the reproduce experiment.
+PARE-lite (:class:`PARENet`, CPU-sized): an FPS pyramid (three levels, kNN neighbourhoods) instead
+of the official voxel pyramid / KPConv-style FPN, one geometric-transformer block on the
+superpoints, dual matching in point-to-node patches with a matchability score, the proposer on
+the top correspondences; losses: the overlap-weighted circle loss, the fine matching
+log-likelihood and the rotation contrastive loss (weights 1:1:1). The recipe
+(:mod:`invariance.geometry.recipes.pare_net`) trains and evaluates it.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from invariance.geometry.nn.pare_layers import PAREConv, VNInvariantHead, position_aware_channels
 from invariance.geometry.nn.vector_neurons import (
     VNLeakyReLU,
     VNLinear,
@@ -55,6 +60,7 @@ from invariance.geometry.nn.vector_neurons import (
 )
 from invariance.geometry.ops import farthest_point_sample, knn
 from invariance.geometry.registration.matching import (
+    check_gt,
     circle_loss,
     dual_normalized_scores,
     mutual_topk,
@@ -76,135 +82,6 @@ __all__ = [
     "HypothesisResult",
     "PARENet",
 ]
-
-
-def position_aware_channels(rel: Tensor) -> Tensor:
-    """``(M, k, 3)`` neighbour offsets -> ``(M, k, 3, 3)`` channels ``[r_k, c, r_k x c]``."""
-    c = rel.mean(dim=1, keepdim=True).expand_as(rel)
-    return torch.stack([rel, c, torch.linalg.cross(rel, c, dim=-1)], dim=-2)
-
-
-class PAREConv(nn.Module):
-    """Position-aware rotation-equivariant convolution (see the module docstring).
-
-    Args:
-        in_channels: vector channels of the input features (``0`` for the first block, which
-            sees only the position-aware channels).
-        out_channels: vector channels of the output (even).
-        kernel_size: K, the number of kernel points of the weight bank (default: ``4``).
-        residual: the residual form (input ``[f_k - f_q, f_k, r_k]`` and a shortcut).
-
-    Shapes: ``pos`` ``(N, 3)`` support points, ``query`` ``(M, 3)``, ``idx`` ``(M, k)`` neighbour
-    indices into ``pos`` (the first one is the query itself, or its nearest support point),
-    ``feats`` ``(N, C_in, 3)`` (``None`` for the first block) -> ``(M, C_out, 3)``.
-    """
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        *,
-        kernel_size: int = 4,
-        residual: bool = False,
-        slope: float = 0.2,
-    ) -> None:
-        super().__init__()
-        check_channels(out_channels=out_channels, kernel_size=kernel_size)
-        if out_channels % 2:
-            raise ValueError(f"out_channels must be even, got {out_channels}")
-        if residual and (not isinstance(in_channels, int) or in_channels < 1):
-            raise ValueError(f"in_channels must be >= 1 for a residual block, got {in_channels!r}")
-        if not residual and in_channels != 0:
-            raise ValueError(
-                "the first (non-residual) block takes no input features: in_channels=0"
-            )
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size, self.residual = kernel_size, residual
-        k2 = 2 * kernel_size
-        self.score_vn = VNLinearLeakyReLU(3, k2, slope=slope)
-        self.score_mlp = nn.Sequential(
-            nn.Linear(k2, kernel_size),
-            nn.BatchNorm1d(kernel_size),
-            nn.ReLU(),
-            nn.Linear(kernel_size, kernel_size),
-        )
-        cin = 2 * in_channels + 1 if residual else 3
-        half = out_channels // 2
-        self.bank = nn.Parameter(torch.empty(kernel_size, half, cin))
-        self.act = VNLeakyReLU(half, slope=slope)
-        self.out = VNLinearLeakyReLU(half, out_channels, slope=slope)
-        self.shortcut = VNLinear(in_channels, out_channels) if residual else None
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        nn.init.kaiming_uniform_(self.bank, a=math.sqrt(5))
-
-    def forward(
-        self, pos: Tensor, query: Tensor, idx: Tensor, feats: Tensor | None = None
-    ) -> Tensor:
-        for name, t in (("pos", pos), ("query", query)):
-            if not isinstance(t, Tensor) or t.dim() != 2 or t.shape[-1] != 3:
-                raise ValueError(f"{name} must be an (N, 3) tensor")
-            if not t.is_floating_point() or not torch.isfinite(t).all():
-                raise ValueError(f"{name} must be a finite floating tensor")
-        if not isinstance(idx, Tensor) or idx.dtype != torch.long or idx.dim() != 2:
-            raise TypeError("idx must be an (M, k) int64 tensor of neighbour indices")
-        if idx.shape[0] != query.shape[0] or idx.shape[1] < 1:
-            raise ValueError(f"idx {tuple(idx.shape)} must have one row per query point")
-        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= pos.shape[0]):
-            raise ValueError(f"idx must index the {pos.shape[0]} support points")
-        rel = pos[idx] - query[:, None, :]  # (M, k, 3)
-        lk = position_aware_channels(rel)  # (M, k, 3, 3)
-        z = self.score_vn(lk).norm(dim=-1)  # (M, k, 2K) invariant
-        M, k = idx.shape
-        s = self.score_mlp(z.reshape(M * k, -1)).reshape(M, k, -1).softmax(dim=-1)
-        if self.residual:
-            if feats is None:
-                raise ValueError("feats is required for a residual block")
-            check_vn(feats, "feats", self.in_channels)
-            if feats.shape[0] != pos.shape[0]:
-                raise ValueError(f"feats must have one row per support point ({pos.shape[0]})")
-            fk = feats[idx]  # (M, k, C, 3)
-            fq = feats[idx[:, :1]].expand_as(fk)
-            x = torch.cat([fk - fq, fk, rel.unsqueeze(-2)], dim=-2)
-        else:
-            x = lk
-        w = torch.einsum("mkq,qoc->mkoc", s, self.bank)  # per-neighbour mixing weights
-        y = unit_channels(torch.einsum("mkoc,mkcd->mkod", w, x)).mean(dim=1)
-        y = self.out(self.act(y))
-        if self.shortcut is not None:
-            y = y + self.shortcut(feats[idx[:, 0]])
-        return y
-
-
-class VNInvariantHead(nn.Module):
-    """Invariant features by a learned equivariant frame (``VNStdFeature``).
-
-    ``(..., C, 3)`` -> ``(..., C, 3)`` SO(3)-invariant (flatten for a descriptor); ``frame`` is
-    the ``(..., 3, 3)`` rows ``u1, u2, u3``."""
-
-    def __init__(self, channels: int, *, slope: float = 0.2) -> None:
-        super().__init__()
-        check_channels(channels=channels)
-        if channels < 4:
-            raise ValueError(f"channels must be >= 4, got {channels}")
-        self.channels = channels
-        self.net = nn.Sequential(
-            VNLinearLeakyReLU(channels, channels // 2, slope=slope),
-            VNLinearLeakyReLU(channels // 2, channels // 4, slope=slope),
-        )
-        self.to_frame = VNLinear(channels // 4, 2)
-
-    def frame(self, x: Tensor) -> Tensor:
-        v = self.to_frame(self.net(x))
-        u1 = unit_channels(v[..., 0, :])
-        u2 = unit_channels(v[..., 1, :] - (v[..., 1, :] * u1).sum(-1, keepdim=True) * u1)
-        u3 = torch.linalg.cross(u1, u2, dim=-1)
-        return torch.stack([u1, u2, u3], dim=-2)
-
-    def forward(self, x: Tensor) -> Tensor:
-        check_vn(x, "x", self.channels)
-        return x @ self.frame(x).transpose(-1, -2)
 
 
 def solve_local_rotations(
@@ -387,15 +264,17 @@ class PARENet(nn.Module):
         self.matchability = nn.Linear(3 * out_channels, 1)
         self.match_proj = nn.Linear(fine_dim, fine_dim)
 
-    def encode(self, pos: Tensor) -> dict[str, Tensor]:
+    def encode(self, pos: Tensor, *, name: str = "pos") -> dict[str, Tensor]:
         """Pyramid, equivariant features (``eq0`` level 0, ``eq2`` superpoints) and the
-        (in)variant descriptors of one cloud ``(N, 3)``."""
+        (in)variant descriptors of one cloud ``(N, 3)`` (``name``: how errors call it)."""
+        if not isinstance(pos, Tensor) or not pos.is_floating_point():
+            raise TypeError(f"{name} must be a floating torch.Tensor")
         if pos.dim() != 2 or pos.shape[-1] != 3 or pos.shape[0] < 4 * self.ratio**2:
             raise ValueError(
-                f"pos must be (N, 3) with N >= {4 * self.ratio**2}, got {tuple(pos.shape)}"
+                f"{name} must be (N, 3) with N >= {4 * self.ratio**2}, got {tuple(pos.shape)}"
             )
         if not torch.isfinite(pos).all():
-            raise ValueError("pos contains NaN or Inf values")
+            raise ValueError(f"{name} contains NaN or Inf values")
         P = _pyramid(pos, self.k, self.ratio)
         e = self.enc
         f0 = e[1](P["p0"], P["p0"], P["nb0"], e[0](P["p0"], P["p0"], P["nb0"]))
@@ -420,7 +299,7 @@ class PARENet(nn.Module):
         }
 
     def forward(self, src: Tensor, tgt: Tensor) -> dict[str, dict[str, Tensor]]:
-        a, b = self.encode(src), self.encode(tgt)
+        a, b = self.encode(src, name="src"), self.encode(tgt, name="tgt")
         a["coarse"], b["coarse"] = self.transformer(
             a["p2"], a["coarse_in"], b["p2"], b["coarse_in"]
         )
@@ -477,6 +356,8 @@ class PARENet(nn.Module):
     def register(self, src: Tensor, tgt: Tensor, *, num: int = 256, radius: float = 0.1):
         """Estimate the pose ``tgt ≈ src @ R.T + t``: returns the :class:`HypothesisResult` of
         the feature-based proposer and the correspondences it used."""
+        if isinstance(num, bool) or not isinstance(num, int) or num < 3:
+            raise ValueError(f"num must be an int >= 3, got {num!r}")
         out = self(src, tgt)
         c = self.correspondences(out, num=num)
         a, b = out["src"], out["tgt"]
@@ -494,6 +375,7 @@ class PARENet(nn.Module):
     # ------------------------------------------------------------------ training
     def loss(self, src: Tensor, tgt: Tensor, R: Tensor, t: Tensor, *, radius: float = 0.05):
         """Coarse circle loss + fine matching loss + rotation contrastive loss (weights 1:1:1)."""
+        check_gt(R, t, radius)
         out = self(src, tgt)
         a, b = out["src"], out["tgt"]
         own_a = torch.cdist(a["p0"], a["p2"]).argmin(1)

@@ -1,8 +1,8 @@
 r"""RoITr: the Rotation-Invariant Transformer for point cloud matching (RoITr-lite).
 
-Paper: Yu, Qin, Hou, Busam, Ilic (CVPR 2023), "Rotation-Invariant Transformer for Point Cloud
-Matching", arXiv:2303.08231. Official code: github.com/haoyu94/RoITr (MIT), built on GeoTransformer
-(MIT). Read for understanding; nothing copied.
+Paper: Yu, Qin, Hou, Saleh, Li, Busam, Ilic (CVPR 2023), "Rotation-Invariant Transformer for
+Point Cloud Matching", arXiv:2303.08231. Official code: github.com/haoyu94/RoITr (MIT), built on
+GeoTransformer (MIT). Read for understanding; nothing copied.
 
 Mechanism:
 
@@ -36,6 +36,13 @@ network on raw coordinates (no PPF) is the negative control.
 Deviations (lite, CPU): three levels instead of four, widths 32-64 instead of 64-256, one
 (self, cross) pair, FPS starting at the point farthest from the centroid (the official kernel
 starts at index 0, which is not permutation invariant), our vectorised RANSAC instead of open3d's.
+Each :class:`RIBlock` centres its attention output over the cloud's points before the LayerNorm
+(``y - mean_points(y)``, which keeps the block SE(3)- and permutation-invariant): with the
+constant input feature every point starts equal and on smooth surfaces the PPF neighbourhoods
+differ little, so without centring the per-point variation of the descriptors stays at ~1-2% of
+their magnitude and the losses do not move in 100+ steps (measured on 256-point pairs; with
+centring the variation is ~80% at initialisation and a pair is overfitted). The descriptors then
+depend on the whole fragment (its mean), as every global-context layer of the paper's network does.
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ from torch import Tensor, nn
 
 from invariance.geometry.ops import farthest_point_sample, knn, point_pair_features
 from invariance.geometry.registration.matching import (
+    check_gt,
     circle_loss,
     dual_normalized_scores,
     mutual_topk,
@@ -102,17 +110,24 @@ class PPFAttention(nn.Module):
 
 
 class RIBlock(nn.Module):
-    """``in_proj -> PPF attention -> out_proj -> LayerNorm -> + shortcut -> ReLU``."""
+    """``in_proj -> PPF attention -> out_proj -> centre over points -> LayerNorm -> + shortcut ->
+    ReLU`` (the centring is a deviation, see the module docstring; ``center=False`` disables it).
+    """
 
-    def __init__(self, c_in: int, c_out: int, hidden: int | None = None) -> None:
+    def __init__(
+        self, c_in: int, c_out: int, hidden: int | None = None, *, center: bool = True
+    ) -> None:
         super().__init__()
         h = hidden or c_out
+        self.center = center
         self.inp, self.attn, self.outp = nn.Linear(c_in, h), PPFAttention(h), nn.Linear(h, c_out)
         self.norm = nn.LayerNorm(c_out)
         self.short = nn.Identity() if c_in == c_out else nn.Linear(c_in, c_out)
 
     def forward(self, x_c: Tensor, x_n: Tensor, f: Tensor) -> Tensor:
         y = self.outp(self.attn(self.inp(x_c), self.inp(x_n), f))
+        if self.center:
+            y = y - y.mean(0, keepdim=True)
         return torch.relu(self.norm(y) + self.short(x_c))
 
 
@@ -174,18 +189,24 @@ class RoITr(nn.Module):
         rel = pos[idx] - pi  # the twin: raw offsets (3) + the neighbour's raw normal's z
         return torch.cat([rel, nrm[idx][..., 2:]], dim=-1)
 
-    def encode(self, pos: Tensor, normals: Tensor) -> dict[str, Tensor]:
-        """Pyramid, fine (level-0) and superpoint features of one cloud ``(N, 3)`` with normals."""
-        for name, t in (("pos", pos), ("normals", normals)):
-            if not isinstance(t, Tensor) or t.dim() != 2 or t.shape[-1] != 3:
-                raise ValueError(f"{name} must be an (N, 3) tensor")
-            if not t.is_floating_point() or not torch.isfinite(t).all():
-                raise ValueError(f"{name} must be a finite floating tensor")
-        if pos.shape != normals.shape:
-            raise ValueError("pos and normals must have the same shape")
+    def encode(
+        self, pos: Tensor, normals: Tensor, *, names: tuple[str, str] = ("pos", "normals")
+    ) -> dict[str, Tensor]:
+        """Pyramid, fine (level-0) and superpoint features of one cloud ``(N, 3)`` with normals
+        (``names``: how errors call the two inputs)."""
+        for name, t in zip(names, (pos, normals)):
+            if not isinstance(t, Tensor) or not t.is_floating_point():
+                raise TypeError(f"{name} must be a floating torch.Tensor")
+            if t.dim() != 2 or t.shape[-1] != 3:
+                raise ValueError(f"{name} must be an (N, 3) tensor, got {tuple(t.shape)}")
+            if not torch.isfinite(t).all():
+                raise ValueError(f"{name} contains NaN or Inf values")
         need = max(self.k[0] + 1, 4 * self.ratio**2)
-        if pos.shape[0] < need:
-            raise ValueError(f"pos needs at least {need} points, got {pos.shape[0]}")
+        for name, t in zip(names, (pos, normals)):
+            if t.shape[0] < need:
+                raise ValueError(f"{name} needs at least {need} points, got {t.shape[0]}")
+        if pos.shape != normals.shape:
+            raise ValueError(f"{names[0]} and {names[1]} must have the same shape")
         n0 = pos.shape[0]
         i1 = farthest_point_sample(pos, max(n0 // self.ratio, self.k[2] + 2))
         p1, m1 = pos[i1], normals[i1]
@@ -215,7 +236,8 @@ class RoITr(nn.Module):
         return {"p0": pos, "p2": p2, "x2": x2, "fine": self.fine_proj(y0)}
 
     def forward(self, src, src_normals, tgt, tgt_normals) -> dict[str, dict[str, Tensor]]:
-        a, b = self.encode(src, src_normals), self.encode(tgt, tgt_normals)
+        a = self.encode(src, src_normals, names=("src", "src_normals"))
+        b = self.encode(tgt, tgt_normals, names=("tgt", "tgt_normals"))
         a["coarse"], b["coarse"] = self.transformer(a["p2"], a["x2"], b["p2"], b["x2"])
         return {"src": a, "tgt": b}
 
@@ -271,6 +293,7 @@ class RoITr(nn.Module):
     def loss(self, src, src_normals, tgt, tgt_normals, R: Tensor, t: Tensor, *,
              radius: float = 0.05) -> dict[str, Tensor]:  # fmt: skip
         """Circle loss on superpoints + OT negative log-likelihood on ground-truth patch pairs."""
+        check_gt(R, t, radius)
         out = self(src, src_normals, tgt, tgt_normals)
         a, b = out["src"], out["tgt"]
         own_a = torch.cdist(src, a["p2"]).argmin(1)

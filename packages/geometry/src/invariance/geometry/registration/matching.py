@@ -17,7 +17,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..ops._checks import check_int, check_real, check_tensor
+
 __all__ = [
+    "check_gt",
     "dual_normalized_scores",
     "point_to_node",
     "node_overlaps",
@@ -28,7 +31,9 @@ __all__ = [
 
 def dual_normalized_scores(fx: Tensor, fy: Tensor) -> Tensor:
     """``(N, d)``, ``(M, d)`` descriptors -> ``(N, M)`` dual-normalised similarities."""
-    if fx.dim() != 2 or fy.dim() != 2 or fx.shape[-1] != fy.shape[-1]:
+    check_tensor(fx, "fx", ndim=2)
+    check_tensor(fy, "fy", ndim=2)
+    if fx.shape[-1] != fy.shape[-1]:
         raise ValueError(f"fx {tuple(fx.shape)} and fy {tuple(fy.shape)} must be (N, d), (M, d)")
     s = torch.exp(-(torch.cdist(fx, fy) ** 2))
     return (s / s.sum(1, keepdim=True).clamp_min(1e-12)) * (
@@ -41,10 +46,9 @@ def point_to_node(points: Tensor, nodes: Tensor, k: int) -> tuple[Tensor, Tensor
 
     Returns ``idx (M, k)`` point indices (padded with the node's nearest point) and ``mask (M, k)``
     (True for real members). Every point belongs to exactly one node (before truncation to k)."""
-    if points.dim() != 2 or nodes.dim() != 2 or points.shape[-1] != 3 or nodes.shape[-1] != 3:
-        raise ValueError("points and nodes must be (N, 3) and (M, 3)")
-    if not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be an int >= 1, got {k!r}")
+    check_tensor(points, "points", ndim=2, last=3)
+    check_tensor(nodes, "nodes", ndim=2, last=3)
+    check_int(k, "k", 1)
     d = torch.cdist(nodes, points)  # (M, N)
     owner = d.argmin(dim=0)  # (N,)
     M = nodes.shape[0]
@@ -126,8 +130,9 @@ def circle_loss(
 def mutual_topk(scores: Tensor, k: int = 3, threshold: float = 0.05) -> tuple[Tensor, Tensor]:
     """Entries of ``scores (N, M)`` in the top-k of their row and of their column and above
     ``threshold``: returns ``(rows, cols)`` index tensors."""
-    if scores.dim() != 2:
-        raise ValueError(f"scores must be (N, M), got {tuple(scores.shape)}")
+    check_tensor(scores, "scores", ndim=2)
+    check_int(k, "k", 1)
+    check_real(threshold, "threshold")
     kr, kc = min(k, scores.shape[1]), min(k, scores.shape[0])
     row = torch.zeros_like(scores, dtype=torch.bool)
     row.scatter_(1, scores.topk(kr, dim=1).indices, True)
@@ -135,3 +140,13 @@ def mutual_topk(scores: Tensor, k: int = 3, threshold: float = 0.05) -> tuple[Te
     col.scatter_(0, scores.topk(kc, dim=0).indices, True)
     sel = row & col & (scores > threshold)
     return sel.nonzero(as_tuple=True)
+
+
+def check_gt(R: Tensor, t: Tensor, radius: float) -> None:
+    """Ground-truth pose ``(R (3, 3), t (3,))`` and matching radius of the training losses."""
+    from .metrics import check_pose
+
+    check_pose(R, t)
+    if R.dim() != 2:
+        raise ValueError(f"R must be (3, 3) (one pair), got {tuple(R.shape)}")
+    check_real(radius, "radius", 0.0, lo_open=True)

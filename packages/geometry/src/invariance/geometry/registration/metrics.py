@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..ops._checks import check_real, check_tensor
+
 __all__ = [
     "Thresholds",
     "rotation_error",
@@ -41,16 +43,22 @@ class Thresholds:
     max_rte: float = 0.1
 
 
-def _check_pose(R: Tensor, t: Tensor, name: str) -> None:
-    if not isinstance(R, Tensor) or not isinstance(t, Tensor):
-        raise TypeError(f"{name}: R and t must be tensors")
-    if R.shape[-2:] != (3, 3) or t.shape[-1:] != (3,) or R.shape[:-2] != t.shape[:-1]:
+def check_pose(R: Tensor, t: Tensor, r_name: str = "R", t_name: str = "t") -> None:
+    """``R`` a finite floating ``(..., 3, 3)`` tensor and ``t`` a finite ``(..., 3)`` one with
+    the same batch shape; errors name the offending argument."""
+    check_tensor(R, r_name)
+    check_tensor(t, t_name)
+    if R.dim() < 2 or R.shape[-2:] != (3, 3):
+        raise ValueError(f"{r_name} must be (..., 3, 3), got {tuple(R.shape)}")
+    if t.dim() < 1 or t.shape[-1] != 3 or R.shape[:-2] != t.shape[:-1]:
         raise ValueError(
-            f"{name}: R must be (..., 3, 3) and t (..., 3) with the same batch shape, got "
-            f"{tuple(R.shape)} and {tuple(t.shape)}"
+            f"{t_name} must be (..., 3) with the batch shape of {r_name} {tuple(R.shape)}, got "
+            f"{tuple(t.shape)}"
         )
-    if not (torch.isfinite(R).all() and torch.isfinite(t).all()):
-        raise ValueError(f"{name}: R or t contains NaN or Inf values")
+
+
+def _check_cloud(x: Tensor, name: str) -> None:
+    check_tensor(x, name, ndim=2, last=3)
 
 
 def rotation_error(R_est: Tensor, R_gt: Tensor) -> Tensor:
@@ -77,13 +85,19 @@ def inlier_ratio(
 ) -> Tensor:
     """Fraction of correspondences ``src_corr[i] <-> tgt_corr[i]`` (``(M, 3)``) whose distance
     after the ground-truth motion is below ``tau1`` (0 for no correspondences)."""
-    _check_pose(R_gt, t_gt, "inlier_ratio")
-    if src_corr.shape != tgt_corr.shape or src_corr.shape[-1:] != (3,) or src_corr.dim() != 2:
+    check_pose(R_gt, t_gt, "R_gt", "t_gt")
+    for name, x in (("src_corr", src_corr), ("tgt_corr", tgt_corr)):
+        if not isinstance(x, Tensor) or not x.is_floating_point():
+            raise TypeError(f"{name} must be a floating tensor")
+        if x.dim() != 2 or x.shape[-1] != 3:
+            raise ValueError(f"{name} must be (M, 3), got {tuple(x.shape)}")
+        if not torch.isfinite(x).all():
+            raise ValueError(f"{name} contains NaN or Inf values")
+    if src_corr.shape != tgt_corr.shape:
         raise ValueError(
-            f"src_corr {tuple(src_corr.shape)} and tgt_corr {tuple(tgt_corr.shape)} must be (M, 3)"
+            f"src_corr {tuple(src_corr.shape)} and tgt_corr {tuple(tgt_corr.shape)} must match"
         )
-    if not tau1 > 0:
-        raise ValueError(f"tau1 must be > 0, got {tau1}")
+    check_real(tau1, "tau1", 0.0, lo_open=True)
     if src_corr.shape[0] == 0:
         return src_corr.new_zeros(())
     d = (src_corr @ R_gt.T + t_gt - tgt_corr).norm(dim=-1)
@@ -92,10 +106,9 @@ def inlier_ratio(
 
 def registration_rmse(src: Tensor, R_est: Tensor, t_est: Tensor, R_gt: Tensor, t_gt: Tensor):
     """Mean over ``src`` points ``(N, 3)`` of ``||(T_gt⁻¹ T_est) p - p||``."""
-    _check_pose(R_est, t_est, "registration_rmse (estimate)")
-    _check_pose(R_gt, t_gt, "registration_rmse (ground truth)")
-    if src.dim() != 2 or src.shape[-1] != 3 or src.shape[0] == 0:
-        raise ValueError(f"src must be (N >= 1, 3), got {tuple(src.shape)}")
+    check_pose(R_est, t_est, "R_est", "t_est")
+    check_pose(R_gt, t_gt, "R_gt", "t_gt")
+    _check_cloud(src, "src")
     moved = ((src @ R_est.T + t_est) - t_gt) @ R_gt
     return (moved - src).norm(dim=-1).mean()
 

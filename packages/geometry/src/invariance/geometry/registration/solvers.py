@@ -197,12 +197,14 @@ def log_optimal_transport(scores: Tensor, alpha: Tensor | float, iters: int = 10
     squeeze = scores.dim() == 2
     if squeeze:
         scores = scores.unsqueeze(0)
-    if scores.dim() != 3 or scores.shape[1] == 0 or scores.shape[2] == 0:
-        raise ValueError(f"scores must be (B, M, N) with M, N >= 1, got {tuple(scores.shape)}")
+    if scores.dim() != 3 or 0 in scores.shape:
+        raise ValueError(f"scores must be (B, M, N) with B, M, N >= 1, got {tuple(scores.shape)}")
     if not torch.isfinite(scores).all():
         raise ValueError("scores contains NaN or Inf values")
     if not isinstance(iters, int) or isinstance(iters, bool) or iters < 1:
         raise ValueError(f"iters must be an int >= 1, got {iters!r}")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, Tensor)):
+        raise TypeError(f"alpha must be a number or a scalar tensor, got {alpha!r}")
     alpha = torch.as_tensor(alpha, dtype=scores.dtype, device=scores.device)
     if alpha.numel() != 1 or not torch.isfinite(alpha).all():
         raise ValueError(f"alpha must be a finite scalar, got {alpha}")
