@@ -6,12 +6,25 @@ requires a ``ValueError``/``TypeError`` naming the argument (or, for mutations t
 input, listed in ``accept``, a finite output).
 """
 
+import numpy as np
 import pytest
 import torch
-from torch_geometric.data import Batch
+from torch_geometric.data import Batch, Data
 
 from invariance.core.testing import fuzz_bad_inputs, fuzz_table
 from invariance.graph.data import make_csbm_mixture, make_spurious_motif, node_homophily
+from invariance.graph.generation import (
+    CategoricalDiffusion,
+    block_decomposition,
+    compute_mmd,
+    cosine_alphabar,
+    higher_order_degrees,
+    make_family,
+    nx_to_data,
+    qm9_mini,
+    smiles_to_data,
+    uniform_prior,
+)
 from invariance.graph.grea import GREA
 from invariance.graph.hei import (
     HEI,
@@ -22,7 +35,9 @@ from invariance.graph.hei import (
 )
 from invariance.graph.igt import IGT, Intervener, VirtualNodePooling, derangement
 from invariance.graph.nn.gin import GINVirtualNode
+from invariance.graph.nn.ppgn_transformer import PPGNTransformer
 from invariance.graph.nn.rationale import rationale_auc, size_regulariser, topk_mask
+from invariance.graph.pard import PARD
 
 torch.manual_seed(0)
 _B = Batch.from_data_list(make_spurious_motif(4, split="test", seed=1))
@@ -198,7 +213,88 @@ def _cases():
     ]
 
 
-CASES = _cases()
+def _pard_cases():
+    """PARD and the generation toolkit (issue 17)."""
+    torch.manual_seed(0)
+    grids = [nx_to_data(g) for g in make_family("grid_small")[:4]]
+    pard = PARD.from_graphs(
+        grids, max_hops=1, hidden=8, edge_hidden=4, num_layers=1, heads=2, num_steps=3
+    )
+    g = grids[2]
+    net = PPGNTransformer(8, 4, 1, 2)
+    B, N = 2, 5
+    mask = torch.ones(B, N, N, dtype=torch.bool)
+
+    def pard_loss(edge_index, num_nodes):
+        return pard.loss([Data(edge_index=edge_index, num_nodes=num_nodes)])["loss"]
+
+    return [
+        (
+            "block_decomposition",
+            block_decomposition,
+            {"edge_index": g.edge_index, "num_nodes": g.num_nodes, "max_hops": 2},
+            {},
+        ),
+        (
+            "higher_order_degrees",
+            higher_order_degrees,
+            {"edge_index": g.edge_index, "num_nodes": g.num_nodes, "max_hops": 2},
+            {},
+        ),
+        (
+            "cosine_alphabar",
+            cosine_alphabar,
+            {"t": torch.arange(0, 11), "num_steps": 10},
+            {"accept": ("t:extra_dim", "t:fewer_dims")},
+        ),
+        (
+            "CategoricalDiffusion()",
+            CategoricalDiffusion,
+            {"num_steps": 10, "m": torch.tensor([0.5, 0.3, 0.2])},
+            {},
+        ),
+        ("uniform_prior", uniform_prior, {"num_classes": 3}, {}),
+        (
+            "compute_mmd",
+            compute_mmd,
+            {"samples1": [np.ones(3)], "samples2": [np.arange(3.0)], "sigma": 1.0},
+            {},
+        ),
+        ("make_family", make_family, {"name": "caveman_small", "n": 5, "seed": 0}, {}),
+        ("qm9_mini", qm9_mini, {"max_atoms": 6}, {}),
+        ("smiles_to_data", smiles_to_data, {"smiles": "CCO"}, {}),
+        (
+            "PPGNTransformer.forward",
+            net,
+            {
+                "X": torch.randn(B, N, 8),
+                "E": torch.randn(B, N, N, 4),
+                "edge_mask": mask,
+                "causal": mask,
+            },
+            {},
+        ),
+        ("PARD.loss", pard_loss, {"edge_index": g.edge_index, "num_nodes": g.num_nodes}, {}),
+        ("PARD.generate", pard.generate, {"num_graphs": 2}, {}),
+        (
+            "PARD.from_graphs",
+            lambda **kw: PARD.from_graphs(grids, **kw),
+            {
+                "max_hops": 1,
+                "hidden": 8,
+                "edge_hidden": 4,
+                "num_layers": 1,
+                "heads": 2,
+                "num_steps": 3,
+                "ce_coeff": 0.1,
+                "norm": "ln",
+            },
+            {},
+        ),
+    ]
+
+
+CASES = _cases() + _pard_cases()
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])

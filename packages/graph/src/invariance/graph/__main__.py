@@ -1,6 +1,8 @@
 """``python -m invariance.graph ...``."""
 
+import sys
+
 from invariance.graph.cli import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

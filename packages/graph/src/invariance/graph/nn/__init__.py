@@ -1,5 +1,6 @@
 """Reusable graph layers."""
 
 from invariance.graph.nn.gin import GINVirtualNode
+from invariance.graph.nn.ppgn_transformer import PPGNTransformer
 
-__all__ = ["GINVirtualNode"]
+__all__ = ["GINVirtualNode", "PPGNTransformer"]
