@@ -51,6 +51,13 @@ def _project_(
     Shapes: ``p``, ``g``, ``u`` share a shape with ``ndim >= 2``. Returns whether a view fired, as a
     Python bool (branching path) or a 0-d bool tensor (branch-free path).
     """
+    if p.numel() == 0:  # nothing to project (an empty weight never moves)
+        return torch.zeros((), dtype=torch.bool, device=p.device) if branch_free else False
+    if not u.is_contiguous():  # e.g. channels-last: project a contiguous copy, write it back
+        uc = u.contiguous()
+        fired = _project_(p, g, uc, delta, eps, branch_free)
+        u.copy_(uc)
+        return fired
     dot, pn2, gn2 = _row_stats(p, g)
     rows, row_len = dot.shape[0], p.numel() // p.shape[0]
     thr_c = delta / math.sqrt(row_len)
@@ -171,6 +178,9 @@ class _ProjectedBase(Optimizer):
 
     #: private switch for tests: None = auto (branch-free off CPU), True/False to force.
     _force_branch_free: bool | None = None
+    #: private switch for tests and benches: ``False`` runs the fused bucket step uncompiled
+    #: (users without a compiler get the foreach path, which is faster than that).
+    _compile: bool = True
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """As torch's, then check the group's ``lr`` (a group may carry its own, e.g. a Tensor)."""
@@ -181,31 +191,66 @@ class _ProjectedBase(Optimizer):
         f = group.get("foreach")
         return True if f is None else bool(f)
 
-    def _fused_args(self, hp: dict[str, Any], p: Tensor, g: Tensor) -> tuple[Any, ...]:
-        """The per-tensor arguments of the compiled step (defined by AdamP and SGDP)."""
-        raise NotImplementedError(f"{type(self).__name__} does not define _fused_args")
+    #: names of the per-parameter state tensors (defined by AdamP and SGDP).
+    _state_keys: tuple[str, ...] = ()
+    #: how many per-tensor scalars the fused bucket step takes (defined by AdamP and SGDP).
+    _n_scalars: int = 1
+
+    def _member_scalars(self, hp: dict[str, Any], params: list[Tensor]) -> list[list[float]]:
+        """The fused step's per-tensor scalars, ``[scalar][tensor]`` (AdamP and SGDP)."""
+        raise NotImplementedError(f"{type(self).__name__} does not define _member_scalars")
+
+    def _bucket_args(self, hp: dict[str, Any], b: Any, lr_wd: Tensor) -> tuple[Any, ...]:
+        """The arguments of the bucket step (defined by AdamP and SGDP)."""
+        raise NotImplementedError(f"{type(self).__name__} does not define _bucket_args")
 
     def _fused_steps(
         self, kind: str, hp: dict[str, Any], params: list[Tensor], grads: list[Tensor]
     ) -> bool:
-        """The fused path over ``params``; ``False`` (nothing done) where no compiler works."""
-        try:
-            fn = _fused.compiled(kind)
-        except _fused.CompileUnavailable:
-            return False
-        eager = _fused.adamp_tensor_step if kind == "adamp" else _fused.sgdp_tensor_step
-        for i, (p, g) in enumerate(zip(params, grads)):
-            args = self._fused_args(hp, p, g)
+        """The fused path over ``params``; ``False`` (nothing done: the caller takes the foreach
+        path) where no compiler works or the flat layout cannot hold them (a parameter neither
+        contiguous nor channels-last)."""
+        if self._compile:
             try:
-                fn(*args)
-            except Exception as e:  # noqa: BLE001 - the compiler failed before running
-                if i == 0:
-                    _fused.mark_unavailable(kind, e)
-                    return False
-                _fused.mark_unavailable(kind, e)
-                fn = eager  # finish this step with the same arithmetic, uncompiled
-                fn(*args)
+                fn = _fused.compiled(kind)
+            except _fused.CompileUnavailable:
+                return False
+        else:
+            fn = _fused.eager(kind)
+        live = [p for p in params if p.numel() > 0]
+        if not live:
+            return True
+        layouts = self.__dict__.setdefault("_flat_layouts", {})
+        gid = id(hp["params"])
+        lay = layouts.get(gid)
+        if lay is None or not lay.matches(live, hp["delta"]):
+            if not _fused.FlatLayout.supports(live):
+                return False
+            lay = _fused.FlatLayout(live, self._state_keys, self._n_scalars, hp["delta"])
+            layouts[gid] = lay
+        lay.sync(live, self.state)
+        lay.set_scalars(self._member_scalars(hp, live))
+        decay = hp["lr"] * hp["weight_decay"] / (1 - hp.get("momentum", 0.0))
+        with _fused.recompile_limit():
+            self._run_buckets(kind, fn, hp, lay, decay)
         return True
+
+    def _run_buckets(
+        self, kind: str, fn: Any, hp: dict[str, Any], lay: _fused.FlatLayout, decay: float
+    ) -> None:
+        for _cdt, buckets, scal, _reps, _order in lay.devices:
+            lr_wd = torch.tensor(decay, dtype=torch.float64, device=scal.device)
+            for b in buckets:
+                args = self._bucket_args(hp, b, lr_wd)
+                try:
+                    fn(*args)
+                except Exception as e:  # noqa: BLE001 - the compiler failed before running
+                    if fn is _fused.eager(kind):
+                        raise
+                    # finish this step uncompiled (same arithmetic); later steps take foreach
+                    _fused.mark_unavailable(kind, e)
+                    fn = _fused.eager(kind)
+                    fn(*args)
 
     @staticmethod
     def _buckets(params: list[Tensor]) -> dict[tuple[torch.device, torch.dtype], list[int]]:

@@ -29,9 +29,11 @@ the row dot products and row norms of the channel view are computed once and the
 derived from their sums. On CPU the view decision is a Python branch (host syncs are free); on
 other devices it is branch-free (``torch.where``, no ``.item()``), so a step issues no host sync
 per parameter. ``foreach=False`` is a per-parameter loop with the same arithmetic. ``fused=True``
-runs one ``torch.compile``d, branch-free step per tensor (:mod:`invariance.optim._fused`; it
-falls back to foreach with a warning where no compiler works). The shared machinery lives in
-:mod:`invariance.optim._projection`.
+keeps a group's parameters, gradients and state as views into flat buffers, one ``(k, rows, L)``
+bucket per distinct shape, and runs one ``torch.compile``d, branch-free step per bucket: the
+moments and the step are pointwise, the cosine tests segment reductions over the rows and over
+the layer (:mod:`invariance.optim._fused`; where no compiler works it warns once and takes the
+foreach path). The shared machinery lives in :mod:`invariance.optim._projection`.
 
 Drop-in behaviour (as torch's optimizers): ``lr`` may be given by every parameter group instead
 of the constructor (SGDP's ``lr`` is ``required``), a 0-d Tensor ``lr`` is read at every step, and
@@ -57,8 +59,11 @@ Tested properties (``packages/optim/tests/test_adamp.py``):
   unchanged (``test_sgdp_lr_from_param_groups``, ``test_tensor_lr_matches_float``,
   ``test_zero_lr_no_update``, ``test_step_leaves_grad_unchanged``) and timm's own optimizer
   test-suite with our classes registered as timm's ``adamp``/``sgdp`` (``test_timm_suite.py``);
-- the fused path: parity < 1e-6 with the golden values and the foreach path, state_dict
-  interchangeable, bit-exact resume, fallback without a compiler (``test_adamp_fused.py``).
+- the fused path, compiled and eager: parity < 1e-6 with the golden values and the foreach path,
+  state_dict interchangeable both ways, bit-exact resume, fresh gradients / loaded state /
+  replaced ``p.data`` taken into the flat buffers, tensors of one shape with different step
+  counts, several groups, channels-last weights, Tensor lr / lr = 0 / ``p.grad`` unchanged,
+  fallback without a compiler (``test_adamp_fused.py``).
 
 Deviations from the official code:
 - SGDP projects the momentum buffer in place when ``nesterov=False``, as the official code does
@@ -66,6 +71,9 @@ Deviations from the official code:
 - ``step`` is a Python int per parameter, as in the official code (not a tensor as in torch.optim).
 - Sparse gradients and complex parameters raise a TypeError (the official code does not support them
   either).
+- ``fused=True`` moves the parameters into the optimizer's flat buffers (``p.data`` becomes a
+  view; the ``Parameter`` objects stay the same); parameters that are neither contiguous nor
+  channels-last take the foreach path.
 """
 
 from __future__ import annotations
@@ -117,9 +125,12 @@ class AdamP(_ProjectedBase):
         nesterov (bool, optional): Nesterov momentum in the update (default: ``False``).
         foreach (bool, optional): multi-tensor implementation; ``None`` means ``True``
             (default: ``None``).
-        fused (bool, optional): one ``torch.compile``d step per tensor (same arithmetic; falls
-            back to the foreach path with a warning where no compiler works); ``None`` means
-            ``False`` (default: ``None``).
+        fused (bool, optional): the step over flat, shape-bucketed buffers, ``torch.compile``d
+            (same arithmetic; where no compiler works it warns once and takes the foreach path). The
+            parameters, their ``.grad`` and the state become views into the optimizer's flat
+            buffers at the first step; a new ``.grad`` (``zero_grad(set_to_none=True)``) is
+            copied in at each step, ``zero_grad(set_to_none=False)`` avoids that copy. ``None``
+            means ``False`` (default: ``None``).
 
     **Invariance**: on a weight that passes the cosine test, the update is tangent to the sphere
     ``||w|| = const`` (up to ``eps``), so the step does not grow the norm; the test itself is
@@ -190,26 +201,36 @@ class AdamP(_ProjectedBase):
                     self._single_step(hp, p, g)
         return loss
 
-    def _fused_args(self, hp: dict[str, Any], p: Tensor, g: Tensor) -> tuple[Any, ...]:
+    _state_keys = ("exp_avg", "exp_avg_sq")
+    _n_scalars = 2
+
+    def _member_scalars(self, hp: dict[str, Any], params: list[Tensor]) -> list[list[float]]:
         beta1, beta2 = hp["betas"]
-        st = self.state[p]
-        t = st["step"]
-        scalar = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
+        steps = [self.state[p]["step"] for p in params]
+        return [
+            [hp["lr"] / (1 - beta1**t) for t in steps],
+            [math.sqrt(1 - beta2**t) for t in steps],
+        ]
+
+    def _bucket_args(self, hp: dict[str, Any], b: Any, lr_wd: Tensor) -> tuple[Any, ...]:
+        beta1, beta2 = hp["betas"]
+        v = b.views
         return (
-            p,
-            g,
-            st["exp_avg"],
-            st["exp_avg_sq"],
-            scalar(hp["lr"]),
-            scalar(1 - beta1**t),
-            scalar(math.sqrt(1 - beta2**t)),
+            v["param"],
+            v["grad"],
+            v["exp_avg"],
+            v["exp_avg_sq"],
+            b.scal[0],
+            b.scal[1],
+            lr_wd,
+            b.thr_c,
+            b.thr_l,
             beta1,
             beta2,
             hp["eps"],
-            hp["weight_decay"],
-            hp["delta"],
             hp["wd_ratio"],
             bool(hp["nesterov"]),
+            b.project,
         )
 
     def _single_step(self, group: dict[str, Any], p: Tensor, g: Tensor) -> None:
@@ -397,19 +418,28 @@ class SGDP(_ProjectedBase):
                     self._single_step(hp, p, g)
         return loss
 
-    def _fused_args(self, hp: dict[str, Any], p: Tensor, g: Tensor) -> tuple[Any, ...]:
+    _state_keys = ("momentum",)
+    _n_scalars = 1
+
+    def _member_scalars(self, hp: dict[str, Any], params: list[Tensor]) -> list[list[float]]:
+        return [[hp["lr"]] * len(params)]  # per row, so that the step fuses with the reductions
+
+    def _bucket_args(self, hp: dict[str, Any], b: Any, lr_wd: Tensor) -> tuple[Any, ...]:
+        v = b.views
         return (
-            p,
-            g,
-            self.state[p]["momentum"],
-            torch.tensor(hp["lr"], dtype=torch.float64),
+            v["param"],
+            v["grad"],
+            v["momentum"],
+            b.scal[0],
+            lr_wd,
+            b.thr_c,
+            b.thr_l,
             hp["momentum"],
             hp["dampening"],
-            hp["weight_decay"],
-            bool(hp["nesterov"]),
             hp["eps"],
-            hp["delta"],
             hp["wd_ratio"],
+            bool(hp["nesterov"]),
+            b.project,
             bool(hp["project_buffer"]),
         )
 

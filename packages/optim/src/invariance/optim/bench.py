@@ -35,6 +35,30 @@ def _resnet_params(arch: str, device: torch.device) -> list[nn.Parameter]:
     return list(model.parameters())
 
 
+def _own_copy(params: list[nn.Parameter]) -> list[nn.Parameter]:
+    """The same values and gradients in new tensors (a fused optimizer keeps its parameters in
+    its own flat buffers; two of them must not share parameters)."""
+    out = []
+    for p in params:
+        q = nn.Parameter(p.detach().clone())
+        q.grad = p.grad.detach().clone()
+        out.append(q)
+    return out
+
+
+def _fresh_grads_step(opt: torch.optim.Optimizer, params: list[nn.Parameter]) -> Callable[[], None]:
+    """A step after ``zero_grad(set_to_none=True)`` + backward: every ``.grad`` is a new tensor,
+    so the fused path first copies the gradients into its flat buffer."""
+    grads = [p.grad.detach().clone() for p in params]
+
+    def step() -> None:
+        for p, g in zip(params, grads):
+            p.grad = g
+        opt.step()
+
+    return step
+
+
 @register_bench("optim", "adamp")
 def bench_adamp(
     *,
@@ -43,6 +67,7 @@ def bench_adamp(
     threads: int = 1,
     repeats: int = 5,
     fused: bool = True,
+    eager: bool = True,
 ) -> dict[str, Any]:
     """AdamP/SGDP step time: official ``adamp``, timm, ours (each path), torch AdamW.
 
@@ -50,13 +75,19 @@ def bench_adamp(
     real gradients from one backward pass, through :func:`invariance.core.bench.compare`
     (interleaved ``torch.utils.benchmark`` timers, ``repeats`` rounds, median and spread), against
     the official step. Our paths: ``foreach`` (the default), ``for-loop`` and, with ``fused``,
-    ``fused`` (``torch.compile`` of the multi-tensor step); its compile time and first-step overhead
-    are reported in separate rows (``first_step``). Peers that are not installed are left out.
+    ``fused`` (the flat-buffer bucket step, ``torch.compile``d), ``fused, fresh grads`` (the same
+    after ``zero_grad(set_to_none=True)``: the gradients are copied into the flat buffer first) and,
+    with ``eager``, ``fused, uncompiled`` (the same bucket step run op by op; without a compiler
+    ``fused=True`` takes the foreach path instead, which is faster). The first step of each
+    optimizer (state allocation, and compilation or a compile-cache load for the fused path) is in
+    ``first_step``; the ratios of our fused steps to ``torch AdamW fused`` are in ``ratios``. Peers
+    that are not installed are left out.
     """
     dev = torch.device(device)
     have = {m: importlib.util.find_spec(m) is not None for m in ("adamp", "timm")}
     rows: list[dict[str, Any]] = []
     first: list[dict[str, Any]] = []
+    ratios: list[dict[str, Any]] = []
     archs = ["resnet18"] if quick else ["resnet18", "resnet50"]
     old = torch.get_num_threads()
     try:
@@ -77,14 +108,25 @@ def bench_adamp(
             opts["ours AdamP foreach"] = partial(AdamP, params, **adamp_kw)
             opts["ours AdamP for-loop"] = partial(AdamP, params, foreach=False, **adamp_kw)
             opts["ours SGDP foreach"] = partial(SGDP, params, **sgdp_kw)
+            own: dict[str, list[nn.Parameter]] = {}
             if fused:
-                opts["ours AdamP fused"] = partial(AdamP, params, fused=True, **adamp_kw)
-                opts["ours SGDP fused"] = partial(SGDP, params, fused=True, **sgdp_kw)
+                for name, cls, kw in (
+                    ("ours AdamP fused", AdamP, adamp_kw),
+                    ("ours AdamP fused, fresh grads", AdamP, adamp_kw),
+                    ("ours SGDP fused", SGDP, sgdp_kw),
+                ):
+                    own[name] = _own_copy(params)
+                    opts[name] = partial(cls, own[name], fused=True, **kw)
+            if eager:
+                own["ours AdamP fused, uncompiled"] = _own_copy(params)
+                opts["ours AdamP fused, uncompiled"] = partial(
+                    _uncompiled, AdamP, own["ours AdamP fused, uncompiled"], **adamp_kw
+                )
             adamw = partial(torch.optim.AdamW, params, **adamp_kw)
             opts["torch AdamW foreach"] = partial(adamw, foreach=True)
             opts["torch AdamW fused"] = partial(adamw, fused=True)
             snapshot = [p.detach().clone() for p in params]
-            built: dict[str, torch.optim.Optimizer] = {}
+            fns: dict[str, Callable[[], Any]] = {}
             for name, make in opts.items():
                 torch.set_num_threads(threads)
                 o = make()
@@ -94,22 +136,43 @@ def bench_adamp(
                 first.append(
                     {"name": name, "label": arch, "first_step_ms": 1e3 * (time.perf_counter() - t0)}
                 )
-                built[name] = o
+                fns[name] = o.step
+                if name.endswith("fresh grads"):
+                    fns[name] = _fresh_grads_step(o, own[name])
             ref = "official AdamP" if have["adamp"] else "ours AdamP foreach"
-            rows += compare(
-                {k: o.step for k, o in built.items()},
+            got = compare(
+                fns,
                 reference=ref,
                 repeats=repeats,
                 num_threads=threads,
                 device=dev,
                 label=f"{arch} ({len(params)} tensors, {sum(p.numel() for p in params)} values)",
             )
+            rows += got
+            med = {r["name"]: r["median_ms"] for r in got}
+            for name in med:
+                if "fused" in name and name.startswith("ours"):
+                    ratios.append(
+                        {
+                            "name": name,
+                            "label": arch,
+                            "vs AdamW fused": round(med[name] / med["torch AdamW fused"], 3),
+                            "speedup vs official": round(med[ref] / med[name], 3),
+                        }
+                    )
             with torch.no_grad():
                 for p, s in zip(params, snapshot):
                     p.copy_(s)
     finally:
         torch.set_num_threads(old)
-    return {"rows": rows, "first_step": first, "machine": machine(dev)}
+    return {"rows": rows, "ratios": ratios, "first_step": first, "machine": machine(dev)}
+
+
+def _uncompiled(cls: type, params: list[nn.Parameter], **kw: Any) -> torch.optim.Optimizer:
+    """``cls(params, fused=True)`` whose bucket step runs uncompiled, op by op."""
+    opt = cls(params, fused=True, **kw)
+    opt._compile = False
+    return opt
 
 
 def _sync(dev: torch.device) -> None:
