@@ -13,14 +13,36 @@
 * :mod:`~invariance.vision.modalities`: pixel-aligned infrared/depth/normal/event/sketch/paint
   images of renders;
 * :mod:`~invariance.vision.prelude`: PreludeNet (Ziskind et al. 2022): the PredNet encoder
-  (:class:`PredNet`), the depth decoder (:class:`PreludeNet`) and a U-Net baseline.
+  (:class:`PredNet`), the depth decoder (:class:`PreludeNet`) and a U-Net baseline;
+* :mod:`~invariance.vision.icl_select`: InvariantSelectPR (Zhou et al. 2024): :func:`cci_loss`,
+  :class:`CCIHead`, :class:`InvariantSelectPR` / :class:`TopKNearestPR` / :class:`RandomPR`,
+  :func:`vote_reader`, the frozen ImageNet MobileNetV2 (:func:`load_mobilenet_v2`);
+* :mod:`~invariance.vision.cikd`: controllable multi-task network (Aich et al. 2023):
+  :class:`SlimmableMTLNet`, :func:`cikd_loss`, :func:`search_widths`, :func:`count_macs`;
+* :mod:`~invariance.vision.person_search`: SSL-style scale-invariant person search (Wang et al.
+  2023, re-id on ground-truth boxes): :class:`PersonSearchNet`, :func:`scale_invariant_loss`,
+  :class:`InstanceMemory`, :func:`multilabel_targets`, :func:`reid_map_cmc`.
 
-Importing this package registers the methods ``galaxy``, ``galaxy_mean``, ``bss`` and ``sepc``
-(and the benches) with :mod:`invariance.core.registry`.
+Importing this package registers its methods (``galaxy``, ``galaxy_mean``, ``bss``, ``sepc``,
+``viat``, ``preludenet``, ``invariant_select``, ``cikd``, ``person_search``, ...) and the benches
+with :mod:`invariance.core.registry`.
 """
 
 # `recipes` registers the methods, `bench` the benches (both import the method modules)
-from invariance.vision import bench, bss, galaxy, modalities, prelude, recipes, render, sepc, viat
+from invariance.vision import (
+    bench,
+    bss,
+    cikd,
+    galaxy,
+    icl_select,
+    modalities,
+    person_search,
+    prelude,
+    recipes,
+    render,
+    sepc,
+    viat,
+)
 from invariance.vision.bss import (
     BSS,
     SimCLR,
@@ -28,16 +50,51 @@ from invariance.vision.bss import (
     batch_styles_standardization,
     nt_xent_loss,
 )
+from invariance.vision.cikd import (
+    SlimmableMTLNet,
+    cikd_loss,
+    controllability,
+    count_macs,
+    hypervolume,
+    search_widths,
+)
 from invariance.vision.data.digit_scenes import make_digit_scenes
 from invariance.vision.data.digit_styles import make_digit_styles
+from invariance.vision.data.digits_mtl import make_digits_mtl
 from invariance.vision.data.galaxies import make_galaxies, simulate_votes
 from invariance.vision.data.lightbox import make_lightbox
+from invariance.vision.data.multidomain_digits import make_multidomain_digits
 from invariance.vision.data.prim3d import PRIM3D_CLASSES, make_prim3d
+from invariance.vision.data.synth_persons import make_synth_persons
 from invariance.vision.galaxy import GalaxyNet, GalaxyZooOutput, PlainGalaxyCNN
+from invariance.vision.icl_select import (
+    CCIHead,
+    FrozenFeatures,
+    InvariantSelectPR,
+    RandomPR,
+    TopKNearestPR,
+    cci_loss,
+    load_mobilenet_v2,
+    precision_at_k,
+    topk_select,
+    vote_reader,
+)
 from invariance.vision.nn.galaxy_layers import galaxy_views, merge_views
+from invariance.vision.nn.slimmable import SlimConv2d, SwitchableBatchNorm2d
+from invariance.vision.person_search import (
+    InstanceMemory,
+    PersonSearchNet,
+    multilabel_targets,
+    reid_map_cmc,
+    scale_invariant_loss,
+    scale_pyramid,
+)
 from invariance.vision.prelude import DepthUNet, PredNet, PreludeNet, prediction_error_loss
 from invariance.vision.recipes.bss import BSSConfig
+from invariance.vision.recipes.cikd import CIKDConfig
 from invariance.vision.recipes.galaxy import GalaxyConfig, GalaxyMeanConfig
+from invariance.vision.recipes.icl_select import ICLSelectConfig
+from invariance.vision.recipes.person_search import PersonSearchConfig
 from invariance.vision.recipes.preludenet import PreludeNetConfig
 from invariance.vision.recipes.sepc import SEPCConfig
 from invariance.vision.recipes.viat import VIATConfig, ViewClassifier
@@ -120,4 +177,37 @@ __all__ = [
     "prediction_error_loss",
     "PreludeNetConfig",
     "make_lightbox",
+    "CCIHead",
+    "FrozenFeatures",
+    "InvariantSelectPR",
+    "RandomPR",
+    "TopKNearestPR",
+    "cci_loss",
+    "load_mobilenet_v2",
+    "precision_at_k",
+    "topk_select",
+    "vote_reader",
+    "make_multidomain_digits",
+    "ICLSelectConfig",
+    "icl_select",
+    "SlimmableMTLNet",
+    "SlimConv2d",
+    "SwitchableBatchNorm2d",
+    "cikd_loss",
+    "controllability",
+    "count_macs",
+    "hypervolume",
+    "search_widths",
+    "make_digits_mtl",
+    "CIKDConfig",
+    "cikd",
+    "PersonSearchNet",
+    "InstanceMemory",
+    "multilabel_targets",
+    "reid_map_cmc",
+    "scale_invariant_loss",
+    "scale_pyramid",
+    "make_synth_persons",
+    "PersonSearchConfig",
+    "person_search",
 ]
