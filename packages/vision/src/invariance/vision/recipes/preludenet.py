@@ -230,7 +230,7 @@ class PreludeNetRecipe(Recipe):
                 "abs-rel, bright (in distribution)": {a: ms(a, "abs_rel_bright") for a in arms},
                 "abs-rel, dim + shadows": {a: ms(a, "abs_rel_dim") for a in arms},
                 "degradation (dim - bright)": {a: ms(a, "degradation") for a in arms},
-                "invariance_error": "hybrid model: abs-rel under dim light minus under bright light",
+                "invariance_error": "hybrid model: abs-rel under dim minus under bright light",
                 "steps": cfg.steps,
                 "clips (train/test)": f"{cfg.n_train}/{cfg.n_test}",
                 "frames x size": f"{cfg.frames} x {cfg.image_size}px",
