@@ -13,4 +13,12 @@ def test_sequence_contract(info):
 
 
 def test_sequence_registry_names():
-    assert {m.name for m in list_methods("sequence")} >= {"s4", "s4d", "eisl"}
+    assert {m.name for m in list_methods("sequence")} >= {
+        "s4",
+        "s4d",
+        "eisl",
+        "speech_units",
+        "unimts",
+        "observatory",
+        "cit",
+    }

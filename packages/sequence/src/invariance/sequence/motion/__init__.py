@@ -1,0 +1,54 @@
+"""Motion side of UniMTS: the 22-joint skeleton and procedural activities, IMU synthesis by
+physics, the rotation / placement augmentations, the ST-GCN encoder and the synthetic dataset."""
+
+from invariance.sequence.motion.data import DESCRIPTIONS, descriptions, make_motion_dataset
+from invariance.sequence.motion.imu import (
+    GRAVITY,
+    mask_joints,
+    quaternion_to_matrix,
+    random_rotation,
+    rotate_joints,
+    so3_log,
+    synthesize_imu,
+)
+from invariance.sequence.motion.skeleton import (
+    ACTIVITIES,
+    EDGES,
+    JOINT_NAMES,
+    N_JOINTS,
+    PARENTS,
+    activity_motion,
+    axis_angle,
+    forward_kinematics,
+)
+from invariance.sequence.motion.stgcn import (
+    STGCN,
+    STGCNBlock,
+    load_official_state_dict,
+    spatial_partitions,
+)
+
+__all__ = [
+    "DESCRIPTIONS",
+    "descriptions",
+    "make_motion_dataset",
+    "GRAVITY",
+    "mask_joints",
+    "quaternion_to_matrix",
+    "random_rotation",
+    "rotate_joints",
+    "so3_log",
+    "synthesize_imu",
+    "ACTIVITIES",
+    "EDGES",
+    "JOINT_NAMES",
+    "N_JOINTS",
+    "PARENTS",
+    "activity_motion",
+    "axis_angle",
+    "forward_kinematics",
+    "STGCN",
+    "STGCNBlock",
+    "load_official_state_dict",
+    "spatial_partitions",
+]
