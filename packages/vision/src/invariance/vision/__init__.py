@@ -21,11 +21,17 @@
   :class:`SlimmableMTLNet`, :func:`cikd_loss`, :func:`search_widths`, :func:`count_macs`;
 * :mod:`~invariance.vision.person_search`: SSL-style scale-invariant person search (Wang et al.
   2023, re-id on ground-truth boxes): :class:`PersonSearchNet`, :func:`scale_invariant_loss`,
-  :class:`InstanceMemory`, :func:`multilabel_targets`, :func:`reid_map_cmc`.
+  :class:`InstanceMemory`, :func:`multilabel_targets`, :func:`reid_map_cmc`;
+* :mod:`~invariance.vision.invdiff`: InvDiff (Hou, Wu et al. 2025): :class:`DeltaGuidedUNet`,
+  :func:`group_invariance_loss`, :func:`infer_groups`, :func:`bias_score` on diffusers UNets;
+* :mod:`~invariance.vision.sie`: SIE (Garrido, Najman, LeCun 2023): :class:`SIE`,
+  :class:`LinearHyperPredictor`, :func:`sie_loss`, the VICReg baseline;
+* :mod:`~invariance.vision.lisgan`: LisGAN (Li et al. 2019): feature WGAN-GP with soul samples,
+  :func:`soul_sample_loss`, :func:`soul_class_loss`, :func:`select_confident`.
 
 Importing this package registers its methods (``galaxy``, ``galaxy_mean``, ``bss``, ``sepc``,
-``viat``, ``preludenet``, ``invariant_select``, ``cikd``, ``person_search``, ...) and the benches
-with :mod:`invariance.core.registry`.
+``viat``, ``preludenet``, ``invariant_select``, ``cikd``, ``person_search``, ``invdiff``,
+``sie``, ``lisgan``) and the benches with :mod:`invariance.core.registry`.
 """
 
 # `recipes` registers the methods, `bench` the benches (both import the method modules)
@@ -35,12 +41,15 @@ from invariance.vision import (
     cikd,
     galaxy,
     icl_select,
+    invdiff,
+    lisgan,
     modalities,
     person_search,
     prelude,
     recipes,
     render,
     sepc,
+    sie,
     viat,
 )
 from invariance.vision.bss import (
@@ -58,6 +67,7 @@ from invariance.vision.cikd import (
     hypervolume,
     search_widths,
 )
+from invariance.vision.data.biased_digits import make_biased_digits
 from invariance.vision.data.digit_scenes import make_digit_scenes
 from invariance.vision.data.digit_styles import make_digit_styles
 from invariance.vision.data.digits_mtl import make_digits_mtl
@@ -65,7 +75,9 @@ from invariance.vision.data.galaxies import make_galaxies, simulate_votes
 from invariance.vision.data.lightbox import make_lightbox
 from invariance.vision.data.multidomain_digits import make_multidomain_digits
 from invariance.vision.data.prim3d import PRIM3D_CLASSES, make_prim3d
+from invariance.vision.data.rot_digits import make_rot_digits
 from invariance.vision.data.synth_persons import make_synth_persons
+from invariance.vision.data.zsl_features import make_synth_zsl
 from invariance.vision.galaxy import GalaxyNet, GalaxyZooOutput, PlainGalaxyCNN
 from invariance.vision.icl_select import (
     CCIHead,
@@ -79,8 +91,26 @@ from invariance.vision.icl_select import (
     topk_select,
     vote_reader,
 )
+from invariance.vision.invdiff import (
+    DeltaGuidedUNet,
+    bias_score,
+    group_invariance_loss,
+    grouper_precision_recall,
+    infer_groups,
+)
+from invariance.vision.lisgan import (
+    FeatureCritic,
+    FeatureGenerator,
+    gradient_penalty,
+    select_confident,
+    soul_class_loss,
+    soul_sample_loss,
+    soul_samples,
+)
+from invariance.vision.nn.diffusion import class_unet, ddim_sample, per_sample_losses
 from invariance.vision.nn.galaxy_layers import galaxy_views, merge_views
 from invariance.vision.nn.slimmable import SlimConv2d, SwitchableBatchNorm2d
+from invariance.vision.nn.vicreg import vicreg_loss
 from invariance.vision.person_search import (
     InstanceMemory,
     PersonSearchNet,
@@ -94,9 +124,12 @@ from invariance.vision.recipes.bss import BSSConfig
 from invariance.vision.recipes.cikd import CIKDConfig
 from invariance.vision.recipes.galaxy import GalaxyConfig, GalaxyMeanConfig
 from invariance.vision.recipes.icl_select import ICLSelectConfig
+from invariance.vision.recipes.invdiff import InvDiffConfig
+from invariance.vision.recipes.lisgan import LisGANConfig
 from invariance.vision.recipes.person_search import PersonSearchConfig
 from invariance.vision.recipes.preludenet import PreludeNetConfig
 from invariance.vision.recipes.sepc import SEPCConfig
+from invariance.vision.recipes.sie import SIEConfig
 from invariance.vision.recipes.viat import VIATConfig, ViewClassifier
 from invariance.vision.render import Camera, Scene, look_at
 from invariance.vision.render import render as render_scene
@@ -109,6 +142,7 @@ from invariance.vision.sepc import (
     coco_detection_ap,
     detection_ap,
 )
+from invariance.vision.sie import SIE, LinearHyperPredictor, VICRegModel, sie_loss
 from invariance.vision.viat import (
     GMMViews,
     gmvfool,
@@ -210,4 +244,33 @@ __all__ = [
     "make_synth_persons",
     "PersonSearchConfig",
     "person_search",
+    "DeltaGuidedUNet",
+    "group_invariance_loss",
+    "infer_groups",
+    "grouper_precision_recall",
+    "bias_score",
+    "class_unet",
+    "ddim_sample",
+    "per_sample_losses",
+    "make_biased_digits",
+    "InvDiffConfig",
+    "invdiff",
+    "SIE",
+    "VICRegModel",
+    "LinearHyperPredictor",
+    "sie_loss",
+    "vicreg_loss",
+    "make_rot_digits",
+    "SIEConfig",
+    "sie",
+    "FeatureGenerator",
+    "FeatureCritic",
+    "gradient_penalty",
+    "soul_samples",
+    "soul_sample_loss",
+    "soul_class_loss",
+    "select_confident",
+    "make_synth_zsl",
+    "LisGANConfig",
+    "lisgan",
 ]

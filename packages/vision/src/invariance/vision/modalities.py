@@ -31,6 +31,7 @@ from invariance.vision._checks import check_int, check_number, check_tensor
 
 __all__ = ["infrared", "depth_map", "normal_map", "events", "sketch", "paint"]
 
+
 def _image(x: object, name: str, channels: int | None = 3) -> Tensor:
     x = check_tensor(x, name, dims=4, expected="(B, C, H, W)")
     if channels is not None and x.shape[1] != channels:

@@ -121,7 +121,7 @@ def pair_set(n: int, seed: int, **kw: Any) -> list[RegistrationPair]:
     pairs = None
     if path.is_file():
         try:
-            pairs = [RegistrationPair(**d) for d in torch.load(path, weights_only=False)]
+            pairs = [RegistrationPair(**d) for d in torch.load(path, weights_only=True)]
         except Exception:  # a damaged file is regenerated
             pairs = None
     if pairs is None or len(pairs) != n:
