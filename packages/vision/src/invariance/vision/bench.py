@@ -12,12 +12,20 @@ interleaved, repeats, median and spread, one thread) and returns flat rows.
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import io
+import os
+from pathlib import Path
+
 import torch
 from torchvision.models.detection.retinanet import RetinaNetHead
 
 from invariance.core.bench import compare, machine, register_bench
 from invariance.vision.galaxy import GalaxyNet, PlainGalaxyCNN
+from invariance.vision.invdiff import DeltaGuidedUNet, infer_groups
 from invariance.vision.nn.bss import batch_styles_standardization
+from invariance.vision.nn.diffusion import class_unet
 from invariance.vision.nn.sepc import SEPC
 
 __all__ = ["bench_sepc_neck", "bench_bss_batch", "bench_galaxy_views"]
@@ -117,6 +125,119 @@ def bench_galaxy_views(
         reference="plain_cnn",
         device=device,
         label=label,
+        **_repeats(quick),
+    )
+    return {"rows": rows, "machine": machine(device)}
+
+
+# ----------------------------------------------------------------------------- InvDiff
+
+
+def _official_repo() -> Path | None:
+    """A local checkout of the official InvDiff repository, from ``INVDIFF_OFFICIAL_REPO``."""
+    p = os.environ.get("INVDIFF_OFFICIAL_REPO", "")
+    return Path(p) if p and (Path(p) / "src" / "model" / "epsilon_with_delta.py").exists() else None
+
+
+def _official_function(path: Path, name: str, **globals_) -> object:
+    """Run the official source file's definition of ``name`` (ast-extracted, not imported: the
+    official scripts run their argument parsing at import)."""
+    import ast
+
+    src = path.read_text()
+    node = next(n for n in ast.parse(src).body if getattr(n, "name", None) == name)
+    ns: dict = {"torch": torch, **globals_}
+    exec(compile(ast.get_source_segment(src, node), str(path), "exec"), ns)  # noqa: S102
+    return ns[name]
+
+
+def _repeats(quick: bool) -> dict:
+    return {"repeats": 3, "min_run_time": 0.1} if quick else {"repeats": 7, "min_run_time": 0.3}
+
+
+@register_bench("vision", "invdiff_guidance")
+def bench_invdiff_guidance(
+    *, device: str = "cpu", quick: bool = False, batch: int = 64, size: int = 8
+) -> dict:
+    """One guidance training step (frozen base forward + delta forward/backward) of our
+    :class:`DeltaGuidedUNet` vs a plain ``UNet2DModel`` step of the base alone (the floor) and,
+    with ``INVDIFF_OFFICIAL_REPO`` set to a checkout, the official ``EpsilonWithDelta`` on the
+    same two UNets."""
+    torch.manual_seed(0)
+    base, delta = class_unet(size, 16).to(device), class_unet(size, 8).to(device)
+    ours = DeltaGuidedUNet(base, delta).to(device)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 3, size, size, generator=g).to(device)
+    t = torch.randint(0, 1000, (batch,), generator=g).to(device)
+    c = torch.randint(0, 2, (batch,), generator=g).to(device)
+    plain = class_unet(size, 16).to(device)
+
+    def step(m):
+        def run():
+            out = m(x, t, class_labels=c)
+            out = out[0] if isinstance(out, tuple) else getattr(out, "sample", out)
+            out.pow(2).mean().backward()
+
+        return run
+
+    fns = {"UNet2DModel base step": step(plain), "DeltaGuidedUNet (ours)": step(ours)}
+    repo = _official_repo()
+    if repo is not None:
+        spec = importlib.util.spec_from_file_location(
+            "invdiff_official_ewd", repo / "src" / "model" / "epsilon_with_delta.py"
+        )
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        tiny = dict(
+            block_out_channels=(8, 8),
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=8,
+            norm_num_groups=8,
+            layers_per_block=1,
+            attention_head_dim=2,
+        )
+        with contextlib.redirect_stdout(io.StringIO()):
+            off = mod.EpsilonWithDelta(pretrain_unet=base, delta=delta, delta_ratio=-1, **tiny)
+        fns["official EpsilonWithDelta"] = step(off.to(device))
+    rows = compare(
+        fns,
+        reference="official EpsilonWithDelta" if repo else "UNet2DModel base step",
+        device=device,
+        label=f"batch {batch}, {size}x{size}, base (16,32) + delta (8,16), fwd+bwd",
+        **_repeats(quick),
+    )
+    return {"rows": rows, "machine": machine(device)}
+
+
+@register_bench("vision", "invdiff_grouper")
+def bench_invdiff_grouper(
+    *, device: str = "cpu", quick: bool = False, n: int = 720, n_groups: int = 8
+) -> dict:
+    """Group inference (500 Adam steps on ``n`` per-sample losses): our :func:`infer_groups` vs
+    the official ``optimize_weights`` (with ``INVDIFF_OFFICIAL_REPO`` set to a checkout)."""
+    import contextlib
+    import io
+
+    g = torch.Generator().manual_seed(0)
+    losses = torch.rand(n, generator=g)
+    fns = {"infer_groups (ours)": lambda: infer_groups(losses, n_groups, generator=g)}
+    repo = _official_repo()
+    if repo is not None:
+        off = _official_function(
+            repo / "src" / "group" / "train_group.py", "optimize_weights", loss_not_zero_weight=0
+        )
+
+        def official():
+            with contextlib.redirect_stdout(io.StringIO()):
+                off(losses.reshape(-1, 1), n_groups, device=device)
+
+        fns["official optimize_weights"] = official
+    rows = compare(
+        fns,
+        reference="official optimize_weights" if repo else "infer_groups (ours)",
+        device=device,
+        label=f"{n} samples, {n_groups} groups, 500 steps",
         **_repeats(quick),
     )
     return {"rows": rows, "machine": machine(device)}
