@@ -13,7 +13,7 @@
 Importing this package loads torch, numpy, safetensors and PyYAML only.
 """
 
-from invariance.core import groups, testing
+from invariance.core import checks, groups, testing
 from invariance.core.bench import compare, register_bench, time_fn
 from invariance.core.cache import ResultCache
 from invariance.core.checkpoint import load_checkpoint, save_checkpoint
@@ -49,6 +49,7 @@ from invariance.core.train import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "checks",
     "groups",
     "testing",
     "equivariance_error",
