@@ -51,7 +51,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from invariance.control.rbc import _count, _finite, _number
+from invariance.control.actuation import _count, _finite, _number
 
 __all__ = [
     "recentre",

@@ -22,9 +22,10 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import VecEnv
 from torch import Tensor
 
+from invariance.control.actuation import _count, _number
 from invariance.control.envs import RBCControl, RBCSetup
 from invariance.control.marl_rbc import marl_rewards, recentre, sarl_rewards
-from invariance.control.rbc import RBCState, _count, _number
+from invariance.control.rbc import RBCState
 
 __all__ = [
     "RBCVecEnv",
