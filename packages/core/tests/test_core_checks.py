@@ -85,3 +85,19 @@ def test_check_tensor():
     # a tensor that needs grad is checked without error
     w = torch.randn(3, requires_grad=True)
     assert check_tensor("w", w, floating=True) is w
+
+
+def test_collect_entry_points(tmp_path):
+    from invariance.core.testing import collect_entry_points
+
+    (tmp_path / "test_a.py").write_text("ENTRY_POINTS = {'f': (abs, {'x': 1}, {})}\n")
+    (tmp_path / "test_b.py").write_text(
+        "import math\n\nENTRY_POINTS = {'g': (math.sqrt, {}, {})}\n"
+    )
+    (tmp_path / "test_c.py").write_text("raise RuntimeError('never imported: no ENTRY_POINTS')\n")
+    got = collect_entry_points(tmp_path)
+    assert sorted(got) == ["f", "g"] and got["f"][0] is abs
+    assert sorted(collect_entry_points(tmp_path, exclude=("test_a.py",))) == ["g"]
+    (tmp_path / "test_d.py").write_text("ENTRY_POINTS = {'f': (abs, {}, {})}\n")
+    with pytest.raises(ValueError, match="'f' is declared twice"):
+        collect_entry_points(tmp_path)

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from invariance.core.recipe import make_config
-from invariance.core.testing import assert_rejects_bad_inputs
+from invariance.core.testing import fuzz_bad_inputs
 from invariance.vision.data.lightbox import make_lightbox
 from invariance.vision.prelude import DepthUNet, PredNet, PreludeNet, prediction_error_loss
 from invariance.vision.recipes.preludenet import PreludeNetRecipe, depth_metrics
@@ -111,12 +111,38 @@ def test_depth_metrics_and_bad_inputs():
         prediction_error_loss([[torch.zeros(1)]], (1.0,))
     with pytest.raises(ValueError, match="image_size"):
         make_config(PreludeNetRecipe, image_size=30)
-    assert_rejects_bad_inputs(
-        PredNet((3, 4)), {"x": torch.rand(1, 2, 3, 8, 8)}, name="PredNet.forward"
-    )
-    assert_rejects_bad_inputs(
+
+
+_DEPTH = 1 + torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+
+#: bad-input cases (collected by the package summary in test_vision_bad_inputs.py)
+ENTRY_POINTS = {
+    "PredNet.forward": (PredNet((3, 4)), {"x": torch.rand(1, 2, 3, 8, 8)}, {}),
+    "PreludeNet.forward": (
+        PreludeNet((3, 4), (4, 4)),
+        {"x": torch.rand(1, 2, 3, 8, 8)},
+        {},
+    ),
+    "DepthUNet.forward": (
         DepthUNet(4),
         {"x": torch.rand(2, 3, 8, 8)},
-        name="DepthUNet.forward",
-        accept=("x:extra_dim",),
-    )
+        {"accept": ("x:extra_dim",)},
+    ),
+    "make_lightbox": (
+        make_lightbox,
+        {"n_clips": 1, "frames": 2, "size": 8, "seed": 0},
+        {"skip": ("seed:negative",)},  # any int seeds the generator
+    ),
+    "depth_metrics": (
+        depth_metrics,
+        {"pred": _DEPTH * 1.1, "depth": _DEPTH, "mask": torch.ones(2, 1, 8, 8)},
+        {},
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ENTRY_POINTS))
+def test_preludenet_bad_inputs(name):
+    fn, kwargs, kw = ENTRY_POINTS[name]
+    rep = fuzz_bad_inputs(fn, kwargs, name=name, **kw)
+    assert rep.tried > 0 and rep.ok, "\n".join(rep.failures)

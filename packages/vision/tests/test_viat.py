@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from invariance.core.recipe import make_config
-from invariance.core.testing import assert_rejects_bad_inputs
+from invariance.core.testing import fuzz_bad_inputs
 from invariance.vision.recipes.viat import VIATRecipe, _fitness, natural_viewpoints, render_views
 from invariance.vision.viat import (
     GMMViews,
@@ -210,15 +210,37 @@ def test_bad_inputs_are_rejected():
         make_config(VIATRecipe, popsize=8)
     with pytest.raises(ValueError, match="sigma"):
         GMMViews(torch.zeros(1, 2, 6), -torch.ones(1, 2, 6))
-    assert_rejects_bad_inputs(
-        viewpoint,
-        {"z": torch.randn(3, 6)},
-        name="viewpoint",
-        accept=("z:extra_dim", "z:fewer_dims"),
-    )
-    assert_rejects_bad_inputs(
-        centered_ranks, {"x": torch.randn(5)}, name="centered_ranks", accept=("x:extra_dim",)
-    )
+
+
+_LOGITS = torch.randn(4, 3, generator=torch.Generator().manual_seed(1))
+_TARGET = torch.tensor([0, 1, 2, 0])
+
+#: bad-input cases (collected by the package summary in test_vision_bad_inputs.py)
+ENTRY_POINTS = {
+    "viewpoint": (viewpoint, {"z": torch.randn(3, 6)}, {"accept": ("z:extra_dim", "z:fewer_dims")}),
+    "centered_ranks": (centered_ranks, {"x": torch.randn(5)}, {"accept": ("x:extra_dim",)}),
+    "random_viewpoints": (random_viewpoints, {"n": 3}, {}),
+    "natural_viewpoints": (natural_viewpoints, {"n": 3}, {}),
+    "viat_loss": (
+        viat_loss,
+        {
+            "logits_nat": _LOGITS,
+            "logits_adv": _LOGITS.flip(0),
+            "target_nat": _TARGET,
+            "target_adv": _TARGET.flip(0),
+            "objective": "trades",
+            "beta": 6.0,
+        },
+        {"accept": ("logits_nat:extra_dim", "logits_adv:extra_dim")},
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ENTRY_POINTS))
+def test_viat_bad_inputs(name):
+    fn, kwargs, kw = ENTRY_POINTS[name]
+    rep = fuzz_bad_inputs(fn, kwargs, name=name, **kw)
+    assert rep.tried > 0 and rep.ok, "\n".join(rep.failures)
 
 
 def test_natural_views_render():

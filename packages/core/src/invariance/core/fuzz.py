@@ -29,10 +29,13 @@ them in a subprocess.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import re
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -45,6 +48,7 @@ __all__ = [
     "fuzz_bad_inputs",
     "assert_rejects_bad_inputs",
     "fuzz_table",
+    "collect_entry_points",
     "TENSOR_KINDS",
     "NUMBER_KINDS",
 ]
@@ -274,3 +278,33 @@ def fuzz_table(reports: Iterable[FuzzReport], *, markdown: bool = False) -> str:
     rows.append(("total", sum(r.tried for r in reports), sum(r.handled for r in reports)))
     heads = ["entry point", "bad inputs tried", "handled"]
     return markdown_table(rows, heads) if markdown else format_table(rows, heads)
+
+
+_DECLARES = re.compile(r"^ENTRY_POINTS\s*(:[^=]*)?=", re.M)
+
+
+def collect_entry_points(test_dir: str | Path, *, exclude: Iterable[str] = ()) -> dict[str, Any]:
+    """Merge the module-level ``ENTRY_POINTS`` dicts of the test files ``test_*.py`` in
+    ``test_dir`` (files named in ``exclude`` skipped), so that one package-wide bad-input summary
+    covers the entry points each method's test file declares beside its other tests.
+
+    A file is imported (under a private module name, once per process) only when its text defines
+    ``ENTRY_POINTS`` at module level. A name declared by two files is an error."""
+    out: dict[str, Any] = {}
+    skip = set(exclude)
+    root = Path(test_dir)
+    for path in sorted(root.glob("test_*.py")):
+        if path.name in skip or not _DECLARES.search(path.read_text()):
+            continue
+        mod_name = f"_invariance_entry_points_{root.resolve().parent.name}_{path.stem}"
+        mod = sys.modules.get(mod_name)
+        if mod is None:
+            spec = importlib.util.spec_from_file_location(mod_name, path)
+            mod = importlib.util.module_from_spec(spec)
+            sys.modules[mod_name] = mod
+            spec.loader.exec_module(mod)
+        for name, entry in mod.ENTRY_POINTS.items():
+            if name in out:
+                raise ValueError(f"entry point {name!r} is declared twice ({path.name})")
+            out[name] = entry
+    return out

@@ -36,6 +36,7 @@ from invariance.core.fuzz import (
     FuzzReport,
     assert_rejects_bad_inputs,
     bad_input_cases,
+    collect_entry_points,
     fuzz_bad_inputs,
     fuzz_table,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "fuzz_bad_inputs",
     "assert_rejects_bad_inputs",
     "fuzz_table",
+    "collect_entry_points",
 ]
 
 DEFAULT_MIN_VARIATION = 1e-3

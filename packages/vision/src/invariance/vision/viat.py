@@ -390,11 +390,34 @@ def viat_loss(
     if objective not in ("ce", "trades"):
         raise ValueError(f"objective must be 'ce' or 'trades', got {objective!r}")
     check_number(beta, "beta", lo=0.0)
+    for name, lg, tg in (
+        ("logits_nat", logits_nat, target_nat),
+        ("logits_adv", logits_adv, target_adv),
+    ):
+        check_tensor(lg, name, dims=2, expected="of shape (B, classes)")
+        tname = name.replace("logits", "target")
+        check_tensor(tg, tname, dims=1, floating=False)
+        if tg.is_floating_point() or tg.dtype == torch.bool:
+            raise TypeError(f"{tname} must hold integer class ids, got dtype {tg.dtype}")
+        if len(tg) != len(lg):
+            raise ValueError(
+                f"{tname} must have one entry per row of {name}: {len(tg)} vs {len(lg)}"
+            )
+        if bool(((tg < 0) | (tg >= lg.shape[1])).any()):
+            raise ValueError(f"{tname} must lie in 0..{lg.shape[1] - 1}")
+    if logits_adv.shape[1] != logits_nat.shape[1]:
+        raise ValueError(
+            f"logits_adv must have as many classes as logits_nat: {logits_adv.shape[1]} vs "
+            f"{logits_nat.shape[1]}"
+        )
     if objective == "ce":
         return F.cross_entropy(
             torch.cat([logits_nat, logits_adv]), torch.cat([target_nat, target_adv])
         )
     if logits_adv.shape != logits_nat.shape:
-        raise ValueError("trades needs one adversarial view per natural image (same shapes)")
+        raise ValueError(
+            "logits_adv must have the shape of logits_nat for trades (one adversarial view per "
+            f"natural image), got {tuple(logits_adv.shape)} vs {tuple(logits_nat.shape)}"
+        )
     kl = F.kl_div(F.log_softmax(logits_adv, -1), F.softmax(logits_nat, -1), reduction="batchmean")
     return F.cross_entropy(logits_nat, target_nat) + beta * kl

@@ -17,6 +17,7 @@ import math
 
 import torch
 
+from invariance.core.checks import check_seed
 from invariance.vision._checks import check_int
 from invariance.vision.render import Scene, look_at, render
 
@@ -75,6 +76,7 @@ def make_lightbox(
     Returns ``images`` ``(N, T, 3, S, S)``, ``depth`` ``(N, T, 1, S, S)`` and ``mask``."""
     n_clips, frames = check_int(n_clips, "n_clips"), check_int(frames, "frames")
     size, n_objects = check_int(size, "size", lo=8), check_int(n_objects, "n_objects", lo=0)
+    seed = check_seed(seed)
     if lighting not in LIGHTING:
         raise ValueError(f"lighting must be one of {LIGHTING}, got {lighting!r}")
     if not (isinstance(step, (int, float)) and 0 <= step <= 2):

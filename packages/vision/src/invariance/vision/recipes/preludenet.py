@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from invariance.core.recipe import CheckResult, Recipe, ReproduceResult, TrainConfig
 from invariance.core.registry import register
 from invariance.core.train import evaluate, fit_recipe
+from invariance.vision._checks import check_tensor
 from invariance.vision.data.lightbox import make_lightbox
 from invariance.vision.prelude import DepthUNet, PreludeNet, prediction_error_loss
 from invariance.vision.recipes._common import reproduce_config
@@ -80,7 +81,17 @@ class _Clips(torch.utils.data.Dataset):
 
 def depth_metrics(pred: Tensor, depth: Tensor, mask: Tensor) -> dict[str, float]:
     """Eigen et al.'s abs-rel and RMSE on the masked pixels (depth in scene units)."""
+    for name, t in (("pred", pred), ("depth", depth), ("mask", mask)):
+        check_tensor(t, name)
+        if t.shape != pred.shape:
+            raise ValueError(
+                f"{name} must have the shape of pred {tuple(pred.shape)}, got {tuple(t.shape)}"
+            )
     m = mask > 0
+    if not bool(m.any()):
+        raise ValueError("mask must select at least one pixel")
+    if bool((depth[m] <= 0).any()):
+        raise ValueError("depth must be positive on the masked pixels")
     p, d = pred[m], depth[m]
     return {
         "abs_rel": float(((p - d).abs() / d).mean()),

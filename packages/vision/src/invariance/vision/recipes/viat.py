@@ -22,6 +22,7 @@ from invariance.core.recipe import CheckResult, Recipe, ReproduceResult, TrainCo
 from invariance.core.registry import register
 from invariance.core.testing import check_equivariant, check_not_invariant
 from invariance.core.train import evaluate, fit_recipe
+from invariance.vision._checks import check_int
 from invariance.vision.data.prim3d import make_prim3d
 from invariance.vision.recipes._common import reproduce_config
 from invariance.vision.render import Scene, look_at, render
@@ -123,6 +124,7 @@ class ViewClassifier(nn.Module):
 def natural_viewpoints(n: int, *, generator: torch.Generator | None = None) -> Tensor:
     """The natural view band: yaw all round, pitch 10°-40°, distance 3.5-4.5, no roll or
     shift."""
+    n = check_int(n, "n")
     u = torch.rand(n, 3, generator=generator)
     v = torch.zeros(n, 6)
     v[:, 1] = 360 * u[:, 0] - 180
