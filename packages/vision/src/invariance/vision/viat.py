@@ -53,9 +53,10 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from invariance.vision._checks import check_int, check_number, check_tensor
+from invariance.vision.render import Scene, look_at, render
 
 __all__ = [
     "VIEW_SCALE",
@@ -70,6 +71,9 @@ __all__ = [
     "gmvfool",
     "sample_pool_views",
     "viat_loss",
+    "ViewClassifier",
+    "natural_viewpoints",
+    "render_views",
 ]
 
 #: half-widths ``a`` and centres ``b`` of the viewpoint box ``v = a * tanh(z) + b``
@@ -421,3 +425,42 @@ def viat_loss(
         )
     kl = F.kl_div(F.log_softmax(logits_adv, -1), F.softmax(logits_nat, -1), reduction="batchmean")
     return F.cross_entropy(logits_nat, target_nat) + beta * kl
+
+
+# ------------------------------------------------------------------ rendered views
+class ViewClassifier(nn.Module):
+    """A small CNN (3 conv blocks, global pooling, linear) for rendered objects."""
+
+    def __init__(self, n_classes: int, width: int = 16) -> None:
+        super().__init__()
+        w = width
+
+        def block(i: int, o: int) -> nn.Sequential:
+            return nn.Sequential(
+                nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(), nn.MaxPool2d(2)
+            )
+
+        self.features = nn.Sequential(block(3, w), block(w, 2 * w), block(2 * w, 4 * w))
+        self.head = nn.Linear(4 * w, n_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x).mean((-2, -1)))
+
+
+def natural_viewpoints(n: int, *, generator: torch.Generator | None = None) -> Tensor:
+    """The natural view band: yaw all round, pitch 10°-40°, distance 3.5-4.5, no roll or
+    shift."""
+    n = check_int(n, "n")
+    u = torch.rand(n, 3, generator=generator)
+    v = torch.zeros(n, 6)
+    v[:, 1] = 360 * u[:, 0] - 180
+    v[:, 2] = 10 + 30 * u[:, 1]
+    v[:, 3] = 3.5 + u[:, 2]
+    return v
+
+
+def render_views(scene: Scene, index: Tensor, v: Tensor, *, size: int, fov: float) -> Tensor:
+    """RGB renders ``(B, 3, size, size)`` of objects ``index`` from viewpoints ``v`` (``(B,
+    6)``: roll, yaw, pitch, distance, shift_x, shift_y)."""
+    cam = look_at(v[:, 1], v[:, 2], v[:, 0], v[:, 3], v[:, 4:6], fov=fov)
+    return render(scene, cam, size=size, scene_index=index, shadows=False)["rgb"]

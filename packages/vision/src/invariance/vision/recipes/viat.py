@@ -16,30 +16,32 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from invariance.core import groups as G
-from invariance.core.bench import compare, machine, register_bench
 from invariance.core.recipe import CheckResult, Recipe, ReproduceResult, TrainConfig
 from invariance.core.registry import register
-from invariance.core.testing import check_equivariant, check_not_invariant
 from invariance.core.train import evaluate, fit_recipe
-from invariance.vision._checks import check_int
 from invariance.vision.data.prim3d import make_prim3d
 from invariance.vision.recipes._common import reproduce_config
-from invariance.vision.render import Scene, look_at, render
+from invariance.vision.recipes._viat_support import _plot_pool, _roll_checks, bench_viat_nes
+from invariance.vision.render import Scene
 from invariance.vision.viat import (
-    GMMViews,
-    NESState,
+    ViewClassifier,
     gmvfool,
-    nes_population,
-    nes_step,
-    population_points,
+    natural_viewpoints,
     random_viewpoints,
+    render_views,
     sample_pool_views,
     viat_loss,
     viewpoint,
 )
 
-__all__ = ["VIATConfig", "VIATRecipe", "ViewClassifier", "natural_viewpoints", "render_views"]
+__all__ = [
+    "VIATConfig",
+    "VIATRecipe",
+    "ViewClassifier",
+    "bench_viat_nes",
+    "natural_viewpoints",
+    "render_views",
+]
 
 
 @dataclass
@@ -100,44 +102,6 @@ class VIATConfig(TrainConfig):
             raise ValueError(
                 f"popsize must be odd (centres + antithetic pairs), got {self.popsize}"
             )
-
-
-class ViewClassifier(nn.Module):
-    """A small CNN (3 conv blocks, global pooling, linear) for rendered objects."""
-
-    def __init__(self, n_classes: int, width: int = 16) -> None:
-        super().__init__()
-        w = width
-
-        def block(i: int, o: int) -> nn.Sequential:
-            return nn.Sequential(
-                nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(), nn.MaxPool2d(2)
-            )
-
-        self.features = nn.Sequential(block(3, w), block(w, 2 * w), block(2 * w, 4 * w))
-        self.head = nn.Linear(4 * w, n_classes)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.features(x).mean((-2, -1)))
-
-
-def natural_viewpoints(n: int, *, generator: torch.Generator | None = None) -> Tensor:
-    """The natural view band: yaw all round, pitch 10°-40°, distance 3.5-4.5, no roll or
-    shift."""
-    n = check_int(n, "n")
-    u = torch.rand(n, 3, generator=generator)
-    v = torch.zeros(n, 6)
-    v[:, 1] = 360 * u[:, 0] - 180
-    v[:, 2] = 10 + 30 * u[:, 1]
-    v[:, 3] = 3.5 + u[:, 2]
-    return v
-
-
-def render_views(scene: Scene, index: Tensor, v: Tensor, *, size: int, fov: float) -> Tensor:
-    """RGB renders ``(B, 3, size, size)`` of objects ``index`` from viewpoints ``v`` (``(B,
-    6)``: roll, yaw, pitch, distance, shift_x, shift_y)."""
-    cam = look_at(v[:, 1], v[:, 2], v[:, 0], v[:, 3], v[:, 4:6], fov=fov)
-    return render(scene, cam, size=size, scene_index=index, shadows=False)["rgb"]
 
 
 class _World:
@@ -411,168 +375,6 @@ def _robust_metrics(
         "random_ce": float(F.cross_entropy(lr_, labels[idx])),
         "gmvfool_ce": float(F.cross_entropy(la, labels[idx])),
         "view_disagreement": float(disagree),
-    }
-
-
-def _plot_pool(pool: GMMViews, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    v = viewpoint(pool.sample(64, generator=torch.Generator().manual_seed(0))).reshape(-1, 6)
-    fig, ax = plt.subplots(1, 2, figsize=(8, 3.5))
-    ax[0].scatter(v[:, 1], v[:, 2], s=4, alpha=0.5)
-    ax[0].set(xlabel="yaw (deg)", ylabel="pitch (deg)", xlim=(-180, 180), ylim=(-70, 70))
-    ax[0].axhspan(10, 40, color="green", alpha=0.1, label="natural band")
-    ax[0].legend(loc="lower right", fontsize=7)
-    ax[1].scatter(v[:, 0], v[:, 3], s=4, alpha=0.5)
-    ax[1].set(xlabel="roll (deg)", ylabel="distance", xlim=(-30, 30), ylim=(3, 5))
-    fig.suptitle("VIAT training pool: adversarial viewpoints found by GMVFool (seed 0)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-class _CameraRoll(G.Group):
-    """Quarter-turn camera rolls acting on viewpoints ``(B, 6)`` (roll is column 0)."""
-
-    name, reps = "camera-roll-C4", ("viewpoint",)
-
-    def sample(self, generator, inputs=()):
-        return int(torch.randint(1, 4, (), generator=generator))
-
-    def _act(self, rep, g, x):
-        return x + torch.tensor([90.0 * g, 0, 0, 0, 0, 0], dtype=x.dtype)
-
-    def describe(self, g):
-        return f"camera roll by {90 * g} degrees"
-
-
-def _roll_checks(cfg: VIATConfig) -> list[CheckResult]:
-    """The renderer the method's viewpoints go through: a camera roll by ``90 k`` degrees
-    rotates the image by ``-90 k`` exactly (negative control: the unrotated image)."""
-    scene, _ = make_prim3d(1, seed=cfg.seed, classes=(2,), dtype=torch.float64)
-    v = torch.tensor([[5.0, 30.0, 20.0, 4.0, 0.2, -0.1], [-8.0, -120.0, 35.0, 3.6, 0.0, 0.1]])
-
-    def fn(vv: Tensor) -> Tensor:
-        cam = look_at(vv[:, 1], vv[:, 2], vv[:, 0], vv[:, 3], vv[:, 4:6], fov=cfg.fov)
-        return render(scene, cam, size=24, scene_index=torch.zeros(len(vv), dtype=torch.long))[
-            "rgb"
-        ]
-
-    rot = lambda g, y: torch.rot90(y, -g, dims=(-2, -1))  # noqa: E731
-    return [
-        check_equivariant(
-            "render: camera roll = image rotation",
-            fn,
-            (v,),
-            _CameraRoll(),
-            "viewpoint",
-            rot,
-            trials=2,
-        ),
-        check_not_invariant(
-            "render: camera roll changes the image (negative control)",
-            fn,
-            (v,),
-            _CameraRoll(),
-            "viewpoint",
-            None,
-            trials=2,
-        ),
-    ]
-
-
-def _official_pepg(path: str):
-    """The official PEPG class from a local copy of ``viat/NES_GMM_forAT.py`` (its renderer and
-    classifier imports stubbed); used by the bench only, never shipped."""
-    import importlib.util
-    import sys
-    import types
-
-    for name in ("evaluate_forAT", "rendering_image", "classifier", "classifier.predict"):
-        sys.modules.setdefault(name, types.ModuleType(name))
-    for name in ("datasets", "datasets.opts", "joblib"):
-        sys.modules.setdefault(name, types.ModuleType(name))
-    sys.modules["evaluate_forAT"].comput_fitness = None
-    sys.modules["rendering_image"].render_image = None
-    sys.modules["classifier.predict"].test_baseline = None
-    sys.modules["datasets.opts"].get_opts = None
-    spec = importlib.util.spec_from_file_location("_viat_official_nes", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.PEPG
-
-
-@register_bench("vision", "viat_nes")
-def bench_viat_nes(
-    objects: int = 16,
-    popsize: int = 21,
-    k: int = 5,
-    official: str | None = None,
-    quick: bool = False,
-) -> dict:
-    """One GMVFool NES iteration (population, entropy gradient, update) for ``objects``
-    objects: ours (all objects in one batched step), ours looped object by object, and, when
-    ``official`` names a local copy of the official ``viat/NES_GMM_forAT.py``, the official
-    PEPG solver (one per object, as the official pool search runs); plus render throughput."""
-    g = torch.Generator().manual_seed(0)
-    views = GMMViews.init(objects, k, generator=g)
-    target = 0.3
-
-    def ours_batched():
-        r, comp = nes_population(views, popsize, generator=g)
-        fit = -((population_points(views, r, comp) - target) ** 2).sum(-1)
-        nes_step(views, r, comp, fit, NESState(torch.zeros_like(views.mu), 0.1), popsize=popsize)
-
-    def ours_per_object():
-        for i in range(objects):
-            vi = GMMViews(views.mu[i : i + 1], views.sigma[i : i + 1], views.omega[i : i + 1])
-            r, comp = nes_population(vi, popsize, generator=g)
-            fit = -((population_points(vi, r, comp) - target) ** 2).sum(-1)
-            nes_step(vi, r, comp, fit, NESState(torch.zeros_like(vi.mu), 0.1), popsize=popsize)
-
-    fns = {"ours_batched": ours_batched, "ours_per_object": ours_per_object}
-    reference = "ours_per_object"
-    if official:
-        import numpy as np
-
-        pepg = _official_pepg(official)
-        kw = dict(
-            num_params=6, num_k=k, sigma_init=0.1, learning_rate=0.1, learning_rate_decay=0.99,
-            learning_rate_limit=0, popsize=popsize, average_baseline=False, weight_decay=0.0,
-            rank_fitness=True, forget_best=False, mu_lambda=1e-4, sigma_lambda=1e-4,
-            random_begin=True, mood="init",
-        )  # fmt: skip
-        solvers = [pepg(**kw) for _ in range(objects)]
-
-        def official_pepg():
-            for sv in solvers:
-                sol = sv.ask()
-                gm, gs, go = sv.comput_entropy()
-                sv.tell(-((sol - target) ** 2).sum(1), gm, gs, go)
-
-        np.random.seed(0)
-        fns["official_pepg"] = official_pepg
-        reference = "official_pepg"
-    rows = compare(fns, reference=reference, repeats=3 if quick else 5)
-    scene, _ = make_prim3d(2, seed=0)
-    n = 64 if quick else 256
-    idx = torch.randint(0, len(scene), (n,), generator=g)
-    v = random_viewpoints(n, generator=g)
-    rrows = compare(
-        {f"render_{n}_views_32px": lambda: render_views(scene, idx, v, size=32, fov=40.0)},
-        repeats=3,
-    )
-    return {
-        "rows": rows + rrows,
-        "objects": objects,
-        "popsize": popsize,
-        "k": k,
-        "official": "viat/NES_GMM_forAT.py (local copy)" if official else "not given",
-        "machine": machine(),
     }
 
 
