@@ -1,8 +1,9 @@
-"""The ``fused=True`` path of AdamP/SGDP: the step over flat, shape-bucketed buffers.
+"""The ``fused=True`` path of AdamP/SGDP: the CPU kernel and the flat-buffer bucket step.
 
-The bucket step is one function, run compiled (``torch.compile``) or uncompiled, op by op (where no
-compiler works ``fused=True`` takes the foreach path, which is faster than that). The default suite
-checks the uncompiled run (no compiler needed, seconds): parity with the golden official/timm
+On CPU ``fused=True`` runs the native kernel (:mod:`invariance.optim._kernel`, built with the C++
+compiler; its tests skip where there is none); elsewhere the flat-buffer bucket step, one function
+run compiled (``torch.compile``) or uncompiled, op by op. The default suite checks the kernel and
+the uncompiled bucket step (seconds; the ``path`` fixture): parity with the golden official/timm
 trajectories and with the foreach path on the problem that fires every projection view, Nesterov on
 and off; state_dict interchangeable between paths and bit-exact resume; the layout (parameters,
 gradients and state become views of the flat buffers, fresh gradients and loaded state are taken in,
@@ -21,7 +22,7 @@ import pytest
 import torch
 from torch import nn
 
-from invariance.optim import SGDP, AdamP, _fused
+from invariance.optim import SGDP, AdamP, _fused, _kernel
 from invariance.optim._projection import _ProjectedBase
 from invariance.optim._testing import _problem, run_parity_problem
 
@@ -43,6 +44,30 @@ CONFIGS = {
 def eager(monkeypatch):
     """Run the fused bucket step uncompiled, op by op (the arithmetic without a compiler)."""
     monkeypatch.setattr(_ProjectedBase, "_compile", False)
+
+
+def _need_kernel():
+    try:
+        _kernel.load()
+    except _kernel.KernelUnavailable as e:
+        pytest.skip(f"the CPU kernel cannot be built here: {e}")
+
+
+@pytest.fixture(params=["kernel", "eager"])
+def path(request, monkeypatch):
+    """``kernel``: the CPU kernel (skips without a C++ compiler); ``eager``: the flat-buffer
+    bucket step run uncompiled."""
+    if request.param == "eager":
+        monkeypatch.setattr(_ProjectedBase, "_compile", False)
+    else:
+        _need_kernel()
+    return request.param
+
+
+@pytest.fixture
+def inductor(monkeypatch):
+    """CPU tensors take the ``torch.compile``d flat-buffer step instead of the kernel."""
+    monkeypatch.setattr(_ProjectedBase, "_cpu_kernel", False)
 
 
 def _require_compiled(name):
@@ -79,13 +104,13 @@ def _check_parity(name):
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_fused_eager_parity_golden_and_foreach(name, eager):
+def test_fused_parity_golden_and_foreach(name, path):
     _check_parity(name)
 
 
 @pytest.mark.slow  # compiles a few graphs per configuration (minutes on a loaded CPU)
 @pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_fused_compiled_parity_golden_and_foreach(name):
+def test_fused_compiled_parity_golden_and_foreach(name, inductor):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         run_parity_problem(lambda ps: CONFIGS[name](ps, fused=True), steps=1)
@@ -144,13 +169,13 @@ def _check_resume(name):
 
 
 @pytest.mark.parametrize("name", ["adamp_nesterov", "sgdp"])
-def test_fused_eager_state_dict_interchangeable_and_exact_resume(name, eager):
+def test_fused_state_dict_interchangeable_and_exact_resume(name, path):
     _check_resume(name)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["adamp_nesterov", "sgdp"])
-def test_fused_compiled_state_dict_interchangeable_and_exact_resume(name):
+def test_fused_compiled_state_dict_interchangeable_and_exact_resume(name, inductor):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         run_parity_problem(lambda ps: CONFIGS[name](ps, fused=True), steps=1)
@@ -223,7 +248,7 @@ def _mixed_run(ps, opt, steps=6):
 
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_fused_mixed_steps_groups_and_layouts(name, channels_last, eager):
+def test_fused_mixed_steps_groups_and_layouts(name, channels_last, path):
     def make(ps, **k):
         # two groups with their own hyper-parameters
         opt = CONFIGS[name]([{"params": ps[:4]}, {"params": ps[4:], "lr": 3e-3}], **k)
@@ -242,7 +267,7 @@ def test_fused_mixed_steps_groups_and_layouts(name, channels_last, eager):
     assert all(p.is_contiguous(memory_format=torch.channels_last) == channels_last for p in b[:3])
 
 
-def test_fused_layout_it_cannot_hold_takes_the_foreach_path(eager):
+def test_fused_layout_it_cannot_hold_takes_the_foreach_path(path):
     # a transposed parameter is neither contiguous nor channels-last: the group runs foreach
     def params():
         g = torch.Generator().manual_seed(0)
@@ -259,7 +284,7 @@ def test_fused_layout_it_cannot_hold_takes_the_foreach_path(eager):
 
 
 @pytest.mark.parametrize("cls,kw", [(AdamP, {"nesterov": True}), (SGDP, {"momentum": 0.9})])
-def test_fused_drop_in(cls, kw, eager):
+def test_fused_drop_in(cls, kw, path):
     # Tensor lr equals float lr; lr = 0 leaves the parameters untouched; p.grad unchanged
     lrs = [1e-2, 5e-3, 0.0, 0.0, 2e-3]
 
@@ -295,13 +320,21 @@ def test_fused_without_compiler_takes_the_foreach_path(monkeypatch):
     def unavailable(name):
         raise _fused.CompileUnavailable("no compiler")
 
+    def no_kernel():
+        raise _kernel.KernelUnavailable("no C++ compiler found")
+
     monkeypatch.setattr(_fused, "compiled", unavailable)
+    monkeypatch.setattr(_kernel, "load", no_kernel)
+    monkeypatch.setattr(_kernel, "_LIB", {})
     ref = run_parity_problem(lambda ps: CONFIGS["adamp"](ps, foreach=True), steps=5)
-    got = run_parity_problem(lambda ps: CONFIGS["adamp"](ps, fused=True), steps=5)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        got = run_parity_problem(lambda ps: CONFIGS["adamp"](ps, fused=True), steps=5)
     assert _max_diff(ref, got) == 0.0
+    assert sum("CPU kernel is not usable" in str(w.message) for w in rec) == 1  # warned once
 
 
-def test_fused_first_call_failure_warns_and_falls_back(monkeypatch):
+def test_fused_first_call_failure_warns_and_falls_back(monkeypatch, inductor):
     def failing(*a, **k):
         raise RuntimeError("InductorError: C++ compile error")
 
@@ -318,3 +351,58 @@ def test_fused_first_call_failure_warns_and_falls_back(monkeypatch):
 def test_fused_and_foreach_exclusive():
     with pytest.raises(ValueError, match="fused"):
         AdamP([torch.nn.Parameter(torch.randn(3, 3))], fused=True, foreach=True)
+
+
+def test_kernel_steps_in_place_with_one_call_per_dtype(monkeypatch):
+    # the kernel leaves parameters, gradients and state where they are, one native call per dtype
+    _need_kernel()
+    calls = []
+    real = _kernel.run
+    monkeypatch.setattr(_kernel, "run", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    ps = _mixed_params(0)[:7]
+    ps[5] = nn.Parameter(ps[5].detach().double())
+    ptrs = [p.data_ptr() for p in ps]
+    opt = AdamP(ps, lr=1e-2, weight_decay=0.1, fused=True)
+    for _ in range(2):
+        for p in ps:
+            p.grad = torch.randn_like(p)
+        opt.step()
+    assert ptrs == [p.data_ptr() for p in ps]
+    assert sorted(calls, key=str) == sorted([torch.float32, torch.float64] * 2, key=str)
+    assert not getattr(opt, "_flat_layouts", None)  # no flat buffers on CPU
+
+
+@pytest.mark.parametrize("name", ["adamp", "sgdp_nesterov"])
+def test_kernel_threads_give_the_same_result(name):
+    # tensors are split over threads; each tensor's arithmetic is the same: bit-equal
+    _need_kernel()
+    old = torch.get_num_threads()
+    try:
+        runs = []
+        for threads in (1, 3):
+            torch.set_num_threads(threads)
+            ps = _mixed_params(1)
+            runs.append(_mixed_run(ps, CONFIGS[name](ps, fused=True)))
+    finally:
+        torch.set_num_threads(old)
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+
+def test_kernel_group_with_a_tensor_it_cannot_hold(monkeypatch):
+    # a transposed weight (rows not dense) and a bfloat16 one go to the foreach path, the rest
+    # to the kernel, in one group
+    _need_kernel()
+    monkeypatch.setattr(
+        _fused, "compiled", lambda name: (_ for _ in ()).throw(_fused.CompileUnavailable("off"))
+    )
+
+    def params():
+        ps = _mixed_params(2)[:6]
+        ps.append(nn.Parameter(torch.randn(6, 5, generator=torch.Generator().manual_seed(3)).t()))
+        return ps
+
+    a, b = params(), params()
+    want = _mixed_run(a, AdamP(a, lr=1e-2, weight_decay=0.1, foreach=True))
+    got = _mixed_run(b, AdamP(b, lr=1e-2, weight_decay=0.1, fused=True))
+    for x, y in zip(want, got):
+        assert torch.allclose(x, y, rtol=0, atol=1e-6)

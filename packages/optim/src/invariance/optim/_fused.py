@@ -1,4 +1,5 @@
-"""The ``fused=True`` path of AdamP and SGDP: the step over flat, shape-bucketed buffers.
+"""The ``fused=True`` path of AdamP and SGDP off the CPU kernel: the step over flat, shape-bucketed
+buffers (CUDA, half precision; on CPU float32/float64 :mod:`invariance.optim._kernel` runs).
 
 Layout (:class:`FlatLayout`). At its first fused step a parameter group's tensors are moved into
 one contiguous buffer per (device, dtype) and per role (parameters, gradients, each state tensor);
@@ -51,6 +52,7 @@ __all__ = [
     "sgdp_bucket_step",
     "compiled",
     "CompileUnavailable",
+    "bucket_args",
 ]
 
 
@@ -153,6 +155,19 @@ def sgdp_bucket_step(
         p.mul_(_realize(1 - lr_wd * factor)).sub_(d * lr)
     else:
         p.mul_(1 - lr_wd).sub_(d * lr)
+
+
+def bucket_args(kind: str, hp: dict[str, Any], b: _Bucket, lr_wd: Tensor) -> tuple[Any, ...]:
+    """The arguments of the bucket step ``kind`` for bucket ``b`` and the group's ``hp``."""
+    v = b.views
+    if kind == "adamp":
+        beta1, beta2 = hp["betas"]
+        head = (v["param"], v["grad"], v["exp_avg"], v["exp_avg_sq"], b.scal[0], b.scal[1])
+        hyper = (beta1, beta2, hp["eps"], hp["wd_ratio"], bool(hp["nesterov"]), b.project)
+        return (*head, lr_wd, b.thr_c, b.thr_l, *hyper)
+    head = (v["param"], v["grad"], v["momentum"], b.scal[0], lr_wd, b.thr_c, b.thr_l)
+    hyper = (hp["momentum"], hp["dampening"], hp["eps"], hp["wd_ratio"], bool(hp["nesterov"]))
+    return (*head, *hyper, b.project, bool(hp["project_buffer"]))
 
 
 # ---------------------------------------------------------------------------------- the layout

@@ -7,7 +7,9 @@ https://github.com/clovaai/AdamP, MIT); see :mod:`invariance.optim.adamp` for th
 from __future__ import annotations
 
 import math
+import warnings
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -15,7 +17,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.optimizer import required
 
-from invariance.optim import _fused
+from invariance.optim import _fused, _kernel
 from invariance.optim._checks import check_float, check_tensor
 
 # ----------------------------------------------------------------------------- projection helpers
@@ -173,6 +175,23 @@ def _branch_free(device: torch.device, override: bool | None) -> bool:
     return (device.type != "cpu") if override is None else override
 
 
+def _kernel_ready() -> bool:
+    """Whether the CPU kernel is built and loaded (warns once where it cannot be)."""
+    try:
+        _kernel.load()
+    except _kernel.KernelUnavailable as e:
+        if not _kernel._LIB.get("warned"):
+            _kernel._LIB["warned"] = True
+            warnings.warn(
+                f"fused=True: the CPU kernel is not usable here ({str(e)[:200]}); "
+                "trying torch.compile, else the foreach path",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+        return False
+    return True
+
+
 class _ProjectedBase(Optimizer):
     """Shared plumbing: foreach resolution and (device, dtype) grouping."""
 
@@ -181,6 +200,9 @@ class _ProjectedBase(Optimizer):
     #: private switch for tests and benches: ``False`` runs the fused bucket step uncompiled
     #: (users without a compiler get the foreach path, which is faster than that).
     _compile: bool = True
+    #: private switch for tests and benches: ``False`` keeps CPU tensors off the native kernel
+    #: (they take the flat-buffer ``torch.compile``d bucket step, as on other devices).
+    _cpu_kernel: bool = True
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """As torch's, then check the group's ``lr`` (a group may carry its own, e.g. a Tensor)."""
@@ -191,41 +213,92 @@ class _ProjectedBase(Optimizer):
         f = group.get("foreach")
         return True if f is None else bool(f)
 
-    #: names of the per-parameter state tensors (defined by AdamP and SGDP).
+    #: ``"adamp"`` or ``"sgdp"``, the names of the per-parameter state tensors and how many
+    #: per-tensor scalars the fused step takes (defined by AdamP and SGDP).
+    _kind: str = ""
     _state_keys: tuple[str, ...] = ()
-    #: how many per-tensor scalars the fused bucket step takes (defined by AdamP and SGDP).
     _n_scalars: int = 1
 
-    def _member_scalars(self, hp: dict[str, Any], params: list[Tensor]) -> list[list[float]]:
-        """The fused step's per-tensor scalars, ``[scalar][tensor]`` (AdamP and SGDP)."""
-        raise NotImplementedError(f"{type(self).__name__} does not define _member_scalars")
+    def _init_state(self, st: dict[str, Any], p: Tensor) -> None:
+        """Create (or advance) the state of ``p`` before a step (defined by AdamP and SGDP)."""
+        raise NotImplementedError(f"{type(self).__name__} does not define _init_state")
 
-    def _bucket_args(self, hp: dict[str, Any], b: Any, lr_wd: Tensor) -> tuple[Any, ...]:
-        """The arguments of the bucket step (defined by AdamP and SGDP)."""
-        raise NotImplementedError(f"{type(self).__name__} does not define _bucket_args")
+    def _single_step(self, group: dict[str, Any], p: Tensor, g: Tensor) -> None:
+        raise NotImplementedError(f"{type(self).__name__} does not define _single_step")
+
+    def _foreach_step(
+        self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]
+    ) -> None:
+        raise NotImplementedError(f"{type(self).__name__} does not define _foreach_step")
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
+        """Perform one optimization step."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [_grad_of(p) for p in params]
+            for p in params:
+                self._init_state(self.state[p], p)
+            hp = _hyper(group)
+            if group.get("fused"):
+                params, grads = self._fused_steps(self._kind, hp, params, grads)
+            if not params:
+                continue
+            if self._use_foreach(group):
+                for idx in self._buckets(params).values():
+                    self._foreach_step(hp, [params[i] for i in idx], [grads[i] for i in idx])
+            else:
+                for p, g in zip(params, grads):
+                    self._single_step(hp, p, g)
+        return loss
+
+    def _member_scalars(self, hp: dict[str, Any], params: list[Tensor]) -> list[list[float]]:
+        """The fused step's per-tensor scalars, ``[scalar][tensor]``: AdamP the step size
+        ``lr / (1 - beta1^t)`` and ``sqrt(1 - beta2^t)``, SGDP ``lr``."""
+        if self._kind == "sgdp":
+            return [[hp["lr"]] * len(params)]
+        beta1, beta2 = hp["betas"]
+        steps = [self.state[p]["step"] for p in params]
+        return [
+            [hp["lr"] / (1 - beta1**t) for t in steps],
+            [math.sqrt(1 - beta2**t) for t in steps],
+        ]
 
     def _fused_steps(
         self, kind: str, hp: dict[str, Any], params: list[Tensor], grads: list[Tensor]
-    ) -> bool:
-        """The fused path over ``params``; ``False`` (nothing done: the caller takes the foreach
-        path) where no compiler works or the flat layout cannot hold them (a parameter neither
-        contiguous nor channels-last)."""
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        """The fused path over ``params``; returns the parameters (and gradients) it left to the
+        foreach path: none, or those no fused implementation can hold (no compiler, a layout the
+        kernel or the flat buffers cannot hold).
+
+        CPU float32/float64 tensors take the native kernel (:mod:`invariance.optim._kernel`);
+        the others the flat-buffer bucket step (:mod:`invariance.optim._fused`)."""
+        if self._compile and self._cpu_kernel:
+            params, grads = self._kernel_steps(kind, hp, params, grads)
+            if not params:
+                return [], []
         if self._compile:
             try:
                 fn = _fused.compiled(kind)
             except _fused.CompileUnavailable:
-                return False
+                return params, grads
         else:
             fn = _fused.eager(kind)
         live = [p for p in params if p.numel() > 0]
         if not live:
-            return True
+            return [], []
         layouts = self.__dict__.setdefault("_flat_layouts", {})
         gid = id(hp["params"])
         lay = layouts.get(gid)
         if lay is None or not lay.matches(live, hp["delta"]):
             if not _fused.FlatLayout.supports(live):
-                return False
+                return params, grads
             lay = _fused.FlatLayout(live, self._state_keys, self._n_scalars, hp["delta"])
             layouts[gid] = lay
         lay.sync(live, self.state)
@@ -233,7 +306,50 @@ class _ProjectedBase(Optimizer):
         decay = hp["lr"] * hp["weight_decay"] / (1 - hp.get("momentum", 0.0))
         with _fused.recompile_limit():
             self._run_buckets(kind, fn, hp, lay, decay)
-        return True
+        return [], []
+
+    def _kernel_steps(
+        self, kind: str, hp: dict[str, Any], params: list[Tensor], grads: list[Tensor]
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        """Step the tensors the CPU kernel supports; returns the others."""
+        if not any(p.device.type == "cpu" for p in params) or not _kernel_ready():
+            return params, grads
+        rest_p: list[Tensor] = []
+        rest_g: list[Tensor] = []
+        take: dict[torch.dtype, list[int]] = defaultdict(list)
+        for i, (p, g) in enumerate(zip(params, grads)):
+            states = [self.state[p][k] for k in self._state_keys]
+            if p.numel() == 0:
+                continue  # nothing moves (the state is empty too)
+            if _kernel.supports(p, g, states):
+                take[p.dtype].append(i)
+            else:
+                rest_p.append(p)
+                rest_g.append(g)
+        if take:
+            delta = hp["delta"]
+            hyper = _kernel.hyper(kind, hp)
+            threads = torch.get_num_threads()
+            for dt, idx in take.items():
+                ps = [params[i] for i in idx]
+                member = self._member_scalars(hp, ps)
+                tensors, scal = [], []
+                for j, i in enumerate(idx):
+                    p = ps[j]
+                    st = [self.state[p][k] for k in self._state_keys]
+                    tensors.append((p, grads[i], st[0], st[1] if len(st) > 1 else None))
+                    n = p.numel()
+                    row = n // p.shape[0] if p.ndim > 1 else n
+                    scal.append(
+                        (
+                            member[0][j],
+                            member[1][j] if len(member) > 1 else 1.0,
+                            delta / math.sqrt(row),
+                            delta / math.sqrt(n),
+                        )
+                    )
+                _kernel.run(kind, dt, tensors, scal, hyper, threads)
+        return rest_p, rest_g
 
     def _run_buckets(
         self, kind: str, fn: Any, hp: dict[str, Any], lay: _fused.FlatLayout, decay: float
@@ -241,7 +357,7 @@ class _ProjectedBase(Optimizer):
         for _cdt, buckets, scal, _reps, _order in lay.devices:
             lr_wd = torch.tensor(decay, dtype=torch.float64, device=scal.device)
             for b in buckets:
-                args = self._bucket_args(hp, b, lr_wd)
+                args = _fused.bucket_args(kind, hp, b, lr_wd)
                 try:
                     fn(*args)
                 except Exception as e:  # noqa: BLE001 - the compiler failed before running

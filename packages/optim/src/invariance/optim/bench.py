@@ -8,6 +8,7 @@ out.
 from __future__ import annotations
 
 import importlib.util
+import statistics
 import time
 from collections.abc import Callable
 from functools import partial
@@ -46,19 +47,6 @@ def _own_copy(params: list[nn.Parameter]) -> list[nn.Parameter]:
     return out
 
 
-def _fresh_grads_step(opt: torch.optim.Optimizer, params: list[nn.Parameter]) -> Callable[[], None]:
-    """A step after ``zero_grad(set_to_none=True)`` + backward: every ``.grad`` is a new tensor,
-    so the fused path first copies the gradients into its flat buffer."""
-    grads = [p.grad.detach().clone() for p in params]
-
-    def step() -> None:
-        for p, g in zip(params, grads):
-            p.grad = g
-        opt.step()
-
-    return step
-
-
 @register_bench("optim", "adamp")
 def bench_adamp(
     *,
@@ -66,28 +54,36 @@ def bench_adamp(
     quick: bool = False,
     threads: int = 1,
     repeats: int = 5,
-    fused: bool = True,
-    eager: bool = True,
+    peers: bool = True,
+    inductor: bool = True,
+    pairs: int = 9,
 ) -> dict[str, Any]:
     """AdamP/SGDP step time: official ``adamp``, timm, ours (each path), torch AdamW.
 
     Times one ``step()`` on the parameter list of ResNet-18 (and ResNet-50 unless ``quick``) with
     real gradients from one backward pass, through :func:`invariance.core.bench.compare`
     (interleaved ``torch.utils.benchmark`` timers, ``repeats`` rounds, median and spread), against
-    the official step. Our paths: ``foreach`` (the default), ``for-loop`` and, with ``fused``,
-    ``fused`` (the flat-buffer bucket step, ``torch.compile``d), ``fused, fresh grads`` (the same
-    after ``zero_grad(set_to_none=True)``: the gradients are copied into the flat buffer first) and,
-    with ``eager``, ``fused, uncompiled`` (the same bucket step run op by op; without a compiler
-    ``fused=True`` takes the foreach path instead, which is faster). The first step of each
-    optimizer (state allocation, and compilation or a compile-cache load for the fused path) is in
-    ``first_step``; the ratios of our fused steps to ``torch AdamW fused`` are in ``ratios``. Peers
-    that are not installed are left out.
+    the official AdamP step. Rows: ``ours AdamP fused`` / ``ours SGDP fused`` (``fused=True``: on
+    CPU the native kernel, elsewhere the ``torch.compile``d flat-buffer step), torch ``AdamW``
+    (foreach, fused) and the official AdamP; with ``peers`` also the official SGDP, timm's AdamP
+    and our foreach and for-loop paths; with ``inductor`` (CPU only) ``ours AdamP fused,
+    torch.compile`` (the flat-buffer bucket step, as used off CPU). ``ratios``: each fused row
+    against ``torch AdamW fused`` and against the official step. ``paired``: the same ratio
+    measured ``pairs`` times, each a :func:`~invariance.core.bench.compare` of the fused row and
+    ``torch AdamW fused`` alone (one round each, back to back), so that both sides of a ratio see
+    the same machine load; its median, min and max. ``first_step``: the first step of
+    each optimizer (state allocation; for ``torch.compile`` the compilation or its load from the
+    on-disk cache). ``build``: the one-off build of the CPU kernel with the C++ compiler, timed
+    into a fresh directory (the optimizers load the cached library). Peers that are not installed
+    are left out.
     """
     dev = torch.device(device)
     have = {m: importlib.util.find_spec(m) is not None for m in ("adamp", "timm")}
     rows: list[dict[str, Any]] = []
     first: list[dict[str, Any]] = []
     ratios: list[dict[str, Any]] = []
+    paired: list[dict[str, Any]] = []
+    build = _kernel_build_time() if dev.type == "cpu" else []
     archs = ["resnet18"] if quick else ["resnet18", "resnet50"]
     old = torch.get_num_threads()
     try:
@@ -100,28 +96,21 @@ def bench_adamp(
                 import adamp
 
                 opts["official AdamP"] = partial(adamp.AdamP, params, **adamp_kw)
-                opts["official SGDP"] = partial(adamp.SGDP, params, **sgdp_kw)
-            if have["timm"]:
+                if peers:
+                    opts["official SGDP"] = partial(adamp.SGDP, params, **sgdp_kw)
+            if have["timm"] and peers:
                 import timm.optim
 
                 opts["timm AdamP"] = partial(timm.optim.AdamP, params, **adamp_kw)
-            opts["ours AdamP foreach"] = partial(AdamP, params, **adamp_kw)
-            opts["ours AdamP for-loop"] = partial(AdamP, params, foreach=False, **adamp_kw)
-            opts["ours SGDP foreach"] = partial(SGDP, params, **sgdp_kw)
-            own: dict[str, list[nn.Parameter]] = {}
-            if fused:
-                for name, cls, kw in (
-                    ("ours AdamP fused", AdamP, adamp_kw),
-                    ("ours AdamP fused, fresh grads", AdamP, adamp_kw),
-                    ("ours SGDP fused", SGDP, sgdp_kw),
-                ):
-                    own[name] = _own_copy(params)
-                    opts[name] = partial(cls, own[name], fused=True, **kw)
-            if eager:
-                own["ours AdamP fused, uncompiled"] = _own_copy(params)
-                opts["ours AdamP fused, uncompiled"] = partial(
-                    _uncompiled, AdamP, own["ours AdamP fused, uncompiled"], **adamp_kw
-                )
+            if peers:
+                opts["ours AdamP foreach"] = partial(AdamP, params, **adamp_kw)
+                opts["ours AdamP for-loop"] = partial(AdamP, params, foreach=False, **adamp_kw)
+                opts["ours SGDP foreach"] = partial(SGDP, params, **sgdp_kw)
+            fused = [("ours AdamP fused", AdamP, adamp_kw), ("ours SGDP fused", SGDP, sgdp_kw)]
+            if inductor and dev.type == "cpu":
+                fused.append(("ours AdamP fused, torch.compile", _no_kernel(AdamP), adamp_kw))
+            for name, cls, kw in fused:  # own copies: the compiled path moves its parameters
+                opts[name] = partial(cls, _own_copy(params), fused=True, **kw)
             adamw = partial(torch.optim.AdamW, params, **adamp_kw)
             opts["torch AdamW foreach"] = partial(adamw, foreach=True)
             opts["torch AdamW fused"] = partial(adamw, fused=True)
@@ -131,15 +120,13 @@ def bench_adamp(
                 torch.set_num_threads(threads)
                 o = make()
                 t0 = time.perf_counter()
-                o.step()  # first step: state allocation (and compilation for the fused paths)
+                o.step()  # first step: state allocation (and compilation for torch.compile)
                 _sync(dev)
                 first.append(
                     {"name": name, "label": arch, "first_step_ms": 1e3 * (time.perf_counter() - t0)}
                 )
                 fns[name] = o.step
-                if name.endswith("fresh grads"):
-                    fns[name] = _fresh_grads_step(o, own[name])
-            ref = "official AdamP" if have["adamp"] else "ours AdamP foreach"
+            ref = "official AdamP" if have["adamp"] else "ours AdamP fused"
             got = compare(
                 fns,
                 reference=ref,
@@ -160,19 +147,74 @@ def bench_adamp(
                             "speedup vs official": round(med[ref] / med[name], 3),
                         }
                     )
+            for name in [n for n, _c, _k in fused]:
+                paired.append(_paired(fns, name, "torch AdamW fused", pairs, threads, dev, arch))
             with torch.no_grad():
                 for p, s in zip(params, snapshot):
                     p.copy_(s)
     finally:
         torch.set_num_threads(old)
-    return {"rows": rows, "ratios": ratios, "first_step": first, "machine": machine(dev)}
+    out = {"rows": rows, "ratios": ratios, "paired": paired, "first_step": first}
+    out["machine"] = machine(dev)
+    if build:
+        out["build"] = build
+    return out
 
 
-def _uncompiled(cls: type, params: list[nn.Parameter], **kw: Any) -> torch.optim.Optimizer:
-    """``cls(params, fused=True)`` whose bucket step runs uncompiled, op by op."""
-    opt = cls(params, fused=True, **kw)
-    opt._compile = False
-    return opt
+def _paired(
+    fns: dict[str, Callable[[], Any]],
+    name: str,
+    ref: str,
+    pairs: int,
+    threads: int,
+    dev: torch.device,
+    label: str,
+) -> dict[str, Any]:
+    """``name``'s time over ``ref``'s, measured ``pairs`` times back to back (see bench_adamp)."""
+    r = []
+    for i in range(pairs):
+        two = {name: fns[name], ref: fns[ref]} if i % 2 == 0 else {ref: fns[ref], name: fns[name]}
+        got = {
+            x["name"]: x["median_ms"]
+            for x in compare(two, repeats=1, num_threads=threads, device=dev)
+        }
+        r.append(got[name] / got[ref])
+    r.sort()
+    return {
+        "name": name,
+        "label": label,
+        f"vs {ref} (median)": round(statistics.median(r), 3),
+        "min": round(r[0], 3),
+        "max": round(r[-1], 3),
+        "pairs": pairs,
+    }
+
+
+def _no_kernel(cls: type) -> Callable[..., torch.optim.Optimizer]:
+    """``cls(..., fused=True)`` that skips the CPU kernel: the ``torch.compile``d bucket step."""
+
+    def make(*a: Any, **kw: Any) -> torch.optim.Optimizer:
+        opt = cls(*a, **kw)
+        opt._cpu_kernel = False
+        return opt
+
+    return make
+
+
+def _kernel_build_time() -> list[dict[str, Any]]:
+    """The CPU kernel's build, timed into a fresh directory (``[]`` without a compiler)."""
+    import tempfile
+    from pathlib import Path
+
+    from invariance.optim import _kernel
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        try:
+            _kernel.build(Path(tmp))
+        except _kernel.KernelUnavailable:
+            return []
+        return [{"name": "CPU kernel build (once per machine)", "s": time.perf_counter() - t0}]
 
 
 def _sync(dev: torch.device) -> None:
