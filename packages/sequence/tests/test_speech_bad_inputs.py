@@ -130,6 +130,10 @@ def speech_cases():
     ]
 
 
+#: the same cases for the package summary (collected by test_sequence_bad_inputs.py)
+ENTRY_POINTS = {n: (fn, kw, {"accept": acc}) for n, fn, kw, acc in speech_cases()}
+
+
 @pytest.mark.parametrize("case", speech_cases(), ids=lambda c: c[0])
 def test_speech_rejects_bad_inputs(case):
     name, fn, kwargs, accept = case
