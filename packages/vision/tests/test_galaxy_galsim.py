@@ -104,6 +104,16 @@ def test_galaxy_cli_backend_short_option():
     ]
     # other methods and commands are left to the core parser (which rejects --backend)
     assert _expand_short_options(["train", "bss", "--backend", "x"])[2] == "--backend"
+    assert _expand_short_options(["train", "galaxy", "--backbone", "x"])[2] == "--backbone"
+    # invdiff's --backbone
+    assert _expand_short_options(["reproduce", "invdiff", "--quick", "--backbone", "cond"]) == [
+        "reproduce",
+        "invdiff",
+        "--quick",
+        "--cfg.backbone",
+        "cond",
+    ]
+    assert _expand_short_options(["train", "invdiff", "--backend", "x"])[2] == "--backend"
 
 
 def test_galaxy_recipe_bad_backend():
