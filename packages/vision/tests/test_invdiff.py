@@ -19,7 +19,7 @@ from invariance.core import groups as G
 from invariance.core.testing import (
     assert_invariant,
     assert_not_invariant,
-    assert_rejects_bad_inputs,
+    fuzz_bad_inputs,
 )
 from invariance.core.train import fit_recipe
 from invariance.vision.data.biased_digits import make_biased_digits
@@ -32,7 +32,9 @@ from invariance.vision.invdiff import (
     normalize_losses,
 )
 from invariance.vision.nn.diffusion import (
+    CrossAttnClassUNet,
     class_unet,
+    cond_class_unet,
     ddim_sample,
     denoising_losses,
     per_sample_losses,
@@ -46,6 +48,18 @@ def _det_unet(width):
     """The golden script's UNet: parameters overwritten in sorted-name order."""
     u = class_unet(8, width)
     g = torch.Generator().manual_seed(width)
+    with torch.no_grad():
+        for _, p in sorted(u.named_parameters()):
+            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    return u.eval()
+
+
+def _det(backbone, width):
+    """A UNet of either backbone with deterministic non-zero parameters (eval mode)."""
+    if backbone == "class":
+        return _det_unet(width)
+    u = cond_class_unet(8, width)
+    g = torch.Generator().manual_seed(width + 1)
     with torch.no_grad():
         for _, p in sorted(u.named_parameters()):
             p.copy_(torch.randn(p.shape, generator=g) * 0.1)
@@ -124,8 +138,9 @@ def test_invdiff_identity_at_init_and_convex_scaling():
     torch.testing.assert_close(conv, 0.2 * eb, atol=1e-6, rtol=0)
 
 
-def test_invdiff_guidance_weight_zero_reproduces_the_base_sampler_exactly():
-    base, delta = _det_unet(16), _det_unet(8)  # delta with a non-zero output
+@pytest.mark.parametrize("backbone", ["class", "cond"])
+def test_invdiff_guidance_weight_zero_reproduces_the_base_sampler_exactly(backbone):
+    base, delta = _det(backbone, 16), _det(backbone, 8)  # delta with a non-zero output
     guided = DeltaGuidedUNet(base, delta, zero_init=False, weight=0.0)
     labels = torch.tensor([0, 1, 0, 1])
     a = ddim_sample(guided, labels, size=8, steps=5, generator=torch.Generator().manual_seed(1))
@@ -134,6 +149,21 @@ def test_invdiff_guidance_weight_zero_reproduces_the_base_sampler_exactly():
     guided.weight = 1.0  # negative control: the guidance changes the samples
     c = ddim_sample(guided, labels, size=8, steps=5, generator=torch.Generator().manual_seed(1))
     assert (c - b).abs().max() > 1e-2
+
+
+def test_invdiff_cond_backbone_attends_to_the_class_and_starts_at_the_base():
+    x, t, c = _inputs()
+    base = _det("cond", 16)
+    assert isinstance(base, CrossAttnClassUNet) and base.n_classes == 2
+    with torch.no_grad():
+        eb = base(x, t, class_labels=c).sample
+        # the class only enters through cross-attention: other tokens, other prediction
+        other = base(x, t, encoder_hidden_states=base.encode(1 - c)).sample
+        same = base(x, t, encoder_hidden_states=base.encode(c)).sample
+        res = DeltaGuidedUNet(base, cond_class_unet(8, 8))(x, t, class_labels=c)
+    assert torch.equal(same, eb) and (other - eb).abs().max() > 1e-3
+    assert torch.equal(res, eb)  # zero-initialised delta in residual mode: exactly the base
+    assert base.unet.config.cross_attention_dim == base.class_tokens.embedding_dim
 
 
 def test_invdiff_base_stays_frozen_while_the_guidance_trains():
@@ -278,6 +308,16 @@ def test_invdiff_recipe_learns_and_declares_checks():
     assert all(c.passed for c in checks) and any(c.negative_control for c in checks)
 
 
+def test_invdiff_recipe_trains_the_cond_backbone():
+    r = InvDiffRecipe()
+    cfg = InvDiffConfig(base_steps=6, steps=9, n_images=32, batch_size=16, backbone="cond")
+    model, res = fit_recipe(r, cfg, progress=False)
+    assert isinstance(model.base, CrossAttnClassUNet)
+    assert isinstance(model.guided.delta, CrossAttnClassUNet)
+    assert all(torch.isfinite(torch.tensor(e["loss"])) for e in res.history)
+    assert int(model.phase) == 1 and not any(p.requires_grad for p in model.base.parameters())
+
+
 def test_invdiff_base_loss_decreases():
     torch.manual_seed(0)
     base = class_unet(8, 16)
@@ -312,15 +352,24 @@ def test_invdiff_config_rejects_bad_values():
 # ----------------------------------------------------------------------------- bad inputs
 
 
-def test_invdiff_rejects_bad_inputs():
-    g = torch.Generator().manual_seed(0)
-    l = torch.rand(6, generator=g)
-    w = torch.rand(6, 2, generator=g)
-    assert_rejects_bad_inputs(group_invariance_loss, {"losses": l, "groups": w, "lam": 1.0})
-    assert_rejects_bad_inputs(
-        infer_groups, {"losses": l, "n_groups": 2, "beta": 0.5, "steps": 3, "lr": 0.01}
-    )
-    assert_rejects_bad_inputs(
+_G = torch.Generator().manual_seed(0)
+_L, _W = torch.rand(6, generator=_G), torch.rand(6, 2, generator=_G)
+_X, _T, _C = _inputs()
+_COND = _det("cond", 8)
+
+#: bad-input cases (collected by the package summary in test_vision_bad_inputs.py)
+ENTRY_POINTS = {
+    "group_invariance_loss": (
+        group_invariance_loss,
+        {"losses": _L, "groups": _W, "lam": 1.0},
+        {},
+    ),
+    "infer_groups": (
+        infer_groups,
+        {"losses": _L, "n_groups": 2, "beta": 0.5, "steps": 3, "lr": 0.01},
+        {},
+    ),
+    "bias_score": (
         bias_score,
         {
             "prompts": torch.tensor([0, 1]),
@@ -328,21 +377,44 @@ def test_invdiff_rejects_bad_inputs():
             "n_prompts": 2,
             "n_attributes": 2,
         },
-    )
-    assert_rejects_bad_inputs(
+        {},
+    ),
+    "make_biased_digits": (
         make_biased_digits,
         {"n": 4, "seed": 0, "p_bias": 0.9, "size": 8, "split": "train"},
-    )
-    guided = DeltaGuidedUNet(_det_unet(16), class_unet(8, 8))
-    x, t, c = _inputs()
-    assert_rejects_bad_inputs(
-        guided,
-        {"x": x, "t": t, "class_labels": c},
-        name="DeltaGuidedUNet.forward",
-        accept=("t:fewer_dims",),  # a scalar timestep for the whole batch is valid
-    )
-    assert_rejects_bad_inputs(ddim_sample, {"model": guided, "labels": c, "size": 8, "steps": 2})
-    assert_rejects_bad_inputs(class_unet, {"size": 8, "width": 8, "n_classes": 2})
+        {},
+    ),
+    "DeltaGuidedUNet.forward": (
+        DeltaGuidedUNet(_det_unet(16), class_unet(8, 8)),
+        {"x": _X, "t": _T, "class_labels": _C},
+        {"accept": ("t:fewer_dims",)},  # a scalar timestep for the whole batch is valid
+    ),
+    "ddim_sample": (
+        ddim_sample,
+        {
+            "model": DeltaGuidedUNet(_det_unet(16), class_unet(8, 8)),
+            "labels": _C,
+            "size": 8,
+            "steps": 2,
+        },
+        {},
+    ),
+    "class_unet": (class_unet, {"size": 8, "width": 8, "n_classes": 2}, {}),
+    "cond_class_unet": (cond_class_unet, {"size": 8, "width": 8, "n_classes": 2}, {}),
+    "CrossAttnClassUNet.forward": (
+        _COND,
+        {"sample": _X, "timestep": _T, "class_labels": _C},
+        {"accept": ("timestep:fewer_dims",)},
+    ),
+    "CrossAttnClassUNet.encode": (_COND.encode, {"class_labels": _C}, {}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ENTRY_POINTS))
+def test_invdiff_bad_inputs(name):
+    fn, kwargs, kw = ENTRY_POINTS[name]
+    rep = fuzz_bad_inputs(fn, kwargs, name=name, **kw)
+    assert rep.tried > 0 and rep.ok, "\n".join(rep.failures)
 
 
 @pytest.mark.parametrize(
@@ -397,3 +469,20 @@ def test_invdiff_reproduce_seeds_presets_and_arms(monkeypatch, quick):
     assert bool(res.not_showable) == quick
     if not quick:
         assert res.verdict == "wins" and "InvDiff (official grouper)" in res.arms
+
+
+def test_invdiff_reproduce_keeps_the_backbone_switch(monkeypatch):
+    import invariance.vision.recipes.invdiff as mod
+    from invariance.core import make_config
+
+    seen = []
+
+    def fake(recipe, cfg, seed, arms, grids):
+        seen.append(cfg.backbone)
+        return {a: {"bias": 0.5, "weight0_error": 0.0} for a in ["base model", *arms]}
+
+    monkeypatch.setattr(mod, "run_seed", fake)
+    r = InvDiffRecipe()
+    res = r.reproduce(make_config(r, backbone="cond"), None, quick=True)
+    assert seen == ["cond"] * 3 and "UNet2DConditionModel" in res.task
+    assert res.details["backbone"].startswith("UNet2DConditionModel")

@@ -8,8 +8,10 @@ Golden values (``golden_lisgan.json``) were recorded by running ``pairwise_dista
 ``provenance`` says how.
 """
 
+import inspect
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -20,7 +22,7 @@ from invariance.core import groups as G
 from invariance.core.testing import (
     assert_invariant,
     assert_not_invariant,
-    assert_rejects_bad_inputs,
+    fuzz_bad_inputs,
 )
 from invariance.core.train import fit_recipe
 from invariance.vision.data.zsl_features import make_synth_zsl
@@ -36,7 +38,7 @@ from invariance.vision.lisgan import (
     soul_sample_loss,
     soul_samples,
 )
-from invariance.vision.recipes.lisgan import LisGANConfig, LisGANRecipe
+from invariance.vision.recipes.lisgan import LisGANConfig, LisGANRecipe, cascade_predict
 
 GOLD = json.loads((Path(__file__).parent / "golden_lisgan.json").read_text())
 T = torch.tensor
@@ -200,42 +202,61 @@ def test_lisgan_config_rejects_bad_values():
         LisGANConfig(ratio=1.5)
 
 
-def test_lisgan_rejects_bad_inputs():
-    g = torch.Generator().manual_seed(0)
-    gen, crit = FeatureGenerator(4, 6, hidden=8), FeatureCritic(6, 4, hidden=8)
-    assert_rejects_bad_inputs(
-        gen,
-        {"z": torch.randn(3, 4, generator=g), "a": torch.rand(3, 4, generator=g)},
-        name="FeatureGenerator.forward",
-    )
-    assert_rejects_bad_inputs(
-        crit,
-        {"x": torch.rand(3, 6, generator=g), "a": torch.rand(3, 4, generator=g)},
-        name="FeatureCritic.forward",
-    )
-    souls = torch.rand(6, 6, generator=g)
-    assert_rejects_bad_inputs(
+_G = torch.Generator().manual_seed(0)
+_SOULS = torch.rand(6, 6, generator=_G)
+
+#: bad-input cases (collected by the package summary in test_vision_bad_inputs.py)
+ENTRY_POINTS = {
+    "FeatureGenerator.forward": (
+        FeatureGenerator(4, 6, hidden=8),
+        {"z": torch.randn(3, 4, generator=_G), "a": torch.rand(3, 4, generator=_G)},
+        {},
+    ),
+    "FeatureCritic.forward": (
+        FeatureCritic(6, 4, hidden=8),
+        {"x": torch.rand(3, 6, generator=_G), "a": torch.rand(3, 4, generator=_G)},
+        {},
+    ),
+    "soul_sample_loss": (
         soul_sample_loss,
         {
-            "fake": torch.rand(4, 6, generator=g),
+            "fake": torch.rand(4, 6, generator=_G),
             "label_idx": torch.tensor([0, 1, 1, 0]),
-            "souls": souls,
+            "souls": _SOULS,
             "n_clusters": 3,
         },
-    )
-    assert_rejects_bad_inputs(
+        {},
+    ),
+    "soul_class_loss": (
         soul_class_loss,
-        {"class_means": torch.rand(2, 6, generator=g), "souls": souls, "n_clusters": 3},
-    )
-    assert_rejects_bad_inputs(
+        {"class_means": torch.rand(2, 6, generator=_G), "souls": _SOULS, "n_clusters": 3},
+        {},
+    ),
+    "select_confident": (
         select_confident,
-        {"log_probs": torch.log_softmax(torch.randn(5, 3, generator=g), 1), "ratio": 0.4},
-    )
-    assert_rejects_bad_inputs(
+        {"log_probs": torch.log_softmax(torch.randn(5, 3, generator=_G), 1), "ratio": 0.4},
+        {},
+    ),
+    "pairwise_sq_distances": (
         pairwise_sq_distances,
-        {"x": torch.rand(3, 4, generator=g), "y": torch.rand(2, 4, generator=g)},
-    )
-    assert_rejects_bad_inputs(
+        {"x": torch.rand(3, 4, generator=_G), "y": torch.rand(2, 4, generator=_G)},
+        {},
+    ),
+    "cascade_predict": (
+        cascade_predict,
+        {
+            "lin": nn.Linear(4, 3),
+            "syn": torch.rand(9, 4, generator=_G),
+            "syn_idx": torch.tensor([0, 1, 2] * 3),
+            "test_x": torch.rand(5, 4, generator=_G),
+            "ratio": 0.4,
+            "epochs": 1,
+            "batch": 4,
+            "seed": 0,
+        },
+        {},
+    ),
+    "make_synth_zsl": (
         make_synth_zsl,
         {
             "seed": 0,
@@ -245,9 +266,21 @@ def test_lisgan_rejects_bad_inputs():
             "feat_dim": 8,
             "n_per_class": 10,
         },
-    )
+        {},
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ENTRY_POINTS))
+def test_lisgan_bad_inputs(name):
+    fn, kwargs, kw = ENTRY_POINTS[name]
+    rep = fuzz_bad_inputs(fn, kwargs, name=name, **kw)
+    assert rep.tried > 0 and rep.ok, "\n".join(rep.failures)
+
+
+def test_lisgan_soul_loss_names_a_label_outside_the_souls():
     with pytest.raises(ValueError, match="label_idx"):
-        soul_sample_loss(torch.rand(2, 6), torch.tensor([0, 5]), souls, 3)
+        soul_sample_loss(torch.rand(2, 6), torch.tensor([0, 5]), _SOULS, 3)
 
 
 @pytest.mark.parametrize("quick", [True, False])
@@ -283,3 +316,55 @@ def test_lisgan_reproduce_seeds_presets_and_verdict(monkeypatch, quick):
     preset = LisGANRecipe.presets["quick" if quick else "full"]
     assert all(getattr(calls[0], k) == v for k, v in preset.items())
     assert res.verdict == "within noise" and res.invariance_error == 1e-7
+
+
+def test_lisgan_cascade_predict_keeps_stage_one_when_all_samples_are_easy():
+    from invariance.vision.recipes.lisgan import _train_softmax, cascade_predict
+
+    g = torch.Generator().manual_seed(0)
+    syn_y = torch.arange(3).repeat_interleave(20)
+    syn = torch.randn(60, 5, generator=g) + 2 * torch.nn.functional.one_hot(syn_y, 5)
+    test = torch.randn(30, 5, generator=g)
+    lin = _train_softmax(syn, syn_y, 3, epochs=3, batch=20, seed=0)
+    stage1 = lin(test).argmax(1)
+    pred, easy = cascade_predict(lin, syn, syn_y, test, ratio=1.0, epochs=2, batch=20, seed=1)
+    assert torch.equal(pred, stage1) and sorted(easy.tolist()) == list(range(30))
+    pred0, easy0 = cascade_predict(lin, syn, syn_y, test, ratio=0.0, epochs=2, batch=20, seed=1)
+    assert len(easy0) == 0 and pred0.shape == (30,)
+
+
+def test_lisgan_benches_run_with_their_fallback_reference(monkeypatch):
+    from invariance.vision.lisgan_bench import bench_lisgan_cascade, bench_lisgan_step
+
+    monkeypatch.delenv("LISGAN_OFFICIAL_REPO", raising=False)
+    out = bench_lisgan_step(
+        quick=True, feat_dim=8, n_attributes=6, hidden=16, n_classes=6, n_unseen=2, batch_size=8
+    )
+    names = [r["name"] for r in out["rows"]]
+    assert names == ["f-CLSWGAN step (ours)", "LisGAN step (ours)"]
+    assert all(r["vs"] == "f-CLSWGAN step (ours)" and r["median_ms"] > 0 for r in out["rows"])
+    out = bench_lisgan_cascade(quick=True, feat_dim=8, n_unseen=3, syn_num=10, n_test=30, epochs=2)
+    assert [r["name"] for r in out["rows"]] == ["stage 1 only (ours)", "two-stage cascade (ours)"]
+
+
+@pytest.mark.skipif(
+    not os.environ.get("LISGAN_OFFICIAL_REPO"),
+    reason="needs LISGAN_OFFICIAL_REPO (a checkout of lijin118/LisGAN)",
+)
+def test_lisgan_official_step_runs_from_the_checkout():
+    from invariance.vision.lisgan_bench import _lisgan_repo, _official_lisgan_step
+
+    repo = _lisgan_repo()
+    assert repo is not None, "LISGAN_OFFICIAL_REPO does not name a LisGAN checkout"
+    cfg = LisGANConfig(feat_dim=8, n_attributes=6, hidden=16, n_classes=6, n_unseen=2)
+    r = LisGANRecipe()
+    r.make_data(cfg, "train")
+    model = r.build(cfg)
+    step = _official_lisgan_step(repo, r.data, model.souls, cfg, "cpu")
+    ns = inspect.getclosurevars(step).nonlocals["ns"]
+    w0 = ns["netG"].fc1.weight.detach().clone()
+    step()
+    step()
+    for k in ("errG", "D_cost", "loss1", "loss2"):  # the official soul losses and both costs
+        assert math.isfinite(float(ns[k].detach()))
+    assert not torch.equal(ns["netG"].fc1.weight, w0)

@@ -18,7 +18,7 @@ from invariance.core import groups as G
 from invariance.core.testing import (
     assert_equivariant,
     assert_not_invariant,
-    assert_rejects_bad_inputs,
+    fuzz_bad_inputs,
 )
 from invariance.core.train import fit_recipe
 from invariance.vision.data.rot_digits import make_rot_digits, rotate_glyphs
@@ -170,35 +170,48 @@ def test_sie_config_rejects_bad_values():
         SIEConfig(views=1)
 
 
-def test_sie_rejects_bad_inputs():
-    g = torch.Generator().manual_seed(0)
-    pred = LinearHyperPredictor(4, 2, generator=g)
-    assert_rejects_bad_inputs(
-        pred,
-        {"x": torch.randn(3, 4, generator=g), "z": torch.randn(3, 2, generator=g)},
-        name="LinearHyperPredictor.forward",
-    )
-    e = {n: torch.randn(6, 4, generator=g) for n in ("x_inv", "x_eq", "y_inv", "y_eq", "y_eq_pred")}
-    assert_rejects_bad_inputs(sie_loss, {**e, "sim": 10.0, "equi_factor": 0.45})
-    assert_rejects_bad_inputs(
-        vicreg_loss, {"x": torch.randn(6, 4, generator=g), "y": torch.randn(6, 4, generator=g)}
-    )
-    assert_rejects_bad_inputs(make_rot_digits, {"n": 3, "seed": 0, "views": 2, "size": 8})
-    assert_rejects_bad_inputs(
-        relative_rotation_2d, {"theta1": torch.rand(3), "theta2": torch.rand(3)}
-    )
-    assert_rejects_bad_inputs(
-        relative_quaternion, {"euler1": torch.rand(3, 3), "euler2": torch.rand(3, 3)}
-    )
-    model = SIE(4, None, 16, 2).eval()
-    img = torch.rand(4, 3, 16, 16, generator=g)
-    assert_rejects_bad_inputs(
-        model,
-        {"x": img, "y": img.flip(-1), "z": torch.randn(4, 2, generator=g)},
-        name="SIE.forward",
-    )
-    vic = VICRegModel(4, 16).eval()
-    assert_rejects_bad_inputs(vic, {"x": img, "y": img.flip(-1)}, name="VICRegModel.forward")
+_G = torch.Generator().manual_seed(0)
+_E = {n: torch.randn(6, 4, generator=_G) for n in ("x_inv", "x_eq", "y_inv", "y_eq", "y_eq_pred")}
+_IMG = torch.rand(4, 3, 16, 16, generator=_G)
+
+#: bad-input cases (collected by the package summary in test_vision_bad_inputs.py)
+ENTRY_POINTS = {
+    "LinearHyperPredictor.forward": (
+        LinearHyperPredictor(4, 2, generator=_G),
+        {"x": torch.randn(3, 4, generator=_G), "z": torch.randn(3, 2, generator=_G)},
+        {},
+    ),
+    "sie_loss": (sie_loss, {**_E, "sim": 10.0, "equi_factor": 0.45}, {}),
+    "vicreg_loss": (
+        vicreg_loss,
+        {"x": torch.randn(6, 4, generator=_G), "y": torch.randn(6, 4, generator=_G)},
+        {},
+    ),
+    "make_rot_digits": (make_rot_digits, {"n": 3, "seed": 0, "views": 2, "size": 8}, {}),
+    "relative_rotation_2d": (
+        relative_rotation_2d,
+        {"theta1": torch.rand(3, generator=_G), "theta2": torch.rand(3, generator=_G)},
+        {},
+    ),
+    "relative_quaternion": (
+        relative_quaternion,
+        {"euler1": torch.rand(3, 3, generator=_G), "euler2": torch.rand(3, 3, generator=_G)},
+        {},
+    ),
+    "SIE.forward": (
+        SIE(4, None, 16, 2).eval(),
+        {"x": _IMG, "y": _IMG.flip(-1), "z": torch.randn(4, 2, generator=_G)},
+        {},
+    ),
+    "VICRegModel.forward": (VICRegModel(4, 16).eval(), {"x": _IMG, "y": _IMG.flip(-1)}, {}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ENTRY_POINTS))
+def test_sie_bad_inputs(name):
+    fn, kwargs, kw = ENTRY_POINTS[name]
+    rep = fuzz_bad_inputs(fn, kwargs, name=name, **kw)
+    assert rep.tried > 0 and rep.ok, "\n".join(rep.failures)
 
 
 @pytest.mark.parametrize("quick", [True, False])

@@ -107,7 +107,13 @@ from invariance.vision.lisgan import (
     soul_sample_loss,
     soul_samples,
 )
-from invariance.vision.nn.diffusion import class_unet, ddim_sample, per_sample_losses
+from invariance.vision.nn.diffusion import (
+    CrossAttnClassUNet,
+    class_unet,
+    cond_class_unet,
+    ddim_sample,
+    per_sample_losses,
+)
 from invariance.vision.nn.galaxy_layers import galaxy_views, merge_views
 from invariance.vision.nn.slimmable import SlimConv2d, SwitchableBatchNorm2d
 from invariance.vision.nn.vicreg import vicreg_loss
@@ -250,6 +256,8 @@ __all__ = [
     "grouper_precision_recall",
     "bias_score",
     "class_unet",
+    "cond_class_unet",
+    "CrossAttnClassUNet",
     "ddim_sample",
     "per_sample_losses",
     "make_biased_digits",

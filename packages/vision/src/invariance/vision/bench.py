@@ -8,6 +8,15 @@ interleaved, repeats, median and spread, one thread) and returns flat rows.
 * ``bss_batch``: our batched :func:`batch_styles_standardization` against a per-image loop of
   the same operation (the way FDA-style augmentations are usually applied), same images.
 * ``galaxy_views``: eval forward of :class:`GalaxyNet` (16 views) against the plain CNN.
+* ``invdiff_guidance`` / ``invdiff_grouper``: a guidance training step of
+  :class:`DeltaGuidedUNet` (``--backbone class|cond``) and the group inference, against the
+  official ``EpsilonWithDelta`` / ``optimize_weights`` when ``INVDIFF_OFFICIAL_REPO`` names a
+  checkout of https://github.com/Hundredl/InvDiff.
+* ``lisgan_step`` / ``lisgan_cascade``: a LisGAN training step (5 critic + 1 generator updates)
+  and the two-stage recognition, against the official ``lisgan.py`` step and
+  ``classifier2.CLASSIFIER`` when ``LISGAN_OFFICIAL_REPO`` names a checkout of
+  https://github.com/lijin118/LisGAN (the official code is executed from that checkout, never
+  copied here); without it, against our f-CLSWGAN step / stage-1 classifier.
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ from invariance.core.bench import compare, machine, register_bench
 from invariance.vision.galaxy import GalaxyNet, PlainGalaxyCNN
 from invariance.vision.invdiff import DeltaGuidedUNet, infer_groups
 from invariance.vision.nn.bss import batch_styles_standardization
-from invariance.vision.nn.diffusion import class_unet
+from invariance.vision.nn.diffusion import class_unet, cond_class_unet
 from invariance.vision.nn.sepc import SEPC
 
 __all__ = ["bench_sepc_neck", "bench_bss_batch", "bench_galaxy_views"]
@@ -157,20 +166,30 @@ def _repeats(quick: bool) -> dict:
 
 @register_bench("vision", "invdiff_guidance")
 def bench_invdiff_guidance(
-    *, device: str = "cpu", quick: bool = False, batch: int = 64, size: int = 8
+    *,
+    device: str = "cpu",
+    quick: bool = False,
+    batch: int = 64,
+    size: int = 8,
+    backbone: str = "class",
 ) -> dict:
     """One guidance training step (frozen base forward + delta forward/backward) of our
-    :class:`DeltaGuidedUNet` vs a plain ``UNet2DModel`` step of the base alone (the floor) and,
-    with ``INVDIFF_OFFICIAL_REPO`` set to a checkout, the official ``EpsilonWithDelta`` on the
-    same two UNets."""
+    :class:`DeltaGuidedUNet` vs a plain step of the base alone (the floor) and, with
+    ``INVDIFF_OFFICIAL_REPO`` set to a checkout, the official ``EpsilonWithDelta`` on the same two
+    UNets. ``backbone``: ``class`` (``UNet2DModel``) or ``cond`` (``UNet2DConditionModel`` with
+    cross-attention on class tokens, :func:`cond_class_unet`)."""
+    if backbone not in ("class", "cond"):
+        raise ValueError(f"backbone must be 'class' or 'cond', got {backbone!r}")
+    make = cond_class_unet if backbone == "cond" else class_unet
     torch.manual_seed(0)
-    base, delta = class_unet(size, 16).to(device), class_unet(size, 8).to(device)
+    base, delta = make(size, 16).to(device), make(size, 8).to(device)
     ours = DeltaGuidedUNet(base, delta).to(device)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 3, size, size, generator=g).to(device)
     t = torch.randint(0, 1000, (batch,), generator=g).to(device)
     c = torch.randint(0, 2, (batch,), generator=g).to(device)
-    plain = class_unet(size, 16).to(device)
+    plain = make(size, 16).to(device)
+    floor = "UNet2DConditionModel base step" if backbone == "cond" else "UNet2DModel base step"
 
     def step(m):
         def run():
@@ -180,7 +199,7 @@ def bench_invdiff_guidance(
 
         return run
 
-    fns = {"UNet2DModel base step": step(plain), "DeltaGuidedUNet (ours)": step(ours)}
+    fns = {floor: step(plain), "DeltaGuidedUNet (ours)": step(ours)}
     repo = _official_repo()
     if repo is not None:
         spec = importlib.util.spec_from_file_location(
@@ -202,9 +221,9 @@ def bench_invdiff_guidance(
         fns["official EpsilonWithDelta"] = step(off.to(device))
     rows = compare(
         fns,
-        reference="official EpsilonWithDelta" if repo else "UNet2DModel base step",
+        reference="official EpsilonWithDelta" if repo else floor,
         device=device,
-        label=f"batch {batch}, {size}x{size}, base (16,32) + delta (8,16), fwd+bwd",
+        label=f"batch {batch}, {size}x{size}, {backbone} base (16,32) + delta (8,16), fwd+bwd",
         **_repeats(quick),
     )
     return {"rows": rows, "machine": machine(device)}
@@ -241,3 +260,7 @@ def bench_invdiff_grouper(
         **_repeats(quick),
     )
     return {"rows": rows, "machine": machine(device)}
+
+
+# the LisGAN benches live in their own module; importing it registers them
+from invariance.vision import lisgan_bench  # noqa: E402, F401

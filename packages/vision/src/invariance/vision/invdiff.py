@@ -26,7 +26,8 @@ the predictions of an attribute classifier.
 Tested properties (``tests/test_invdiff.py``):
 
 * guidance weight 0, and the zero-initialised delta in residual mode, reproduce the base model and
-  the base sampler exactly (``torch.equal``); the convex mix at init gives ``(1 - r) eps_base``;
+  the base sampler exactly (``torch.equal``), on both backbones; the convex mix at init gives
+  ``(1 - r) eps_base``;
 * training the guidance leaves every base parameter bit-identical;
 * the group loss is invariant to permuting samples (rows of ``l`` and ``W`` together) and group
   columns (``invariance.core.testing``; negative control: grouping by batch position), equals the
@@ -42,7 +43,11 @@ Deviations:
 
 * Scale: a ``diffusers.UNet2DModel`` with class embeddings on 8x8 biased coloured digits
   (:func:`invariance.vision.data.biased_digits.make_biased_digits`), the class label as the
-  "prompt", instead of Stable Diffusion at 512 px with text prompts (no hub, no GPU here).
+  "prompt", instead of Stable Diffusion at 512 px with text prompts (no hub, no GPU here). The
+  closer backbone is an option (recipe ``backbone="cond"``): a
+  ``diffusers.UNet2DConditionModel`` that attends by cross-attention to learned class tokens
+  (:class:`invariance.vision.nn.diffusion.CrossAttnClassUNet`), as Stable Diffusion's UNet
+  attends to the prompt's text tokens; grouping, guidance and sampling are the same code.
 * Default mix is residual (``eps_base + w * eps_delta``, the official ``ratio <= -1`` branch with
   ``w = 1``), so step 0 reproduces the base; the official convex mix (``ratio = 0.8``) starts from
   ``0.2 eps_base`` and is kept as ``mix="convex"``.
@@ -141,6 +146,7 @@ class DeltaGuidedUNet(nn.Module):
             raise TypeError(f"t must be a tensor or a number, got {type(t).__name__}")
         c = kw.get("class_labels")
         n_cls = getattr(cfg, "num_class_embeds", None) if cfg is not None else None
+        n_cls = n_cls or getattr(self.base, "n_classes", None)  # CrossAttnClassUNet
         if c is not None:
             check_tensor(c, "class_labels", dims=1, floating=False)
             if c.is_floating_point() or c.shape[0] != x.shape[0]:

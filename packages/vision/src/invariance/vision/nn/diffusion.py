@@ -1,6 +1,11 @@
 """Class-conditional diffusion building blocks on ``diffusers`` (used by InvDiff).
 
-* :func:`class_unet`: a small ``diffusers.UNet2DModel`` with class embeddings;
+* :func:`class_unet`: a small ``diffusers.UNet2DModel`` with class embeddings (the class enters
+  through the time embedding);
+* :func:`cond_class_unet` / :class:`CrossAttnClassUNet`: a small
+  ``diffusers.UNet2DConditionModel`` conditioned by cross-attention on learned class tokens (the
+  way Stable Diffusion, InvDiff's official backbone, is conditioned on a prompt's text tokens);
+  called like the other, ``model(x_t, t, class_labels=c)``;
 * :func:`noise_prediction`: the tensor out of any UNet call (``.sample``, a tuple or a tensor);
 * :func:`denoising_losses`: per-sample epsilon-prediction MSE at random timesteps (training loss);
 * :func:`per_sample_losses`: per-sample denoising loss of a frozen model over fixed timesteps
@@ -13,13 +18,15 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel, UNet2DModel
 from torch import Tensor, nn
 
 from invariance.vision._checks import check_int, check_tensor
 
 __all__ = [
     "class_unet",
+    "cond_class_unet",
+    "CrossAttnClassUNet",
     "noise_prediction",
     "denoising_losses",
     "per_sample_losses",
@@ -52,6 +59,124 @@ def class_unet(
         norm_num_groups=8,
         num_class_embeds=n_classes,
     )
+
+
+def _check_timestep(t: Any, batch: int, name: str = "timestep") -> None:
+    """A timestep is a number, a 0-d tensor or a ``(B,)`` / ``(1,)`` tensor of finite values."""
+    if isinstance(t, Tensor):
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name} holds NaN or inf")
+        if t.dim() > 1 or (t.dim() == 1 and t.shape[0] not in (1, batch)):
+            raise ValueError(f"{name} must be a scalar or ({batch},), got {tuple(t.shape)}")
+    elif isinstance(t, bool) or not isinstance(t, (int, float)):
+        raise TypeError(f"{name} must be a tensor or a number, got {type(t).__name__}")
+
+
+class CrossAttnClassUNet(nn.Module):
+    """A ``UNet2DConditionModel`` conditioned on a class through cross-attention.
+
+    Each class has ``n_tokens`` learned tokens of size ``unet.config.cross_attention_dim``
+    (:meth:`encode`); they are the ``encoder_hidden_states`` every cross-attention block attends
+    to, as a prompt's text-encoder tokens are in Stable Diffusion. ``forward(x_t, t,
+    class_labels=c)`` (or ``encoder_hidden_states=...`` directly) returns the UNet's output, so
+    the model drops in wherever :func:`class_unet` is used (training losses, DDIM sampling,
+    :class:`~invariance.vision.invdiff.DeltaGuidedUNet`). ``config`` and ``conv_out`` are the
+    UNet's.
+    """
+
+    def __init__(self, unet: UNet2DConditionModel, n_classes: int, *, n_tokens: int = 1) -> None:
+        super().__init__()
+        if not isinstance(unet, UNet2DConditionModel):
+            raise TypeError(f"unet must be a UNet2DConditionModel, got {type(unet).__name__}")
+        self.n_classes = check_int(n_classes, "n_classes")
+        self.n_tokens = check_int(n_tokens, "n_tokens")
+        self.unet = unet
+        dim = unet.config.cross_attention_dim
+        self.class_tokens = nn.Embedding(n_classes, n_tokens * dim)
+        nn.init.normal_(self.class_tokens.weight, std=dim**-0.5)
+
+    @property
+    def config(self) -> Any:
+        return self.unet.config
+
+    @property
+    def conv_out(self) -> nn.Module:
+        return self.unet.conv_out
+
+    def encode(self, class_labels: Tensor) -> Tensor:
+        """``(B,)`` class indices -> ``(B, n_tokens, cross_attention_dim)`` tokens."""
+        check_tensor(class_labels, "class_labels", dims=1, floating=False)
+        if class_labels.numel() and (
+            int(class_labels.min()) < 0 or int(class_labels.max()) >= self.n_classes
+        ):
+            raise ValueError(f"class_labels must be in [0, {self.n_classes})")
+        return self.class_tokens(class_labels).view(len(class_labels), self.n_tokens, -1)
+
+    def forward(
+        self,
+        sample: Tensor,
+        timestep: Tensor | int | float,
+        class_labels: Tensor | None = None,
+        *,
+        encoder_hidden_states: Tensor | None = None,
+        return_dict: bool = True,
+    ) -> Any:
+        check_tensor(sample, "sample", dims=4, expected="(B, C, H, W) noisy images")
+        _check_timestep(timestep, sample.shape[0])
+        if encoder_hidden_states is None:
+            if class_labels is None:
+                raise ValueError("class_labels (or encoder_hidden_states) is required")
+            if class_labels.shape[:1] != sample.shape[:1]:
+                raise ValueError(f"class_labels must be ({sample.shape[0]},) class indices")
+            encoder_hidden_states = self.encode(class_labels)
+        return self.unet(
+            sample, timestep, encoder_hidden_states=encoder_hidden_states, return_dict=return_dict
+        )
+
+
+def cond_class_unet(
+    size: int = 8,
+    width: int = 16,
+    n_classes: int = 2,
+    channels: int = 3,
+    *,
+    levels: int = 2,
+    cross_attention_dim: int = 32,
+    n_tokens: int = 1,
+    head_dim: int = 8,
+) -> CrossAttnClassUNet:
+    """:class:`CrossAttnClassUNet` around a ``UNet2DConditionModel`` with the layout of
+    :func:`class_unet` (``levels`` levels of ``width * 2**i`` channels, one ResNet layer per
+    block, GroupNorm with 8 groups) whose every down/up block and the mid block carry a
+    transformer with self- and cross-attention (heads of ``head_dim`` channels)."""
+    check_int(size, "size", lo=4)
+    check_int(width, "width", lo=8)
+    check_int(n_classes, "n_classes")
+    check_int(channels, "channels")
+    check_int(levels, "levels")
+    check_int(cross_attention_dim, "cross_attention_dim")
+    check_int(head_dim, "head_dim")
+    if width % 8:
+        raise ValueError(f"width must be a multiple of 8 (GroupNorm with 8 groups), got {width}")
+    if width % head_dim:
+        raise ValueError(f"width ({width}) must be a multiple of head_dim ({head_dim})")
+    if size % (2 ** (levels - 1)):
+        raise ValueError(f"size must be divisible by 2**(levels-1) = {2 ** (levels - 1)}")
+    chans = tuple(width * 2**i for i in range(levels))
+    unet = UNet2DConditionModel(
+        sample_size=size,
+        in_channels=channels,
+        out_channels=channels,
+        layers_per_block=1,
+        block_out_channels=chans,
+        down_block_types=("CrossAttnDownBlock2D",) * levels,
+        up_block_types=("CrossAttnUpBlock2D",) * levels,
+        norm_num_groups=8,
+        cross_attention_dim=cross_attention_dim,
+        # diffusers' (legacy) name: the number of heads per level
+        attention_head_dim=tuple(c // head_dim for c in chans),
+    )
+    return CrossAttnClassUNet(unet, n_classes, n_tokens=n_tokens)
 
 
 def noise_prediction(out: Any) -> Tensor:

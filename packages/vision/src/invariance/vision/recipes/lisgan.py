@@ -19,6 +19,7 @@ from invariance.core.recipe import CheckResult, Recipe, ReproduceResult, TrainCo
 from invariance.core.registry import register
 from invariance.core.testing import check_invariant, check_not_invariant
 from invariance.core.train import NamedOptimizers
+from invariance.vision._checks import check_int, check_tensor
 from invariance.vision.data.zsl_features import make_synth_zsl
 from invariance.vision.lisgan import (
     FeatureCritic,
@@ -33,7 +34,7 @@ from invariance.vision.lisgan import (
 )
 from invariance.vision.recipes._common import mean_sd, reproduce_config
 
-__all__ = ["LisGANConfig", "LisGANRecipe", "eszsl"]
+__all__ = ["LisGANConfig", "LisGANRecipe", "cascade_predict", "eszsl"]
 
 
 @dataclass
@@ -154,6 +155,52 @@ def _train_softmax(
     return lin
 
 
+def cascade_predict(
+    lin: nn.Linear,
+    syn: Tensor,
+    syn_idx: Tensor,
+    test_x: Tensor,
+    *,
+    ratio: float,
+    confidence: str = "entropy",
+    epochs: int,
+    batch: int,
+    seed: int,
+) -> tuple[Tensor, Tensor]:
+    """Second stage of LisGAN's two-stage recognition: ``lin`` (stage 1, trained on generated
+    features ``syn`` with class indices ``syn_idx``) labels ``test_x``; the ``ratio`` share
+    picked by :func:`select_confident` keeps its label and joins the training set, a copy of
+    ``lin`` keeps training on ``syn`` + those samples for ``epochs`` and re-labels the rest.
+    Returns ``(pred, easy)``: the final class index of every test sample and the easy indices."""
+    if not isinstance(lin, nn.Linear):
+        raise TypeError(f"lin must be an nn.Linear, got {type(lin).__name__}")
+    check_tensor(syn, "syn", dims=2, expected="(N, D) generated features")
+    check_tensor(syn_idx, "syn_idx", dims=1, floating=False, expected="(N,) class indices")
+    check_tensor(test_x, "test_x", dims=2, expected="(M, D) test features")
+    if syn.shape[1] != lin.in_features or test_x.shape[1] != lin.in_features:
+        raise ValueError(f"syn and test_x must have {lin.in_features} features")
+    if syn_idx.shape[0] != syn.shape[0] or syn_idx.dtype != torch.int64:
+        raise ValueError(f"syn_idx must be ({syn.shape[0]},) int64 class indices")
+    if syn_idx.numel() and (int(syn_idx.min()) < 0 or int(syn_idx.max()) >= lin.out_features):
+        raise ValueError(f"syn_idx must be in [0, {lin.out_features})")
+    check_int(epochs, "epochs")
+    check_int(batch, "batch")
+    check_int(seed, "seed", lo=0)
+    with torch.no_grad():
+        lp = torch.log_softmax(lin(test_x), 1)
+    pred1 = lp.argmax(1)
+    easy, hard = select_confident(lp, ratio, confidence=confidence)
+    lin2 = nn.Linear(lin.in_features, lin.out_features)
+    lin2.load_state_dict(lin.state_dict())
+    x2 = torch.cat([syn, test_x[easy]])
+    y2 = torch.cat([syn_idx, pred1[easy]])
+    lin2 = _train_softmax(x2, y2, lin.out_features, epochs=epochs, batch=batch, seed=seed, lin=lin2)
+    pred = pred1.clone()
+    with torch.no_grad():
+        pred[hard] = lin2(test_x[hard]).argmax(1)
+    return pred, easy
+
+
 def eszsl(
     x: Tensor, y_idx: Tensor, s_seen: Tensor, *, gamma: float = 1.0, lam: float = 1.0
 ) -> Tensor:
@@ -257,7 +304,7 @@ class LisGANRecipe(Recipe):
     def _generator_loss(self, model: LisGANModel, y: Tensor) -> dict[str, Tensor]:
         cfg = self.cfg
         a = model.attributes[y]
-        z = torch.randn(len(y), model.generator.noise_dim, generator=self._gen)
+        z = torch.randn(len(y), model.generator.noise_dim, generator=self._gen).to(a)
         fake = model.generator(z, a)
         adv = -model.critic(fake, a).mean()
         idx = torch.searchsorted(model.seen, y)
@@ -288,7 +335,7 @@ class LisGANRecipe(Recipe):
             x, y = d["train_x"][j], d["train_y"][j]
             a = model.attributes[y]
             with torch.no_grad():
-                z = torch.randn(len(y), model.generator.noise_dim, generator=self._gen)
+                z = torch.randn(len(y), model.generator.noise_dim, generator=self._gen).to(a)
                 fake = model.generator(z, a)
             gp = gradient_penalty(model.critic, x, fake, a, lam=cfg.lam_gp, generator=self._gen)
             d_loss = model.critic(fake, a).mean() - model.critic(x, a).mean() + gp
@@ -328,17 +375,17 @@ class LisGANRecipe(Recipe):
         pred1 = lp.argmax(1)
         out["zsl"] = per_class_accuracy(pred1, ty_idx, torch.arange(len(unseen)))
         for mode in ("entropy", "official"):
-            easy, hard = select_confident(lp, cfg.ratio, confidence=mode)
-            lin2 = nn.Linear(lin.in_features, lin.out_features)
-            lin2.load_state_dict(lin.state_dict())
-            x2 = torch.cat([syn, tx[easy]])
-            y2 = torch.cat([u_idx, pred1[easy]])
-            lin2 = _train_softmax(
-                x2, y2, len(unseen), epochs=cfg.cls_epochs, batch=batch, seed=cfg.seed + 1, lin=lin2
+            pred, easy = cascade_predict(
+                lin,
+                syn,
+                u_idx,
+                tx,
+                ratio=cfg.ratio,
+                confidence=mode,
+                epochs=cfg.cls_epochs,
+                batch=batch,
+                seed=cfg.seed + 1,
             )
-            pred = pred1.clone()
-            with torch.no_grad():
-                pred[hard] = lin2(tx[hard]).argmax(1)
             key = "zsl_cascade" if mode == "entropy" else "zsl_cascade_official"
             out[key] = per_class_accuracy(pred, ty_idx, torch.arange(len(unseen)))
             if mode == "entropy":
