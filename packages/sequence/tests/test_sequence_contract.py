@@ -21,4 +21,5 @@ def test_sequence_registry_names():
         "unimts",
         "observatory",
         "cit",
+        "dask",
     }

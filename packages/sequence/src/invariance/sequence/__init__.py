@@ -1,8 +1,10 @@
 """invariance.sequence: HiPPO / S4 / S4D state-space models, the EISL loss, augmentation-invariant
-speech units, UniMTS, Observatory table-embedding measures and corpus-invariant tuning (CIT).
+speech units, UniMTS, Observatory table-embedding measures, corpus-invariant tuning (CIT) and
+domain adaptation with structured knowledge (DASK).
 
 Importing this package registers its methods (``s4``, ``s4d``, ``eisl``, ``speech_units``,
-``unimts``, ``observatory``, ``cit``) and benches through :mod:`invariance.sequence.recipes`;
+``unimts``, ``observatory``, ``cit``, ``dask``) and benches through
+:mod:`invariance.sequence.recipes`;
 torchaudio is loaded by the speech modules; transformers models are built only when a method
 needs one (``BartNAT``, the text models of :mod:`invariance.sequence.text`).
 """
@@ -10,6 +12,7 @@ needs one (``BartNAT``, the text models of :mod:`invariance.sequence.text`).
 from invariance.sequence import (  # recipes registers the methods
     audio,
     cit,
+    dask,
     eisl,
     hippo,
     motion,
@@ -21,6 +24,7 @@ from invariance.sequence import (  # recipes registers the methods
     unimts,
 )
 from invariance.sequence.cit import CorpusInvariantTuning, FiDReader, cit_penalty, span_corrupt
+from invariance.sequence.dask import DASKModel, MemoryBank, build_lookup, inject_knowledge
 from invariance.sequence.data.synthetic import corpus_bleu, make_delay_task, make_noisy_translation
 from invariance.sequence.eisl import BartNAT, ConvNAT
 from invariance.sequence.motion.stgcn import STGCN
@@ -35,6 +39,7 @@ from invariance.sequence.nn.s4_layers import (
 )
 from invariance.sequence.observatory import DeepSetsTableEmbedder, HFTableEmbedder, mcv
 from invariance.sequence.recipes.cit import CITConfig, CITRecipe
+from invariance.sequence.recipes.dask import DASKConfig, DASKRecipe
 from invariance.sequence.recipes.eisl import EISLConfig, EISLRecipe, two_stage_arms
 from invariance.sequence.recipes.observatory import ObservatoryConfig, ObservatoryRecipe
 from invariance.sequence.recipes.s4 import S4Config, S4DRecipe, S4Recipe
@@ -58,6 +63,13 @@ from invariance.sequence.unimts import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "dask",
+    "DASKModel",
+    "MemoryBank",
+    "build_lookup",
+    "inject_knowledge",
+    "DASKConfig",
+    "DASKRecipe",
     "eisl",
     "hippo",
     "s4",

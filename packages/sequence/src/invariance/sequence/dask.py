@@ -1,47 +1,117 @@
-"""DASK pieces: knowledge injection with a visible matrix and soft positions, and the pivot
-memory bank (not yet a registered method: no recipe, training loop or reproduce yet).
+"""DASK: domain adaptation with structured knowledge (knowledge injection at pivots, the pivot
+memory bank, the ``masked_SSL_kbert`` model).
 
 Paper: "Domain-Adaptive Text Classification with Structured Knowledge from Unlabeled Data"
-(DASK; Zhang et al., IJCAI 2022, arXiv 2206.09591). Official code: https://github.com/hikaru-nara/DASK
-(no licence file; read at commit d056a60, nothing copied), built on K-BERT / UER.
+(DASK; Li, Chen, Dong, Yu, Yan, Keutzer, Zhang, IJCAI 2022, arXiv 2206.09591). Official code:
+https://github.com/hikaru-nara/DASK (no licence file; read at commit d056a60, nothing copied),
+built on K-BERT / UER. The training schedule is in ``recipes/dask.py`` (``DASKRecipe.train_step``).
 
-Mechanism (the pieces here):
+Mechanism:
 
-* **Knowledge injection** (``brain/knowgraph.py::add_knowledge_with_vm_bert``): the sentence is
-  ``[CLS] w1 w2 ...``; a word that is a current pivot gets up to ``max_entities`` (2) triples from
-  the lookup table (each ``"relation_object"`` text, underscores -> spaces) inserted right after it.
-  Soft positions: a word's tokens continue the sentence positions; its injected tokens continue
-  from the word's last position; the next word continues from the word (injected tokens do not
-  shift the sentence). Segment 0 for sentence tokens, 1 for injected tokens. Visible matrix:
+* **Knowledge graph and lookup** (``brain/knowgraph.py``): triples ``(head, relation, tail)``
+  linking target-domain non-pivot words to pivots; :func:`build_lookup` indexes each triple from
+  its head (``"relation_tail"``), tail (``"head_relation"``) and relation (``"head_tail"``).
+* **Knowledge injection** (``add_knowledge_with_vm_bert``; :func:`inject_knowledge`): the sentence
+  is ``[CLS] w1 w2 ...``; a word that is a current pivot gets up to ``max_entities`` (2) lookup
+  entries (underscores -> spaces) inserted right after it. Soft positions: injected tokens
+  continue from their word's position, the next word continues from the word (injected tokens do
+  not shift the sentence). Segment 0 for sentence tokens, 1 for injected ones. Visible matrix:
   sentence tokens see every sentence token and the injected tokens of their own word; injected
-  tokens see their own triple and the word they hang from.
-* **Memory bank** (``memory_bank.py``): common words occur >= ``min_occur`` times in both domains;
-  their polarity starts at ``(#pos docs - #neg docs) / #docs`` over labelled source documents
-  (0 when the count is <= ``min_occur``); pseudo-label updates ``s <- (1-a)s + a(2y-1)`` when the
-  prediction confidence is >= the threshold, else ``s <- (1-a)s``; pivots are the top
-  ``num_pivots`` common words by ``|(s_src + s_tgt)/2|``.
+  tokens see their own entry and the word they hang from. Knowledge goes into source reviews
+  (training) and target reviews (test) alike, only at pivots.
+* **Memory bank** (``memory_bank.py``; :class:`MemoryBank`): common words occur >= ``min_occur``
+  times in both domains; their polarity starts at ``(#pos docs - #neg docs) / #docs`` over
+  labelled source documents (0 when the count is <= ``min_occur``); pseudo-label updates
+  ``s <- (1-a)s + a(2y-1)`` when the prediction confidence is >= the threshold, else
+  ``s <- (1-a)s``, separately for source and target; pivots are the top ``num_pivots`` common
+  words by ``|(s_src + s_tgt)/2|`` and change as the bank updates, so does the injection.
+* **Model** (``model.py::masked_SSL_kbert``; :class:`DASKModel`): BERT with the visible matrix as
+  attention mask and soft positions as position ids, a classifier on the first token and a
+  pivot decoder; **masked pivot prediction** (``Masked_SSL_preprocess``; :func:`mask_pivots`):
+  the first occurrence of every pivot is replaced by ``[MASK]`` and predicted.
 
 Tested properties: the visible matrix is symmetric, sentence tokens never see other words'
 injected tokens, injection leaves the sentence tokens' soft positions unchanged, with no pivot in
-the sentence the output equals the plain encoder; the memory-bank scores stay in [-1, 1] and move
-to +1 at rate ``a`` under positive pseudo-labels; tokens, positions, segments and visible matrix
-equal the official ``add_knowledge_with_vm_bert`` (``tests/test_dask.py``, provenance there).
+the sentence the output equals the plain encoder; the class logits are invariant to how the
+knowledge tree is flattened (tokens after ``[CLS]`` permuted with their soft positions and
+visibility), a BERT with hard positions is not (negative control); the memory-bank scores stay in
+[-1, 1] and move to +1 at rate ``a``; tokens, positions, segments and visible matrix equal the
+official ``add_knowledge_with_vm_bert``, memory-bank scores and pivots equal the official
+``MemoryBank``, the lookup table the official ``_create_lookup_table`` and the masked pivot input
+the official ``Masked_SSL_preprocess`` at the sentence positions (``tests/test_dask.py``, provenance
+there).
 
-Deviations: words come from whitespace splitting (the official uses NLTK ``word_tokenize``);
-padding uses the tokenizer's pad id (the official pads with UER's ``PAD_ID``; padded tokens are
-invisible either way); the lookup table maps a word to an ordered list (the official uses a set,
-whose order depends on Python's string hashing).
+Deviations: words come from whitespace splitting (the official uses NLTK ``word_tokenize`` and
+NLTK stop-words; the recipe passes its own stop-word list); padding uses the tokenizer's pad id;
+the lookup table keeps ordered lists (the official uses sets, whose order depends on Python's
+string hashing); the masked pivot prediction runs on the sentence without injected tokens (the
+official runs it on the injected sequence with a visible matrix that hides them from sentence
+tokens: the same outputs at the masked positions) and masks the first *sentence* occurrence of a
+pivot (the official searches the injected sequence and skips a pivot whose first occurrence is
+inside injected text). HEAD's ``brain/knowledge_graph.py`` (``BranchBundle``: whole triples
+around the pivot, ``random.sample`` of the triples, a ``[SEP]``) is used by HEAD's plain ``base_DA``
+path only; its ``add_knowledge_with_vm`` lacks the SSL mask that ``masked_SSL_kbert`` needs, so
+this module follows ``knowgraph.py``, the injection of the masked-SSL path.
 """
 
 from __future__ import annotations
 
+import json
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-__all__ = ["inject_knowledge", "additive_mask", "MemoryBank"]
+__all__ = [
+    "build_lookup",
+    "inject_knowledge",
+    "inject_batch",
+    "mask_pivots",
+    "additive_mask",
+    "MemoryBank",
+    "DASKModel",
+]
+
+
+_ENC: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _encode(tokenizer: Any, text: str) -> list[int]:
+    """``tokenizer.encode(text, add_special_tokens=False)``, memoised per tokenizer."""
+    try:
+        memo = _ENC.setdefault(tokenizer, {})
+    except TypeError:  # not weak-referenceable
+        return tokenizer.encode(text, add_special_tokens=False)
+    if text not in memo:
+        memo[text] = tokenizer.encode(text, add_special_tokens=False)
+    return memo[text]
+
+
+def build_lookup(triples: Iterable[Sequence[str]]) -> dict[str, list[str]]:
+    """Lookup table of a knowledge graph as the official ``KnowledgeGraph._create_lookup_table``
+    builds it: every triple ``(head, relation, tail)`` is indexed from its head (entry
+    ``"relation_tail"``), its tail (``"head_relation"``) and its relation (``"head_tail"``);
+    entries keep the order of first appearance (the official uses sets)."""
+    if isinstance(triples, (str, bytes)) or not isinstance(triples, Iterable):
+        raise TypeError("triples must be an iterable of (head, relation, tail)")
+    table: dict[str, list[str]] = {}
+    n = 0
+    for t in triples:
+        if isinstance(t, str) or not isinstance(t, Sequence) or len(t) != 3:
+            raise ValueError(f"triples must hold (head, relation, tail) triples, got {t!r}")
+        if not all(isinstance(x, str) and x for x in t):
+            raise TypeError(f"triples must hold non-empty strings, got {t!r}")
+        h, r, o = t
+        for key, val in ((h, f"{r}_{o}"), (o, f"{h}_{r}"), (r, f"{h}_{o}")):
+            lst = table.setdefault(key, [])
+            if val not in lst:
+                lst.append(val)
+        n += 1
+    if n == 0:
+        raise ValueError("triples is empty")
+    return table
 
 
 def inject_knowledge(
@@ -81,7 +151,7 @@ def inject_knowledge(
     p = -1
     for w in seq:
         ents = list(lookup.get(w, []))[:max_entities] if (piv is None or w in piv) else []
-        tok = tokenizer.encode(w.strip(), add_special_tokens=False)
+        tok = _encode(tokenizer, w.strip())
         if not tok:
             continue
         w_abs = list(range(len(ids), len(ids) + len(tok)))
@@ -91,7 +161,7 @@ def inject_knowledge(
         p = pos[-1]
         e_abs = []
         for e in ents:
-            et = tokenizer.encode(" ".join(e.split("_")).strip(), add_special_tokens=False)
+            et = _encode(tokenizer, " ".join(e.split("_")).strip())
             e_abs.append(list(range(len(ids), len(ids) + len(et))))
             ids += et
             pos += [p + i for i in range(1, len(et) + 1)]
@@ -149,6 +219,7 @@ class MemoryBank:
         num_pivots: int = 500,
         alpha: float = 0.01,
         confidence: float = 0.9,
+        stopwords: Iterable[str] = (),
     ) -> None:
         for name, v in (("min_occur", min_occur), ("num_pivots", num_pivots)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
@@ -159,6 +230,9 @@ class MemoryBank:
             raise ValueError(f"confidence must be in [0, 1], got {confidence!r}")
         self.min_occur, self.num_pivots = min_occur, num_pivots
         self.alpha, self.confidence = float(alpha), float(confidence)
+        if isinstance(stopwords, str):
+            raise TypeError("stopwords must be an iterable of words, not one string")
+        self.stopwords = frozenset(stopwords)
         self.source: dict[str, float] = {}
         self.target: dict[str, float] = {}
         self.common: list[str] = []
@@ -168,7 +242,14 @@ class MemoryBank:
     def _docs(texts: Sequence[Sequence[str]], name: str) -> list[set[str]]:
         if isinstance(texts, str) or not isinstance(texts, Sequence) or not texts:
             raise ValueError(f"{name} must be a non-empty sequence of tokenised documents")
+        for t in texts:
+            if isinstance(t, str) or not isinstance(t, Sequence):
+                raise TypeError(f"{name} must hold tokenised documents (lists of words)")
         return [set(w.lower() for w in t) for t in texts]
+
+    def _words(self, docs: list[set[str]]) -> list[set[str]]:
+        # the official counts alphabetic non-stop-words only (utils.extract_word_freq)
+        return [{w for w in d if w.isalpha() and w not in self.stopwords} for d in docs]
 
     def initialize(
         self,
@@ -179,8 +260,8 @@ class MemoryBank:
         """Common words and the initial polarity from the labelled source documents (``labels``
         0/1; ``source_texts`` may include unlabelled documents after the labelled ones)."""
         src, tgt = (
-            self._docs(source_texts, "source_texts"),
-            self._docs(target_texts, "target_texts"),
+            self._words(self._docs(source_texts, "source_texts")),
+            self._words(self._docs(target_texts, "target_texts")),
         )
         if len(source_labels) > len(src) or not source_labels:
             raise ValueError("source_labels must label the first documents of source_texts")
@@ -237,3 +318,189 @@ class MemoryBank:
             : self.num_pivots
         ]
         return self.pivots
+
+
+def inject_batch(
+    sentences: Sequence[Sequence[str]],
+    lookup: Mapping[str, Sequence[str]],
+    tokenizer: Any,
+    *,
+    pivots: Iterable[str] | None,
+    max_entities: int = 2,
+    max_length: int = 256,
+    cache: dict | None = None,
+) -> dict[str, Tensor]:
+    """:func:`inject_knowledge` of each sentence, stacked and cut to the longest sentence of the
+    batch (padding is invisible, so the cut changes nothing). ``cache`` (a dict) memoises per
+    sentence and the pivots it contains (pivots change only when the memory bank updates)."""
+    if isinstance(sentences, str) or not isinstance(sentences, Sequence) or not sentences:
+        raise ValueError("sentences must be a non-empty sequence of word lists")
+    piv = None if pivots is None else frozenset(pivots)
+    items = []
+    for words in sentences:
+        key = None
+        if cache is not None:
+            hit = frozenset(words) & piv if piv is not None else None
+            key = (tuple(words), hit, max_entities, max_length)
+            if key in cache:
+                items.append(cache[key])
+                continue
+        out = inject_knowledge(
+            words, lookup, tokenizer, pivots=piv, max_entities=max_entities, max_length=max_length
+        )
+        if cache is not None:
+            cache[key] = out
+        items.append(out)
+    L = max(min(int(o["n_tokens"]), max_length) for o in items)
+    batch = {k: torch.stack([o[k][:L] for o in items]) for k in ("input_ids", "position_ids")}
+    batch["token_type_ids"] = torch.stack([o["token_type_ids"][:L] for o in items])
+    batch["visible"] = torch.stack([o["visible"][:L, :L] for o in items])
+    return batch
+
+
+def mask_pivots(
+    sentences: Sequence[Sequence[str]],
+    pivots: Iterable[str],
+    tokenizer: Any,
+    *,
+    max_length: int = 256,
+) -> dict[str, Tensor]:
+    """Masked pivot prediction input (the official ``Masked_SSL_preprocess``): ``[CLS] words``
+    with the first sentence occurrence of every pivot replaced by ``[MASK]`` tokens;
+    ``labels`` hold the pivot's token ids there and ``-100`` elsewhere. Knowledge is left out:
+    in the official SSL pass (``vm_ssl``) sentence tokens do not see injected tokens, so the
+    sentence-token outputs are the same."""
+    if isinstance(sentences, str) or not isinstance(sentences, Sequence) or not sentences:
+        raise ValueError("sentences must be a non-empty sequence of word lists")
+    piv = set(pivots)
+    rows, labs = [], []
+    for words in sentences:
+        ids: list[int] = [tokenizer.cls_token_id]
+        lab: list[int] = [-100]
+        seen: set[str] = set()
+        for w in words:
+            tok = _encode(tokenizer, w)
+            if w in piv and w not in seen:
+                seen.add(w)
+                ids += [tokenizer.mask_token_id] * len(tok)
+                lab += tok
+            else:
+                ids += tok
+                lab += [-100] * len(tok)
+        rows.append(ids[:max_length])
+        labs.append(lab[:max_length])
+    L = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id
+    input_ids = torch.tensor([r + [pad] * (L - len(r)) for r in rows])
+    labels = torch.tensor([r + [-100] * (L - len(r)) for r in labs])
+    return {"input_ids": input_ids, "attention_mask": (input_ids != pad).long(), "labels": labels}
+
+
+class DASKModel(nn.Module):
+    """The official ``masked_SSL_kbert``: a BERT encoder run with the visible matrix as attention
+    mask and the soft positions as position ids, a classifier
+    ``Linear-Dropout-ReLU-Linear`` on the first token (pooling ``first``) and a pivot decoder
+    ``Linear-Dropout-ReLU-Linear(vocab)`` for masked pivot prediction. ``encoder`` is any
+    ``transformers`` BERT-style model that accepts ``position_ids`` and a 4-D additive mask."""
+
+    def __init__(self, encoder: nn.Module, *, n_classes: int = 2, dropout: float = 0.5) -> None:
+        super().__init__()
+        if not isinstance(encoder, nn.Module) or not hasattr(encoder, "config"):
+            raise TypeError("encoder must be a transformers model (with a .config)")
+        if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 2:
+            raise ValueError(f"n_classes must be an int >= 2, got {n_classes!r}")
+        if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        h, v = encoder.config.hidden_size, encoder.config.vocab_size
+        self.encoder = encoder
+        self.classifier = nn.Sequential(
+            nn.Linear(h, h), nn.Dropout(dropout), nn.ReLU(), nn.Linear(h, n_classes)
+        )
+        self.decoder = nn.Sequential(
+            nn.Linear(h, h), nn.Dropout(dropout), nn.ReLU(), nn.Linear(h, v)
+        )
+        #: the pivot memory bank (optional); its scores and pivots travel in the state dict
+        self.bank: MemoryBank | None = None
+
+    def get_extra_state(self) -> Tensor:
+        # a uint8 tensor of JSON (checkpoints hold tensors only)
+        b = self.bank
+        if b is None:
+            return torch.zeros(0, dtype=torch.uint8)
+        state = {"source": b.source, "target": b.target, "common": b.common, "pivots": b.pivots}
+        return torch.tensor(list(json.dumps(state).encode()), dtype=torch.uint8)
+
+    def set_extra_state(self, state: Tensor) -> None:
+        if isinstance(state, Tensor) and state.numel() and self.bank is not None:
+            d = json.loads(bytes(state.tolist()).decode())
+            self.bank.source, self.bank.target = dict(d["source"]), dict(d["target"])
+            self.bank.common, self.bank.pivots = list(d["common"]), list(d["pivots"])
+
+    def hidden(
+        self,
+        input_ids: Tensor,
+        *,
+        position_ids: Tensor | None = None,
+        visible: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+    ) -> Tensor:
+        """Last hidden states ``(B, L, H)``; ``visible`` (``(B, L, L)`` bool) replaces
+        ``attention_mask`` (``(B, L)``) when given."""
+        if not isinstance(input_ids, Tensor) or input_ids.dim() != 2:
+            raise ValueError("input_ids must be a (B, L) tensor of token ids")
+        if input_ids.dtype not in (torch.int32, torch.int64):
+            raise TypeError("input_ids must be an integer tensor")
+        B, L = input_ids.shape
+        if B == 0 or L == 0:
+            raise ValueError(f"input_ids is empty, got shape {tuple(input_ids.shape)}")
+        if input_ids.min() < 0 or input_ids.max() >= self.encoder.config.vocab_size:
+            raise ValueError("input_ids holds ids outside the vocabulary")
+        if position_ids is not None:
+            if not isinstance(position_ids, Tensor) or position_ids.shape != (B, L):
+                raise ValueError(f"position_ids must be a ({B}, {L}) tensor")
+            if position_ids.min() < 0 or (
+                position_ids.max() >= self.encoder.config.max_position_embeddings
+            ):
+                raise ValueError("position_ids exceed the encoder's position table")
+        mask = None
+        if visible is not None:
+            if not isinstance(visible, Tensor) or visible.shape != (B, L, L):
+                raise ValueError(f"visible must be a ({B}, {L}, {L}) boolean tensor")
+            mask = additive_mask(
+                visible, dtype=self.encoder.embeddings.word_embeddings.weight.dtype
+            )
+        elif attention_mask is not None:
+            if not isinstance(attention_mask, Tensor) or attention_mask.shape != (B, L):
+                raise ValueError(f"attention_mask must be a ({B}, {L}) tensor")
+            mask = attention_mask
+        return self.encoder(
+            input_ids=input_ids,
+            position_ids=position_ids,
+            token_type_ids=token_type_ids,
+            attention_mask=mask,
+        ).last_hidden_state
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        position_ids: Tensor | None = None,
+        visible: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+    ) -> Tensor:
+        """Class logits ``(B, n_classes)`` of knowledge-injected input (``inject_batch``)."""
+        h = self.hidden(
+            input_ids, position_ids=position_ids, visible=visible, token_type_ids=token_type_ids
+        )
+        return self.classifier(h[:, 0])
+
+    def pivot_logits(
+        self, input_ids: Tensor, attention_mask: Tensor, labels: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Vocabulary logits at the masked pivot positions (``labels >= 0``) and their targets
+        (input from :func:`mask_pivots`)."""
+        h = self.hidden(input_ids, attention_mask=attention_mask)
+        if not isinstance(labels, Tensor) or labels.shape != input_ids.shape:
+            raise ValueError(f"labels must have the shape of input_ids {tuple(input_ids.shape)}")
+        sel = labels >= 0
+        return self.decoder(h[sel]), labels[sel]
