@@ -5,7 +5,21 @@ import torch
 
 from invariance.core.testing import assert_rejects_bad_inputs
 from invariance.vision.data.prim3d import PRIM3D_CLASSES, make_prim3d
-from invariance.vision.render import Camera, Scene, look_at, render
+from invariance.vision.render import (
+    Camera,
+    Mesh,
+    Scene,
+    cast,
+    intrinsics,
+    look_at,
+    project,
+    pyvista_mesh,
+    read_ply,
+    render,
+    render_mesh,
+    visible,
+    world_to_camera,
+)
 
 F64 = torch.float64
 
@@ -139,3 +153,123 @@ def test_bad_inputs_are_rejected_with_the_argument_named():
         accept=("yaw:extra_dim", "pitch:extra_dim"),
     )
     assert isinstance(cam, Camera)
+
+
+def _pixel_centres(size, b=1):
+    r, c = torch.meshgrid(
+        torch.arange(size, dtype=F64), torch.arange(size, dtype=F64), indexing="ij"
+    )
+    return torch.stack([c + 0.5, r + 0.5], -1).reshape(1, -1, 2).expand(b, -1, -1)
+
+
+def test_cast_at_pixel_centres_reproduces_the_render_and_project_inverts_it():
+    sc, _ = make_prim3d(1, seed=3, classes=(5, 8), dtype=F64)
+    cam = look_at(
+        torch.tensor([30.0, 100.0], dtype=F64),
+        torch.tensor([20.0, -10.0], dtype=F64),
+        torch.tensor([5.0, 0.0], dtype=F64),
+        3.5,
+    )
+    size = 24
+    out = render(sc, cam, size=size)
+    hit = cast(sc, cam, _pixel_centres(size, 2), size=size)
+    torch.testing.assert_close(
+        hit["depth"].reshape(2, size, size), out["depth"][:, 0], atol=1e-9, rtol=0
+    )
+    assert torch.equal(hit["hit"].reshape(2, size, size), out["mask"][:, 0] > 0)
+    assert torch.equal(hit["prim"].reshape(2, size, size), out["prim"][:, 0])
+    uv, z = project(cam, hit["points"], size)
+    m = hit["hit"]
+    assert m.sum() > 100
+    assert (uv - _pixel_centres(size, 2))[m].abs().max() < 1e-9
+    assert (z - hit["depth"])[m].abs().max() < 1e-9
+    assert bool(visible(sc, cam, hit["points"])[m].all())
+
+
+def test_intrinsics_and_extrinsics_follow_the_opencv_convention():
+    cam = _cam(0, 0, dist=4.0, fov=60.0)
+    k = intrinsics(cam, 32)
+    assert k[0, 0].item() == pytest.approx(16 / math.tan(math.radians(30)))
+    assert k[0, 2].item() == k[1, 2].item() == 16.0
+    t = world_to_camera(cam)[0]
+    # the world origin is 4 in front of the camera; world up (+y) points down the image
+    torch.testing.assert_close(t[:3, 3], torch.tensor([0.0, 0.0, 4.0], dtype=F64))
+    uv, z = project(cam, torch.tensor([[[0.0, 0.5, 0.0]]], dtype=F64), 32)
+    assert uv[0, 0, 1] < 16 and uv[0, 0, 0].item() == pytest.approx(16.0) and z.item() == 4.0
+
+
+def test_a_point_hidden_behind_a_box_is_not_visible():
+    sc = _scene(
+        dict(kind="box", center=(0, 0, 1.0), scale=(0.5, 0.5, 0.1)),
+        dict(kind="sphere", center=(0, 0, -1.0), scale=(0.5, 0.5, 0.5)),
+    )
+    cam = _cam(0, 0)  # looks along -z from +z: the box hides the sphere's centre front point
+    front_of_sphere = torch.tensor([[[0.0, 0.0, -0.5], [0.0, 0.45, -1.0 + 0.218]]], dtype=F64)
+    vis = visible(sc, cam, front_of_sphere)
+    assert not bool(vis[0, 0])
+    side = _cam(90, 0)  # from +x the sphere's front point (0, 0, -0.5) is on its silhouette
+    top = torch.tensor([[[0.5, 0.0, -1.0]]], dtype=F64)  # the sphere point facing +x
+    assert bool(visible(sc, side, top)[0, 0])
+    with pytest.raises(ValueError, match="points"):
+        visible(sc, cam, torch.zeros(2, 1, 3, dtype=F64))
+    with pytest.raises(ValueError, match="degenerate"):
+        cast(
+            sc,
+            Camera(torch.zeros(1, 3, 3, dtype=F64), torch.zeros(1, 3, dtype=F64)),
+            torch.zeros(1, 1, 2, dtype=F64),
+            size=8,
+        )
+    with pytest.raises(TypeError, match="pixels"):
+        cast(sc, cam, [[0.0, 0.0]], size=8)
+
+
+def _cube_mesh(h):
+    v = torch.tensor(
+        [[x, y, z] for x in (-h, h) for y in (-h, h) for z in (-h, h)], dtype=F64
+    )  # vertex index = 4 * (x > 0) + 2 * (y > 0) + (z > 0)
+    quads = [(0, 1, 3, 2), (4, 6, 7, 5), (0, 4, 5, 1), (2, 3, 7, 6), (0, 2, 6, 4), (1, 5, 7, 3)]
+    f = [[a, b, c] for a, b, c, _ in quads] + [[a, c, d] for a, _, c, d in quads]
+    return Mesh(v, torch.tensor(f))
+
+
+def test_a_cube_mesh_renders_the_depth_of_the_box_primitive():
+    mesh = _cube_mesh(0.6)
+    sc = _scene(dict(kind="box", center=(0, 0, 0), scale=(0.6, 0.6, 0.6)))
+    for yaw, pitch, roll in ((0, 0, 0), (33, 21, 10), (-120, -35, 0)):
+        cam = _cam(yaw, pitch, roll)
+        a, b = render_mesh(mesh, cam, size=24), render(sc, cam, size=24)
+        both = (a["mask"] > 0) & (b["mask"] > 0)
+        assert both.sum() > 40
+        assert (a["mask"] != b["mask"]).sum() <= 2  # rays grazing an edge at most
+        assert (a["depth"] - b["depth"])[both].abs().max() < 1e-9
+        assert (a["normals"] - b["normals"]).norm(dim=1, keepdim=True)[both].max() < 1e-9
+    front = render_mesh(mesh, _cam(0, 0), size=24)["depth"]
+    face = front[front > 0]
+    torch.testing.assert_close(face, torch.full_like(face, 3.4), atol=1e-12, rtol=0)
+
+
+def test_meshes_read_from_ply_and_pyvista_examples(tmp_path):
+    p = tmp_path / "tri.ply"
+    p.write_text(
+        "ply\nformat ascii 1.0\nelement vertex 4\nproperty float x\nproperty float y\n"
+        "property float z\nelement face 1\nproperty list uchar int vertex_indices\nend_header\n"
+        "-1 -1 0\n1 -1 0\n1 1 0\n-1 1 0\n4 0 1 2 3\n"
+    )
+    square = read_ply(p, dtype=F64)
+    assert square.faces.tolist() == [[0, 1, 2], [0, 2, 3]]
+    out = render_mesh(square, _cam(0, 0, dist=2.5), size=16)
+    assert bool((out["mask"] > 0).all())  # the 2 x 2 square fills a 40-degree view at 2.5
+    torch.testing.assert_close(out["depth"], torch.full_like(out["depth"], 2.5), atol=1e-6, rtol=0)
+    pytest.importorskip("pyvista")
+    sphere = pyvista_mesh("sphere", dtype=F64)
+    assert sphere.vertices.norm(dim=-1).max().item() == pytest.approx(1.0)
+    d = render_mesh(sphere, _cam(10, 20), size=17)["depth"][0, 0, 8, 8].item()
+    assert 3.0 <= d < 3.05  # a faceted unit sphere seen from 4: just behind its front point
+    with pytest.raises(ValueError, match="name"):
+        pyvista_mesh("teapot")
+    with pytest.raises(ValueError, match="empty mesh"):
+        Mesh(torch.zeros(3, 3), torch.tensor([[0, 1, 2]]))
+    with pytest.raises(ValueError, match="faces"):
+        Mesh(torch.rand(3, 3), torch.tensor([[0, 1, 5]]))
+    with pytest.raises(TypeError, match="mesh"):
+        render_mesh("sphere", _cam(0, 0))

@@ -15,6 +15,7 @@ def test_vision_registry_has_the_issue_methods():
         "sepc",
         "viat",
         "preludenet",
+        "minima",
         "invariant_select",
         "cikd",
         "person_search",

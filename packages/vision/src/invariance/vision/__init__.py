@@ -7,7 +7,9 @@
 * :mod:`~invariance.vision.sepc`: Scale-Equalizing Pyramid Convolution (Wang et al. 2020):
   :class:`PyramidConv`, :class:`SEPC`, a torchvision RetinaNet head;
 * :mod:`~invariance.vision.render`: a differentiable ray caster for primitive scenes
-  (:class:`Scene`, :func:`look_at`, :func:`render_scene`) and the Prim3D-10 objects;
+  (:class:`Scene`, :func:`look_at`, :func:`render_scene`) and the Prim3D-10 objects, exact
+  two-view geometry (:func:`cast`, :func:`project`, :func:`visible`) and triangle meshes
+  (:func:`read_ply`, :func:`pyvista_mesh`, :func:`render_mesh`);
 * :mod:`~invariance.vision.viat`: VIAT (Ruan et al. 2023): GMVFool (:func:`gmvfool`) and
   viewpoint-adversarial training;
 * :mod:`~invariance.vision.modalities`: pixel-aligned infrared/depth/normal/event/sketch/paint
@@ -27,11 +29,14 @@
 * :mod:`~invariance.vision.sie`: SIE (Garrido, Najman, LeCun 2023): :class:`SIE`,
   :class:`LinearHyperPredictor`, :func:`sie_loss`, the VICReg baseline;
 * :mod:`~invariance.vision.lisgan`: LisGAN (Li et al. 2019): feature WGAN-GP with soul samples,
-  :func:`soul_sample_loss`, :func:`soul_class_loss`, :func:`select_confident`.
+  :func:`soul_sample_loss`, :func:`soul_class_loss`, :func:`select_confident`;
+* :mod:`~invariance.vision.minima`: MINIMA (Ren et al. 2025): LoFTR (:class:`MinimaMatcher`)
+  trained on the rendered multimodal data engine (:func:`make_minima_pairs`), pose AUC
+  (:func:`estimate_relative_pose`, :func:`pose_auc`) and matching precision.
 
 Importing this package registers its methods (``galaxy``, ``galaxy_mean``, ``bss``, ``sepc``,
 ``viat``, ``preludenet``, ``invariant_select``, ``cikd``, ``person_search``, ``invdiff``,
-``sie``, ``lisgan``) and the benches with :mod:`invariance.core.registry`.
+``sie``, ``lisgan``, ``minima``) and the benches with :mod:`invariance.core.registry`.
 """
 
 # `recipes` registers the methods, `bench` the benches (both import the method modules)
@@ -43,6 +48,7 @@ from invariance.vision import (
     icl_select,
     invdiff,
     lisgan,
+    minima,
     modalities,
     person_search,
     prelude,
@@ -73,6 +79,8 @@ from invariance.vision.data.digit_styles import make_digit_styles
 from invariance.vision.data.digits_mtl import make_digits_mtl
 from invariance.vision.data.galaxies import make_galaxies, simulate_votes
 from invariance.vision.data.lightbox import make_lightbox
+from invariance.vision.data.minima_pairs import MODALITIES as MINIMA_MODALITIES
+from invariance.vision.data.minima_pairs import grid_correspondences, make_minima_pairs
 from invariance.vision.data.multidomain_digits import make_multidomain_digits
 from invariance.vision.data.prim3d import PRIM3D_CLASSES, make_prim3d
 from invariance.vision.data.rot_digits import make_rot_digits
@@ -107,6 +115,16 @@ from invariance.vision.lisgan import (
     soul_sample_loss,
     soul_samples,
 )
+from invariance.vision.minima import (
+    MinimaMatcher,
+    coarse_supervision,
+    estimate_relative_pose,
+    loftr_config,
+    loftr_loss,
+    pose_auc,
+    relative_pose_error,
+    symmetric_epipolar_distance,
+)
 from invariance.vision.nn.diffusion import (
     CrossAttnClassUNet,
     class_unet,
@@ -132,12 +150,26 @@ from invariance.vision.recipes.galaxy import GalaxyConfig, GalaxyMeanConfig
 from invariance.vision.recipes.icl_select import ICLSelectConfig
 from invariance.vision.recipes.invdiff import InvDiffConfig
 from invariance.vision.recipes.lisgan import LisGANConfig
+from invariance.vision.recipes.minima import MinimaConfig
 from invariance.vision.recipes.person_search import PersonSearchConfig
 from invariance.vision.recipes.preludenet import PreludeNetConfig
 from invariance.vision.recipes.sepc import SEPCConfig
 from invariance.vision.recipes.sie import SIEConfig
 from invariance.vision.recipes.viat import VIATConfig, ViewClassifier
-from invariance.vision.render import Camera, Scene, look_at
+from invariance.vision.render import (
+    Camera,
+    Mesh,
+    Scene,
+    cast,
+    intrinsics,
+    look_at,
+    project,
+    pyvista_mesh,
+    read_ply,
+    render_mesh,
+    visible,
+    world_to_camera,
+)
 from invariance.vision.render import render as render_scene
 from invariance.vision.sepc import (
     SEPC,
@@ -281,4 +313,26 @@ __all__ = [
     "make_synth_zsl",
     "LisGANConfig",
     "lisgan",
+    "minima",
+    "MINIMA_MODALITIES",
+    "grid_correspondences",
+    "make_minima_pairs",
+    "MinimaMatcher",
+    "coarse_supervision",
+    "estimate_relative_pose",
+    "loftr_config",
+    "loftr_loss",
+    "pose_auc",
+    "relative_pose_error",
+    "symmetric_epipolar_distance",
+    "MinimaConfig",
+    "Mesh",
+    "cast",
+    "intrinsics",
+    "project",
+    "read_ply",
+    "render_mesh",
+    "pyvista_mesh",
+    "visible",
+    "world_to_camera",
 ]
