@@ -13,7 +13,12 @@ def test_geometry_cli_list(capsys):
 
 
 def test_geometry_benches_registered():
-    assert {n for _, n in list_benches("geometry")} >= {"knn", "fa_overhead", "registration"}
+    assert {n for _, n in list_benches("geometry")} >= {
+        "knn",
+        "fa_overhead",
+        "registration",
+        "pare_hypotheses",
+    }
 
 
 def test_geometry_bench_knn_runs(capsys):

@@ -12,6 +12,7 @@ identity; the recording script is in the JSON's ``script`` field."""
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from invariance.core import groups as G
@@ -142,6 +143,28 @@ def test_hypotheses_are_equivariant_and_find_the_pose():
         src @ R1.T, ref_noisy, f_src, f_ref, src @ R1.T, ref_noisy, refine_steps=0
     )
     assert not torch.allclose(stale.R, res.R @ R1.T, atol=1e-3)
+
+
+def test_hypothesis_budget_scores_only_the_first_correspondences():
+    g = torch.Generator().manual_seed(1)
+    src = torch.randn(30, 3, generator=g, dtype=torch.float64)
+    R, t = _rot(5), torch.tensor([0.3, -0.1, 0.2], dtype=torch.float64)
+    ref = src @ R.T + t
+    ref[:10] = torch.randn(10, 3, generator=g, dtype=torch.float64)  # the first 10 are wrong
+    f_src = torch.randn(30, 4, 3, generator=g, dtype=torch.float64)
+    f_ref = f_src @ R.T
+    f_ref[:10] = torch.randn(10, 4, 3, generator=g, dtype=torch.float64)
+    bad = feature_hypotheses(src, ref, f_src, f_ref, src, ref, max_hypotheses=10, refine_steps=0)
+    good = feature_hypotheses(src, ref, f_src, f_ref, src, ref, max_hypotheses=11)
+    assert bad.num_hypotheses == 10 and good.num_hypotheses == 11 and good.best == 10
+    assert not torch.allclose(bad.R, R, atol=1e-3)  # control: only outlier hypotheses
+    assert torch.allclose(good.R, R, atol=1e-9) and torch.allclose(good.t, t, atol=1e-9)
+    assert (
+        feature_hypotheses(src, ref, f_src, f_ref, src, ref, max_hypotheses=99).num_hypotheses == 30
+    )
+    for bad_h, err in ((0, ValueError), (2.5, TypeError), (True, TypeError)):
+        with pytest.raises(err, match="max_hypotheses"):
+            feature_hypotheses(src, ref, f_src, f_ref, src, ref, max_hypotheses=bad_h)
 
 
 def test_bad_inputs():

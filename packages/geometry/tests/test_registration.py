@@ -219,6 +219,26 @@ def test_optimal_transport_marginals_dustbin_and_permutation_equivariance():
 
 
 @with_package("ot")
+def test_optimal_transport_masks_leave_padded_slots_out():
+    g = torch.Generator().manual_seed(3)
+    s = torch.randn(2, 5, 6, generator=g, dtype=torch.float64)
+    rm = torch.tensor([[True, True, False, True, False], [True] * 5])
+    cm = torch.tensor([[True, False, True, True, True, False], [True] * 5 + [False]])
+    Z = log_optimal_transport(s, 0.5, 30, row_mask=rm, col_mask=cm)
+    for b in range(2):  # = the transport of the valid sub-matrix alone (dustbins kept)
+        r = torch.cat([rm[b].nonzero().flatten(), torch.tensor([5])])
+        c = torch.cat([cm[b].nonzero().flatten(), torch.tensor([6])])
+        sub = log_optimal_transport(s[b][rm[b]][:, cm[b]], 0.5, 30)
+        assert torch.allclose(Z[b][r][:, c], sub, atol=1e-10)
+        assert (Z[b][:-1][~rm[b]] < -1e5).all() and (Z[b][:, :-1][:, ~cm[b]] < -1e5).all()
+    # negative control: without masks the padded slots take mass
+    assert not torch.allclose(log_optimal_transport(s, 0.5, 30)[0][:2, :1], Z[0][:2, :1])
+    with pytest.raises(TypeError, match="row_mask"):
+        log_optimal_transport(s, 0.5, 3, row_mask=rm.float())
+    with pytest.raises(ValueError, match="col_mask"):
+        log_optimal_transport(s, 0.5, 3, col_mask=cm[:, :3])
+
+
 def test_optimal_transport_matches_pot_sinkhorn_log():
     """Parity with POT's ``ot.bregman.sinkhorn_log`` (POT, the field's OT library, run live) on
     the dustbin-augmented problem: cost = -scores, reg = 1, marginals 1/(m+n) for real rows and

@@ -79,3 +79,21 @@ def test_recipe_checks_pass_and_have_a_negative_control(name):
     results = recipe.check(recipe.build(cfg), cfg)
     assert results and all(r.passed for r in results), [(r.name, r.error) for r in results]
     assert any(r.negative_control for r in results)
+
+
+def test_controlled_hypothesis_sweep_recovers_clean_pairs_and_fails_on_random_ones():
+    from invariance.geometry.recipes.pare_net import controlled_sweep
+
+    torch.manual_seed(0)
+    net = build_pare(PARENetConfig(channels=(4, 8, 8), out_channels=8, k=8)).eval()
+    pairs = [make_pair(s, n_points=160, split="full", rotation="so3") for s in (1, 2)]
+    kw = dict(n_corr=32, proposer=(1, 32), ransac_iters=(50,))
+    clean = controlled_sweep(net, pairs, inlier_ratio=1.0, **kw)
+    junk = controlled_sweep(net, pairs, inlier_ratio=0.0, **kw)  # negative control
+    assert {(r["solver"], r["hypotheses"]) for r in clean} == {
+        ("PARE proposer", 1), ("PARE proposer", 32), ("RANSAC", 50)
+    }  # fmt: skip
+    rec = {(r["solver"], r["hypotheses"]): r["recall"] for r in clean}
+    assert rec[("RANSAC", 50)] == 1.0 and rec[("PARE proposer", 32)] == 1.0
+    assert all(r["recall"] == 0.0 for r in junk)
+    assert all(r["s_per_pair"] >= 0 for r in clean + junk)

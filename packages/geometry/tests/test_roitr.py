@@ -1,6 +1,20 @@
 """RoITr-lite: SE(3)-invariant descriptors (float64), unchanged correspondences and an equivariant
 pose when the clouds move, every parameter trained by the loss; the same network on raw
-coordinates is the negative control."""
+coordinates is the negative control; golden values of the official pure-torch pieces.
+
+Golden provenance: ``golden_roitr_official.json`` was recorded by running the official RoITr
+functions (github.com/haoyu94/RoITr @ 393539d, MIT) on CPU in float64 (scratch venv, torch
+2.14.1): ``lib/utils.py`` ``calc_ppf_gpu`` and ``point_to_node_partition``,
+``model/transformer/positional_encoding.py`` ``GeometricStructureEmbedding``,
+``model/modules.py`` ``LearnableLogOptimalTransport`` and ``lib/loss.py`` ``weighted_circle_loss``
+(with the ``CoarseMatchingLoss`` masks), with the CUDA ``pointops`` extension and open3d stubbed
+(none of these functions uses them) and ``Tensor.cuda`` patched to the identity; the script is
+the JSON's ``script`` field. The official embedding frequencies and the transport marginals are
+computed in float32 (``.float()``), hence the 1e-7 tolerance there; PPF, circle loss and the
+partition agree to float64 precision."""
+
+import json
+from pathlib import Path
 
 import torch
 
@@ -12,7 +26,46 @@ from invariance.core.testing import (
     assert_rejects_bad_inputs,
 )
 from invariance.geometry.registration import make_pair
+from invariance.geometry.registration.matching import circle_loss, point_to_node
+from invariance.geometry.registration.solvers import log_optimal_transport
+from invariance.geometry.registration.transformer import GeometricStructureEmbedding
 from invariance.geometry.roitr import RoITr, orient_normals, ppf
+
+GOLDEN = json.loads((Path(__file__).parent / "golden_roitr_official.json").read_text())
+
+
+def _t(x):
+    return torch.tensor(x, dtype=torch.float64)
+
+
+def test_golden_official_ppf_structure_embedding_transport_circle_loss_partition():
+    g = GOLDEN["ppf"]
+    pp, pn = _t(g["patches"]), _t(g["patch_normals"])
+    p, n = _t(g["points"])[:, None].expand_as(pp), _t(g["normals"])[:, None].expand_as(pn)
+    assert torch.allclose(ppf(p, pp, n, pn), _t(g["out"]), atol=1e-12)
+    g = GOLDEN["gse"]
+    gse = GeometricStructureEmbedding(8, sigma_d=0.2, sigma_a=15.0, angle_k=3).double()
+    gse.load_state_dict({k: _t(v) for k, v in g["state"].items()})
+    with torch.no_grad():
+        assert torch.allclose(gse(_t(g["points"])), _t(g["out"]), atol=1e-7)
+    g = GOLDEN["ot"]
+    z = log_optimal_transport(_t(g["scores"]), g["alpha"], g["iters"])
+    assert torch.allclose(z, _t(g["out"]), atol=1e-7)
+    rm, cm = torch.tensor(g["row_masks"]), torch.tensor(g["col_masks"])
+    zm = log_optimal_transport(_t(g["scores"]), g["alpha"], g["iters"], row_mask=rm, col_mask=cm)
+    valid = (
+        torch.cat([rm, torch.ones(2, 1, dtype=torch.bool)], 1)[:, :, None]
+        & torch.cat([cm, torch.ones(2, 1, dtype=torch.bool)], 1)[:, None, :]
+    )
+    assert torch.allclose(zm[valid], _t(g["out_masked"])[valid], atol=1e-7)
+    g = GOLDEN["circle"]
+    loss = circle_loss(_t(g["fx"]), _t(g["fy"]), _t(g["overlap"]))
+    assert abs(float(loss) - g["out"]) < 1e-12
+    g = GOLDEN["p2n"]
+    idx, mask = point_to_node(_t(g["points"]), _t(g["nodes"]), g["k"])
+    ref_mask = torch.tensor(g["mask"])
+    assert torch.equal(mask, ref_mask)
+    assert torch.equal(idx[mask], torch.tensor(g["idx"])[ref_mask])
 
 
 def _net(**kw):

@@ -59,6 +59,7 @@ from invariance.geometry.nn.vector_neurons import (
     unit_channels,
 )
 from invariance.geometry.ops import farthest_point_sample, knn
+from invariance.geometry.registration._cache import cached_indices
 from invariance.geometry.registration.matching import (
     check_gt,
     circle_loss,
@@ -137,6 +138,7 @@ def feature_hypotheses(
     radius: float = 0.1,
     refine_steps: int = 5,
     voter_weights: Tensor | None = None,
+    max_hypotheses: int | None = None,
 ) -> HypothesisResult:
     """PARE-Net's proposer: one hypothesis per correspondence from its equivariant features.
 
@@ -148,6 +150,8 @@ def feature_hypotheses(
         radius: acceptance radius (default: ``0.1``).
         refine_steps: weighted-Procrustes refinements of the best hypothesis on its inliers.
         voter_weights: ``(V,)`` weights of the voters in the refinement (default: uniform).
+        max_hypotheses: score only the first ``max_hypotheses`` correspondences (pass them
+            sorted by confidence; default: all ``P``).
     """
     for name, x in (
         ("src", src),
@@ -167,6 +171,15 @@ def feature_hypotheses(
         raise ValueError(f"radius must be a positive finite number, got {radius!r}")
     if not isinstance(refine_steps, int) or refine_steps < 0:
         raise ValueError(f"refine_steps must be an int >= 0, got {refine_steps!r}")
+    check_vn(f_src, "f_src")
+    check_vn(f_ref, "f_ref")
+    if max_hypotheses is not None:
+        if isinstance(max_hypotheses, bool) or not isinstance(max_hypotheses, int):
+            raise TypeError(f"max_hypotheses must be an int, got {max_hypotheses!r}")
+        if max_hypotheses < 1:
+            raise ValueError(f"max_hypotheses must be >= 1, got {max_hypotheses}")
+        h = min(max_hypotheses, src.shape[0])
+        src, ref, f_src, f_ref = src[:h], ref[:h], f_src[:h], f_ref[:h]
     R, valid = solve_local_rotations(f_src, f_ref)
     t = ref - (src.unsqueeze(-2) @ R.transpose(-1, -2)).squeeze(-2)
     pred = torch.einsum("vj,pij->pvi", voters_src, R) + t[:, None, :]
@@ -275,7 +288,9 @@ class PARENet(nn.Module):
             )
         if not torch.isfinite(pos).all():
             raise ValueError(f"{name} contains NaN or Inf values")
-        P = _pyramid(pos, self.k, self.ratio)
+        P = cached_indices(
+            pos, ("pare", self.k, self.ratio), lambda: _pyramid(pos, self.k, self.ratio)
+        )
         e = self.enc
         f0 = e[1](P["p0"], P["p0"], P["nb0"], e[0](P["p0"], P["p0"], P["nb0"]))
         f1 = e[2](P["p0"], P["p1"], P["sub1"], f0)

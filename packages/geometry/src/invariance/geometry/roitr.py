@@ -22,8 +22,9 @@ Mechanism:
   GeometricTransformer` with the *position state*, the self-excluded attention over the geometric
   structure embedding that the cross attention uses for cross-frame spatial awareness).
 * **Matching.** Dual-normalised superpoint scores, the top pairs, point-to-node patches, scores
-  ``<F_i, F_j>/sqrt(d)`` solved by log-domain optimal transport with a learnable dustbin, mutual
-  top-3 extraction with confidence > 0.05, RANSAC on the correspondences.
+  ``<F_i, F_j>/sqrt(d)`` solved by log-domain optimal transport with a learnable dustbin (padded
+  patch slots masked out of the transport, as in the official code), mutual top-3 extraction with
+  confidence > 0.05, RANSAC on the correspondences.
 * **Losses.** The overlap-weighted circle loss on superpoints and the negative log-likelihood of
   the transport plan at ground-truth matches (and the dustbins for unmatched points).
 
@@ -32,6 +33,15 @@ the origin, which is invariant to rotations about the origin only): :func:`orien
 each normal away from the cloud's centroid. Tested properties: descriptors SE(3)-invariant
 (float64), correspondences unchanged and the pose equivariant when the clouds move; the same
 network on raw coordinates (no PPF) is the negative control.
+
+Golden values: the official network needs the CUDA ``pointops`` extension (kNN, FPS, grouping),
+which does not build or run on this CPU-only machine, so the official model cannot be run end to
+end. Its pure-torch pieces do run with a small shim (``pointops`` and open3d stubbed,
+``Tensor.cuda`` the identity): ``calc_ppf_gpu``, ``GeometricStructureEmbedding``,
+``LearnableLogOptimalTransport`` (with and without masks), ``weighted_circle_loss`` and
+``point_to_node_partition`` were run at commit 393539d and ours equal them (PPF, circle loss and
+the partition to float64 precision; embedding and transport to 1e-7, where the official code
+computes frequencies and marginals in float32) -- ``tests/golden_roitr_official.json``.
 
 Deviations (lite, CPU): three levels instead of four, widths 32-64 instead of 64-256, one
 (self, cross) pair, FPS starting at the point farthest from the centroid (the official kernel
@@ -53,6 +63,7 @@ import torch
 from torch import Tensor, nn
 
 from invariance.geometry.ops import farthest_point_sample, knn, point_pair_features
+from invariance.geometry.registration._cache import cached_indices
 from invariance.geometry.registration.matching import (
     check_gt,
     circle_loss,
@@ -66,7 +77,7 @@ from invariance.geometry.registration.transformer import GeometricTransformer
 
 __all__ = ["PPFAttention", "RIBlock", "RoITr", "orient_normals", "ppf"]
 
-_SCALE = torch.tensor([1.0, 1 / math.pi, 1 / math.pi, 1 / math.pi])
+_SCALE = torch.tensor([1.0, 1 / math.pi, 1 / math.pi, 1 / math.pi], dtype=torch.float64)
 
 
 def ppf(pos_i: Tensor, pos_j: Tensor, n_i: Tensor, n_j: Tensor) -> Tensor:
@@ -189,6 +200,23 @@ class RoITr(nn.Module):
         rel = pos[idx] - pi  # the twin: raw offsets (3) + the neighbour's raw normal's z
         return torch.cat([rel, nrm[idx][..., 2:]], dim=-1)
 
+    def _neighbourhoods(self, pos: Tensor) -> tuple[Tensor, ...]:
+        """FPS levels and every kNN index the encoder and decoder use (computed once per
+        cloud: :func:`~invariance.geometry.registration._cache.cached_indices`)."""
+        n0 = pos.shape[0]
+        i1 = farthest_point_sample(pos, max(n0 // self.ratio, self.k[2] + 2))
+        p1 = pos[i1]
+        i2 = farthest_point_sample(p1, max(n0 // self.ratio**2, 4))
+        p2 = p1[i2]
+        k0, k1, k2 = self.k
+        nb0 = knn(pos, k0, exclude_self=True, method="brute")[0]
+        nb1 = knn(p1, min(k1, p1.shape[0] - 1), exclude_self=True, method="brute")[0]
+        nb2 = knn(p2, min(k2, p2.shape[0] - 1), exclude_self=True, method="brute")[0]
+        # transition down: the centres' k nearest finer points, the centre itself dropped
+        td1 = knn(pos, k1 + 1, p1, method="brute")[0][:, 1:]
+        td2 = knn(p1, min(k2 + 1, p1.shape[0]), p2, method="brute")[0][:, 1:]
+        return i1, i2, nb0, nb1, nb2, td1, td2
+
     def encode(
         self, pos: Tensor, normals: Tensor, *, names: tuple[str, str] = ("pos", "normals")
     ) -> dict[str, Tensor]:
@@ -208,17 +236,11 @@ class RoITr(nn.Module):
         if pos.shape != normals.shape:
             raise ValueError(f"{names[0]} and {names[1]} must have the same shape")
         n0 = pos.shape[0]
-        i1 = farthest_point_sample(pos, max(n0 // self.ratio, self.k[2] + 2))
+        i1, i2, nb0, nb1, nb2, td1, td2 = cached_indices(
+            pos, ("roitr", self.k, self.ratio), lambda: self._neighbourhoods(pos)
+        )
         p1, m1 = pos[i1], normals[i1]
-        i2 = farthest_point_sample(p1, max(n0 // self.ratio**2, 4))
         p2, m2 = p1[i2], m1[i2]
-        k0, k1, k2 = self.k
-        nb0 = knn(pos, k0, exclude_self=True, method="brute")[0]
-        nb1 = knn(p1, min(k1, p1.shape[0] - 1), exclude_self=True, method="brute")[0]
-        nb2 = knn(p2, min(k2, p2.shape[0] - 1), exclude_self=True, method="brute")[0]
-        # transition down: the centres' k nearest finer points, the centre itself dropped
-        td1 = knn(pos, k1 + 1, p1, method="brute")[0][:, 1:]
-        td2 = knn(p1, min(k2 + 1, p1.shape[0]), p2, method="brute")[0][:, 1:]
         f0p, f1p, f2p = (self._pairs(pos, normals, None, nb0), self._pairs(p1, m1, None, nb1),
                          self._pairs(p2, m2, None, nb2))  # fmt: skip
         t1, t2 = self._pairs(pos, normals, i1, td1), self._pairs(p1, m1, i2, td2)
@@ -248,8 +270,7 @@ class RoITr(nn.Module):
         Pa, Pb, Ma, Mb = ia[pi], ib[pj], ma[pi], mb[pj]
         fa, fb = a["fine"][Pa], b["fine"][Pb]
         s = torch.einsum("kpd,kqd->kpq", fa, fb) / math.sqrt(fa.shape[-1])
-        s = s.masked_fill(~(Ma[:, :, None] & Mb[:, None, :]), -1e4)  # padded slots: no mass
-        Z = log_optimal_transport(s, self.alpha, self.iters)
+        Z = log_optimal_transport(s, self.alpha, self.iters, row_mask=Ma, col_mask=Mb)
         return Z, Pa, Pb, Ma, Mb
 
     @torch.no_grad()

@@ -105,7 +105,10 @@ def circle_loss(
 ) -> Tensor:
     """Overlap-weighted circle loss on feature distances, over rows and columns (mean of both).
 
-    Anchors without any positive or negative are left out; returns 0 when none remains."""
+    Anchors without any positive or negative are left out; returns 0 when none remains. As in the
+    official GeoTransformer/RoITr loss, entries outside an anchor's positive (negative) set enter
+    its log-sum-exp with weight 0, i.e. as ``exp(0)`` terms (equal to RoITr's
+    ``weighted_circle_loss`` to 1e-15, tests/golden_roitr_official.json)."""
     d = torch.cdist(fx, fy)
     pos = overlap > pos_thr
     neg = overlap == 0
@@ -114,8 +117,6 @@ def circle_loss(
     nw = (neg_optimal - d).clamp_min(0).detach() * neg
     lp = log_scale * (d - pos_margin) * pw
     ln = log_scale * (neg_margin - d) * nw
-    lp = lp.masked_fill(~pos, float("-inf"))
-    ln = ln.masked_fill(~neg, float("-inf"))
     losses = []
     for dim in (1, 0):
         keep = pos.any(dim) & neg.any(dim)

@@ -12,7 +12,8 @@ Convention (as everywhere in the package): row vectors, ``q = p @ R.T + t``.
   a learnable dustbin row and column (SuperGlue's formulation, as used by GeoTransformer and
   RoITr for fine matching): real rows and columns have mass ``1/(m+n)``, the dustbin row
   ``n/(m+n)``, the dustbin column ``m/(m+n)``; the returned log-assignment is rescaled so that a
-  real row sums to 1.
+  real row sums to 1. Optional row/column masks leave padded slots out (``m``, ``n`` then count
+  the valid ones), as the official implementations do.
 """
 
 from __future__ import annotations
@@ -180,13 +181,23 @@ def ransac(
     return RansacResult(Rb, tb, inl, iterations, int(counts[best]))
 
 
-def log_optimal_transport(scores: Tensor, alpha: Tensor | float, iters: int = 100) -> Tensor:
+def log_optimal_transport(
+    scores: Tensor,
+    alpha: Tensor | float,
+    iters: int = 100,
+    *,
+    row_mask: Tensor | None = None,
+    col_mask: Tensor | None = None,
+) -> Tensor:
     """Log-domain Sinkhorn with a dustbin (see the module docstring).
 
     Args:
         scores: ``(B, M, N)`` or ``(M, N)`` matching scores.
         alpha: the dustbin score (a learnable scalar in RoITr/GeoTransformer, initialised to 1).
         iters: Sinkhorn iterations (default: ``100``).
+        row_mask, col_mask: ``(B, M)`` / ``(B, N)`` bool, ``False`` for padded rows/columns
+            (patches with fewer points than slots): as in GeoTransformer/RoITr they get no mass
+            (score and marginal ``-1e6``) and the masses use the valid counts only.
 
     Returns:
         ``(B, M + 1, N + 1)`` (or ``(M + 1, N + 1)``) log-assignment; ``exp`` of a real row sums
@@ -209,18 +220,41 @@ def log_optimal_transport(scores: Tensor, alpha: Tensor | float, iters: int = 10
     if alpha.numel() != 1 or not torch.isfinite(alpha).all():
         raise ValueError(f"alpha must be a finite scalar, got {alpha}")
     B, m, n = scores.shape
-    one = scores.new_tensor(1.0)
-    ms, ns = m * one, n * one
+    rm = _mask(row_mask, (B, m), squeeze, "row_mask", scores.device)
+    cm = _mask(col_mask, (B, n), squeeze, "col_mask", scores.device)
     bins0 = alpha.reshape(1, 1, 1).expand(B, m, 1)
     bins1 = alpha.reshape(1, 1, 1).expand(B, 1, n)
     corner = alpha.reshape(1, 1, 1).expand(B, 1, 1)
     Z = torch.cat([torch.cat([scores, bins0], 2), torch.cat([bins1, corner], 2)], 1)
-    norm = -(ms + ns).log()
-    log_mu = torch.cat([norm.expand(m), ns.log()[None] + norm]).expand(B, -1)
-    log_nu = torch.cat([norm.expand(n), ms.log()[None] + norm]).expand(B, -1)
+    ms = rm.sum(1).to(scores.dtype).clamp_min(1)  # (B,) valid rows
+    ns = cm.sum(1).to(scores.dtype).clamp_min(1)
+    norm = -(ms + ns).log()  # (B,)
+    log_mu = torch.cat([norm[:, None].expand(B, m), (ns.log() + norm)[:, None]], 1)
+    log_nu = torch.cat([norm[:, None].expand(B, n), (ms.log() + norm)[:, None]], 1)
+    if row_mask is not None or col_mask is not None:
+        pad_r = torch.cat([~rm, rm.new_zeros(B, 1)], 1)  # the dustbins are never padded
+        pad_c = torch.cat([~cm, cm.new_zeros(B, 1)], 1)
+        Z = Z.masked_fill(pad_r[:, :, None] | pad_c[:, None, :], _NINF)
+        log_mu = log_mu.masked_fill(pad_r, _NINF)
+        log_nu = log_nu.masked_fill(pad_c, _NINF)
     u, v = torch.zeros_like(log_mu), torch.zeros_like(log_nu)
     for _ in range(iters):
         u = log_mu - torch.logsumexp(Z + v.unsqueeze(1), dim=2)
         v = log_nu - torch.logsumexp(Z + u.unsqueeze(2), dim=1)
-    out = Z + u.unsqueeze(2) + v.unsqueeze(1) - norm
+    out = Z + u.unsqueeze(2) + v.unsqueeze(1) - norm[:, None, None]
     return out.squeeze(0) if squeeze else out
+
+
+_NINF = -1e6  # the "no mass" log-score of padded slots (GeoTransformer's finite -inf)
+
+
+def _mask(mask: Tensor | None, shape: tuple[int, int], squeeze: bool, name: str, device) -> Tensor:
+    if mask is None:
+        return torch.ones(shape, dtype=torch.bool, device=device)
+    if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+        raise TypeError(f"{name} must be a bool tensor")
+    if squeeze and mask.dim() == 1:
+        mask = mask.unsqueeze(0)
+    if tuple(mask.shape) != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {tuple(mask.shape)}")
+    return mask
