@@ -127,6 +127,27 @@ def test_spatial_partition_matches_official_graph():
     assert torch.allclose(A.sum(0).sum(0), torch.ones(N_JOINTS), atol=1e-6)
 
 
+def test_skeleton_sides_and_walking_direction_follow_the_official_numbering():
+    """UniMTS's joint figure: 1-4 left leg, 5-8 right leg, 14-17 left arm, 18-21 right arm (its
+    loader puts a right-arm device on 21); walking moves the root towards the body's front."""
+    from invariance.sequence.motion import JOINT_NAMES
+
+    assert JOINT_NAMES[21] == "r_wrist" and JOINT_NAMES[17] == "l_wrist"
+    assert JOINT_NAMES[1] == "l_hip" and JOINT_NAMES[6] == "r_knee"
+    pos, rot = activity_motion("walk", seconds=2.0, generator=torch.Generator().manual_seed(3))
+    R0 = rot[:, 0]  # pelvis frame: the body faces its -y axis, +x is its left
+    front = (R0 @ torch.tensor([0.0, -1.0, 0.0], dtype=torch.float64))[0]
+    left = (R0 @ torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64))[0]
+    step = pos[-1, 0] - pos[0, 0]
+    assert step[:2] @ front[:2] > 0.8 * step[:2].norm()
+    for j in (1, 17):  # left hip, left wrist
+        assert (pos[0, j] - pos[0, 0]) @ left > 0.05
+    for j in (5, 21):
+        assert (pos[0, j] - pos[0, 0]) @ left < -0.05
+    toe = pos[0, 4] - pos[0, 3]  # the left foot points to the front
+    assert toe @ front > 0.02
+
+
 def test_motion_dataset_shapes_and_classes_differ():
     d = make_motion_dataset(3, seed=0)
     assert d["x"].shape == (3 * len(ACTIVITIES), 64, N_JOINTS, 3)

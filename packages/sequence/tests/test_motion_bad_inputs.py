@@ -1,6 +1,8 @@
 """Bad-input harness over the UniMTS / motion entry points (NaN IMU, wrong joint counts, unknown
 joint ids, bad hyper-parameters): ValueError/TypeError naming the argument."""
 
+import importlib.util
+
 import pytest
 import torch
 
@@ -13,7 +15,17 @@ from invariance.sequence.motion import (
     rotate_joints,
     synthesize_imu,
 )
-from invariance.sequence.unimts import JointCNN, UniMTS, unimts_loss
+from invariance.sequence.motion.basic_motions import (
+    few_shot_indices,
+    load_basic_motions_imu,
+)
+from invariance.sequence.unimts import (
+    FewShotClassifier,
+    JointCNN,
+    UniMTS,
+    fine_tune,
+    unimts_loss,
+)
 
 
 def motion_cases():
@@ -37,7 +49,40 @@ def motion_cases():
         ("UniMTS.forward", model, {"x": x, "text_emb": torch.randn(2, 384, generator=g)}, ()),
         ("JointCNN()", JointCNN, {"in_channels": 3, "joint": 21, "width": 8}, ()),
         ("unimts_loss", unimts_loss, {"logits_per_imu": torch.randn(3, 3), "temperature": 0.1}, ()),
-    ]
+        ("few_shot_indices", few_shot_indices, {"y": torch.tensor([0, 0, 1, 1]), "k": 1}, ()),
+        (
+            "FewShotClassifier()",
+            FewShotClassifier,
+            {"encoder": JointCNN(3, width=4), "n_classes": 2, "seed": 0},
+            (),
+        ),  # fmt: skip
+        (
+            "fine_tune",
+            fine_tune,
+            {
+                "model": FewShotClassifier(JointCNN(3, width=4), 2),
+                "x": torch.randn(4, 16, 22, 3, generator=g),
+                "y": torch.tensor([0, 1, 0, 1]),
+                "epochs": 1,
+                "lr": 1e-3,
+                "batch_size": 4,
+                "seed": 0,
+                "crop": 8,
+            },
+            (),
+        ),
+    ] + _aeon_cases()
+
+
+def _aeon_cases():
+    if importlib.util.find_spec("aeon") is None:
+        return []
+    kw = {"split": "test", "joint": 21, "gyro": False, "rate": 20, "frames": 200}
+    return [("load_basic_motions_imu", load_basic_motions_imu, kw, ())]
+
+
+#: the same cases for the package summary (collected by test_sequence_bad_inputs.py)
+ENTRY_POINTS = {n: (fn, kw, {"accept": acc}) for n, fn, kw, acc in motion_cases()}
 
 
 @pytest.mark.parametrize("case", motion_cases(), ids=lambda c: c[0])

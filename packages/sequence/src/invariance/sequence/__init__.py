@@ -53,9 +53,11 @@ from invariance.sequence.s4 import ZeroReferenced
 from invariance.sequence.speech_units import MFCCUnits, SpeechUnits, UnitEncoder, ctc_unit_loss
 from invariance.sequence.text.tables import Table
 from invariance.sequence.unimts import (
+    FewShotClassifier,
     JointCNN,
     MiniLMEmbedder,
     UniMTS,
+    fine_tune,
     unimts_loss,
     zero_shot_logits,
 )
@@ -128,4 +130,6 @@ __all__ = [
     "ObservatoryRecipe",
     "CITConfig",
     "CITRecipe",
+    "FewShotClassifier",
+    "fine_tune",
 ]

@@ -23,19 +23,29 @@ Mechanism:
   diagonal (IMU -> text direction only; the temperature divides on top of the learned scale).
 * Zero-shot recognition: the class whose label description embeds closest (cosine) to the IMU
   feature.
+* Fine-tuning (official ``finetune.py``, ``--mode full``): a linear head on the pooled encoder
+  features (:class:`FewShotClassifier`), every parameter trained with Adam and cross-entropy on k
+  recordings per class, the lowest-training-loss state kept (:func:`fine_tune`). Real data:
+  BasicMotions (:mod:`invariance.sequence.motion.basic_motions`), prepared as the official
+  ``load_custom_data`` prepares a custom set (device on one joint, Fourier resampling to 20 Hz).
 
 Tested properties (``tests/test_unimts.py``, ``tests/test_motion.py``): our ST-GCN equals the
 official ``ST_GCN_18`` on a copied state_dict (golden values recorded by running the official
 ``model.py``); graph partition sums; IMU physics (static sensor, constant yaw rate, pure
 translation); the rotation augmentation is uniform on SO(3) and preserves per-joint norms and
 acc.gyro dot products; training with the rotation augmentation keeps zero-shot accuracy under
-random sensor orientation, without it it drops (negative control).
+random sensor orientation, without it it drops (negative control); BasicMotions is resampled
+with the official call (``scipy.signal.resample``); fine-tuning learns (``tests/
+test_unimts_basic_motions.py``).
 
 Deviations: procedural motion of 8 activities instead of HumanML3D; IMUs simulated by finite
 differences of analytic trajectories instead of IMUSim's splined body model; 3.2 s clips at 20 Hz
 instead of 10 s; a smaller ST-GCN by default (the full ST-GCN-18 widths are available); frozen
 MiniLM sentence embeddings + a trainable linear projection instead of fine-tuning CLIP's text
-tower; template descriptions (train / held-out phrasings) instead of LLM paraphrases.
+tower; template descriptions (train / held-out phrasings) instead of LLM paraphrases. Few-shot
+fine-tuning: lr 1e-3 instead of the official 1e-4 (small encoders pre-trained briefly) and, by
+default, random 64-frame (3.2 s, the pre-training length) training windows of the 10 s recordings
+instead of whole recordings (CPU budget; ``crop=0`` is the official whole-recording schedule).
 """
 
 from __future__ import annotations
@@ -59,6 +69,8 @@ __all__ = [
     "unimts_loss",
     "zero_shot_logits",
     "minilm_available",
+    "FewShotClassifier",
+    "fine_tune",
 ]
 
 _EMB_CACHE: dict[str, Tensor] = {}
@@ -164,6 +176,11 @@ class UniMTS(nn.Module):
             self.text_proj = nn.Linear(text_dim, self.imu.out_dim)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
 
+    def features(self, x: Tensor) -> Tensor:
+        """Pooled ST-GCN features ``(B, out_dim)`` (not normalised; the fine-tuning head reads
+        these, as the official ``classifier``)."""
+        return self.imu(x)
+
     def encode_imu(self, x: Tensor) -> Tensor:
         return nn.functional.normalize(self.imu(x), dim=-1)
 
@@ -211,12 +228,15 @@ class JointCNN(nn.Module):
             self.text_proj = nn.Linear(text_dim, 2 * width)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
 
-    def encode_imu(self, x: Tensor) -> Tensor:
+    def features(self, x: Tensor) -> Tensor:
+        """Time-pooled CNN features ``(B, 2 width)`` of joint ``joint`` (not normalised)."""
         check_tensor("x", x, ndim=4, floating=True)
         if x.shape[2] != N_JOINTS or x.shape[3] != self.in_channels:
             raise ValueError(f"x must be (B, T, {N_JOINTS}, {self.in_channels})")
-        h = self.net(x[:, :, self.joint].transpose(1, 2))
-        return nn.functional.normalize(h.mean(-1), dim=-1)
+        return self.net(x[:, :, self.joint].transpose(1, 2)).mean(-1)
+
+    def encode_imu(self, x: Tensor) -> Tensor:
+        return nn.functional.normalize(self.features(x), dim=-1)
 
     def encode_text(self, emb: Tensor) -> Tensor:
         check_tensor("emb", emb, ndim=2, floating=True)
@@ -250,3 +270,76 @@ def zero_shot_logits(model: nn.Module, x: Tensor, class_emb: Tensor) -> Tensor:
     c, p, d = class_emb.shape
     t = model.encode_text(class_emb.reshape(c * p, d)).reshape(c, p, -1).mean(1)
     return model.encode_imu(x) @ nn.functional.normalize(t, dim=-1).T
+
+
+class FewShotClassifier(nn.Module):
+    """An IMU encoder (:class:`UniMTS` or :class:`JointCNN`, pretrained or fresh) with a linear
+    head on its pooled, un-normalised features: the official fine-tuning ``classifier``
+    (``fc(model.acc(x))``); the text side is not used."""
+
+    def __init__(self, encoder: nn.Module, n_classes: int, *, seed: int = 0) -> None:
+        super().__init__()
+        if not isinstance(encoder, (UniMTS, JointCNN)):
+            raise TypeError(f"encoder must be a UniMTS or JointCNN, got {type(encoder).__name__}")
+        check_int("n_classes", n_classes, 2)
+        check_int("seed", seed, 0)
+        self.encoder = encoder
+        dim = encoder.imu.out_dim if isinstance(encoder, UniMTS) else encoder.text_proj.out_features
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            self.fc = nn.Linear(dim, n_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.encoder.features(x))
+
+
+def fine_tune(
+    model: FewShotClassifier,
+    x: Tensor,
+    y: Tensor,
+    *,
+    epochs: int = 200,
+    lr: float = 1e-3,
+    batch_size: int = 64,
+    seed: int = 0,
+    crop: int = 0,
+) -> FewShotClassifier:
+    """Fine-tune every parameter of ``model`` (the official ``--mode full``) with Adam and
+    cross-entropy on ``x`` ``(N, T, 22, C)`` / ``y`` ``(N,)`` for ``epochs`` epochs of shuffled
+    mini-batches; like the official ``finetune.py``, the state after the epoch with the lowest
+    summed training loss is kept. ``crop > 0``: every sample of a batch is a random window of
+    ``crop`` frames (0: whole recordings, as the official). Returns ``model`` in eval mode."""
+    if not isinstance(model, FewShotClassifier):
+        raise TypeError(f"model must be a FewShotClassifier, got {type(model).__name__}")
+    check_tensor("x", x, ndim=4, floating=True)
+    check_tensor("y", y, ndim=1, integer=True)
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"x and y must have the same length, got {x.shape[0]} and {y.shape[0]}")
+    check_int("epochs", epochs, 1)
+    check_float("lr", lr, 0.0, lo_open=True)
+    check_int("batch_size", batch_size, 1)
+    check_int("crop", crop, 0)
+    if crop > x.shape[1]:
+        raise ValueError(f"crop must be at most the {x.shape[1]} frames of x, got {crop}")
+    g = torch.Generator().manual_seed(check_int("seed", seed, 0))
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    best, best_state = math.inf, None
+    model.train()
+    for _ in range(epochs):
+        total = 0.0
+        for idx in torch.randperm(len(y), generator=g).split(batch_size):
+            xb = x[idx]
+            if crop:
+                t0 = torch.randint(x.shape[1] - crop + 1, (len(idx),), generator=g)
+                xb = torch.stack([v[int(o) : int(o) + crop] for v, o in zip(xb, t0)])
+            loss = nn.functional.cross_entropy(model(xb), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+        if total < best:
+            best = total
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return model.eval()

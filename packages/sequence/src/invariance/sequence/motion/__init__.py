@@ -1,6 +1,14 @@
 """Motion side of UniMTS: the 22-joint skeleton and procedural activities, IMU synthesis by
-physics, the rotation / placement augmentations, the ST-GCN encoder and the synthetic dataset."""
+physics, the rotation / placement augmentations, the ST-GCN encoder, the synthetic dataset and the
+real BasicMotions recordings (optional extra ``aeon``, imported lazily)."""
 
+from invariance.sequence.motion.basic_motions import (
+    BASIC_MOTIONS_CLASSES,
+    BASIC_MOTIONS_WRIST,
+    basic_motions_texts,
+    few_shot_indices,
+    load_basic_motions_imu,
+)
 from invariance.sequence.motion.data import DESCRIPTIONS, descriptions, make_motion_dataset
 from invariance.sequence.motion.imu import (
     GRAVITY,
@@ -29,6 +37,11 @@ from invariance.sequence.motion.stgcn import (
 )
 
 __all__ = [
+    "BASIC_MOTIONS_CLASSES",
+    "BASIC_MOTIONS_WRIST",
+    "basic_motions_texts",
+    "few_shot_indices",
+    "load_basic_motions_imu",
     "DESCRIPTIONS",
     "descriptions",
     "make_motion_dataset",

@@ -2,10 +2,13 @@
 procedural activities: each activity is a parametric kinematic program (joint-angle sinusoids at a
 cadence, plus a root trajectory) with random speed, amplitude, phase, heading and body-size jitter.
 
-Joints (parent in brackets): 0 pelvis; right leg 1 hip [0], 2 knee, 3 ankle, 4 foot; left leg
-5 hip [0], 6 knee, 7 ankle, 8 foot; spine 9 [0], 10, 11 chest, 12 neck, 13 head; right arm
-14 collar [11], 15 shoulder, 16 elbow, 17 wrist; left arm 18 collar [11], 19 shoulder, 20 elbow,
-21 wrist. World frame: z up, y forward (at heading 0), x to the left; metres, seconds.
+Joints (parent in brackets), numbered as UniMTS's joint-assignment figure (its ``data.py`` puts a
+right-arm device at 21, a left-arm one at 17, a right-leg one at 6): 0 pelvis; left leg 1 hip [0],
+2 knee, 3 ankle, 4 foot; right leg 5 hip [0], 6 knee, 7 ankle, 8 foot; spine 9 [0], 10, 11 chest,
+12 neck, 13 head; left arm 14 collar [11], 15 shoulder, 16 elbow, 17 wrist; right arm 18 collar
+[11], 19 shoulder, 20 elbow, 21 wrist. World frame (right-handed): z up; at heading 0 the body
+faces -y, +x is its left; walking and running move the root towards the body's front. Metres,
+seconds.
 """
 
 from __future__ import annotations
@@ -34,19 +37,19 @@ PARENTS = (-1, 0, 1, 2, 3, 0, 5, 6, 7, 0, 9, 10, 11, 12, 11, 14, 15, 16, 11, 18,
 #: (child, parent) pairs: the bones (the official ST-GCN graph's neighbour links)
 EDGES = tuple((j, p) for j, p in enumerate(PARENTS) if p >= 0)
 JOINT_NAMES = (
-    "pelvis", "r_hip", "r_knee", "r_ankle", "r_foot", "l_hip", "l_knee", "l_ankle", "l_foot",
-    "spine1", "spine2", "chest", "neck", "head", "r_collar", "r_shoulder", "r_elbow", "r_wrist",
-    "l_collar", "l_shoulder", "l_elbow", "l_wrist",
+    "pelvis", "l_hip", "l_knee", "l_ankle", "l_foot", "r_hip", "r_knee", "r_ankle", "r_foot",
+    "spine1", "spine2", "chest", "neck", "head", "l_collar", "l_shoulder", "l_elbow", "l_wrist",
+    "r_collar", "r_shoulder", "r_elbow", "r_wrist",
 )  # fmt: skip
 #: rest offsets of each joint from its parent (metres, parent frame); the arms hang down
 OFFSETS = torch.tensor(
     [
         [0.0, 0.0, 0.0],
-        [-0.09, 0.0, -0.06], [0.0, 0.0, -0.42], [0.0, 0.0, -0.40], [0.0, 0.13, -0.06],
-        [0.09, 0.0, -0.06], [0.0, 0.0, -0.42], [0.0, 0.0, -0.40], [0.0, 0.13, -0.06],
+        [0.09, 0.0, -0.06], [0.0, 0.0, -0.42], [0.0, 0.0, -0.40], [0.0, -0.13, -0.06],
+        [-0.09, 0.0, -0.06], [0.0, 0.0, -0.42], [0.0, 0.0, -0.40], [0.0, -0.13, -0.06],
         [0.0, 0.0, 0.12], [0.0, 0.0, 0.13], [0.0, 0.0, 0.13], [0.0, 0.0, 0.15], [0.0, 0.0, 0.12],
-        [-0.07, 0.0, 0.10], [-0.12, 0.0, 0.0], [0.0, 0.0, -0.28], [0.0, 0.0, -0.25],
         [0.07, 0.0, 0.10], [0.12, 0.0, 0.0], [0.0, 0.0, -0.28], [0.0, 0.0, -0.25],
+        [-0.07, 0.0, 0.10], [-0.12, 0.0, 0.0], [0.0, 0.0, -0.28], [0.0, 0.0, -0.25],
     ],
     dtype=torch.float64,
 )  # fmt: skip
@@ -168,7 +171,7 @@ def activity_motion(
             rx[:, sh] = -80 * d2r * depth
     elif activity == "wave":
         f = 1.8 * j(-0.15, 0.15)
-        ry[:, 19] = -150 * d2r
+        ry[:, 19] = 150 * d2r  # the right arm up and out (-x), the forearm swings side to side
         ry[:, 20] = amp * 35 * d2r * torch.sin(ph(f))
         z = sway * 0.2
     elif activity == "punch":
@@ -193,7 +196,7 @@ def activity_motion(
     yaw = heading + turn * t
     local = axis_angle("x", rx) @ axis_angle("y", ry) @ axis_angle("z", rz)
     local[:, 0] = axis_angle("z", yaw) @ local[:, 0]
-    fwd = torch.stack([-torch.sin(yaw), torch.cos(yaw), torch.zeros_like(yaw)], 1)
+    fwd = torch.stack([torch.sin(yaw), -torch.cos(yaw), torch.zeros_like(yaw)], 1)  # R_z(yaw) (-y)
     root = torch.cumsum(fwd * speed / fs, 0)
     root[:, 2] = PELVIS_HEIGHT * size + z
     root[:, :2] += sway[:, None] * torch.tensor([1.0, 0.0], dtype=torch.float64)
