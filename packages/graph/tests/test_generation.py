@@ -19,6 +19,7 @@ import networkx as nx
 import numpy as np
 import pytest
 import torch
+from torch_geometric.data import Data
 
 from invariance.core.groups import Permutation
 from invariance.core.testing import assert_equivariant, assert_not_invariant
@@ -28,6 +29,7 @@ from invariance.graph.generation import (
     clustering_mmd,
     cosine_alphabar,
     degree_mmd,
+    er_valence_molecules,
     graph_to_smiles,
     higher_order_degrees,
     make_family,
@@ -209,3 +211,22 @@ def test_molecules_roundtrip_and_metrics():
     assert m["validity"] == 0.75 and m["uniqueness"] == pytest.approx(2 / 3)
     with pytest.raises(ValueError, match="unknown atom"):
         smiles_to_data("CCS")
+
+
+def test_er_valence_baseline_respects_valences():
+    from invariance.graph.generation.molecules import VALENCE
+
+    train = [smiles_to_data(s) for s in qm9_mini()[:40]]
+    out = er_valence_molecules(train, 30, seed=1)
+    assert len(out) == 30
+    sizes = {int(d.num_nodes) for d in train}
+    for x, adj in out:
+        assert int(x.numel()) in sizes
+        assert torch.equal(adj, adj.t()) and int(adj.diagonal().abs().sum()) == 0
+        used = adj.sum(1)  # bond orders = classes 1..3
+        assert all(int(u) <= VALENCE[int(a)] for u, a in zip(used, x))
+        assert graph_to_smiles(x, adj) is not None  # valid by construction
+    again = er_valence_molecules(train, 30, seed=1)
+    assert all(torch.equal(a[1], b[1]) for a, b in zip(out, again))
+    with pytest.raises(ValueError, match="train"):
+        er_valence_molecules([Data(edge_index=torch.zeros(2, 0, dtype=torch.long))], 3)

@@ -18,6 +18,7 @@ from invariance.graph.generation import (
     block_decomposition,
     compute_mmd,
     cosine_alphabar,
+    er_valence_molecules,
     higher_order_degrees,
     make_family,
     nx_to_data,
@@ -264,6 +265,12 @@ def _pard_cases():
         ("qm9_mini", qm9_mini, {"max_atoms": 6}, {}),
         ("smiles_to_data", smiles_to_data, {"smiles": "CCO"}, {}),
         (
+            "er_valence_molecules",
+            er_valence_molecules,
+            {"train": [smiles_to_data("CCO"), smiles_to_data("C=CN")], "n": 2, "seed": 0},
+            {},
+        ),
+        (
             "PPGNTransformer.forward",
             net,
             {
@@ -288,6 +295,8 @@ def _pard_cases():
                 "num_steps": 3,
                 "ce_coeff": 0.1,
                 "norm": "ln",
+                "absolute_block_id": True,
+                "relative_block_id": True,
             },
             {},
         ),

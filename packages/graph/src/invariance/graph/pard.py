@@ -24,15 +24,16 @@ under node permutation (exact, with a negative control); no leakage through the 
 in-block permutation equivariance of the network (float64); the training loss identical for a
 graph and a relabelling of it at a fixed step and (mapped) noise (float64, < 1e-9); diffusion
 schedule / posteriors / loss, block decomposition, parallel layout, network forward and MMDs equal
-to values recorded by running the official functions; kernel rows sum to 1; a learning test.
+to values recorded by running the official functions (also with the relative block-id edge
+encoding); kernel rows sum to 1; a learning test.
 
 Deviations: channel-last ``nn.Linear`` instead of 1x1 convolutions (same parameters); the step
 embedding uses the step as a float (the official code casts the frequencies to the integer
-step's dtype, which zeroes all but one frequency; golden parity is recorded with float steps); the
-optional relative block-id edge encoding, blockwise time and the "batched sequential" variant are
-not implemented; the block-size model trains in the same optimiser step as the diffusion model
-(separate networks, summed losses) instead of a separate run; generation stops a graph at the
-model's ``max_nodes``; CPU only at small sizes.
+step's dtype, which zeroes all but one frequency; golden parity is recorded with float steps);
+blockwise time and the "batched sequential" variant are not implemented (the relative block-id
+edge encoding is: ``relative_block_id=True``); the block-size model trains in the same optimiser
+step as the diffusion model (separate networks, summed losses) instead of a separate run;
+generation stops a graph at the model's ``max_nodes``; CPU only at small sizes.
 """
 
 from __future__ import annotations
@@ -46,18 +47,23 @@ from invariance.graph.generation.blocks import (
     ParallelBatch,
     block_decomposition,
     causal_block_mask,
+    gather_packed,
     graph_classes,
+    pack_positions,
     parallel_blocks,
+    scatter_packed,
     target_masks,
 )
 from invariance.graph.generation.diffusion import CategoricalDiffusion
 from invariance.graph.nn.pard_layers import (
     BlockDegreeConditioning,
-    BlockIDConditioning,
     BlockOutDecoder,
     NodeEdgeEncoder,
     TimestepConditioning,
     VirtualBlockOutDecoder,
+    block_id_conditioning,
+    condition_block_id,
+    edge_conditioning,
 )
 from invariance.graph.nn.ppgn_transformer import PPGNTransformer
 
@@ -86,16 +92,19 @@ class PARDNet(nn.Module):
         norm: str = "ln",
         Tmax: int = 0,
         causal: bool = True,
+        absolute_block_id: bool = True,
+        relative_block_id: bool = False,
     ) -> None:
         super().__init__()
         self.input_encoder = NodeEdgeEncoder(F_, C, hidden, edge_hidden)
         self.input_conditioner = nn.ModuleList(
             [
-                BlockIDConditioning(hidden, max_num_blocks),
+                block_id_conditioning(hidden, max_num_blocks, absolute_block_id),
                 BlockDegreeConditioning(hidden, max_block_degree),
                 TimestepConditioning(hidden, hidden),
             ]
         )
+        self.edge_conditioner = edge_conditioning(edge_hidden, relative_block_id)
         self.net = PPGNTransformer(hidden, edge_hidden, num_layers, heads, norm)
         self.out_decoder = VirtualBlockOutDecoder(hidden, edge_hidden, F_, C, norm, Tmax)
         self.causal = causal  # False = the leaking negative control (mask dropped)
@@ -107,9 +116,11 @@ class PARDNet(nn.Module):
             M = valid.unsqueeze(-1) & valid.unsqueeze(-2)
             edge_mask = M
         node, edge = self.input_encoder(nodes, edges)
-        node = self.input_conditioner[0](node, block_id)
+        node = condition_block_id(self.input_conditioner[0], node, block_id)
         node = self.input_conditioner[1](node, block_id, block_degree)
         node = self.input_conditioner[2](node, block_id, timestep)
+        if self.edge_conditioner is not None:
+            edge = self.edge_conditioner[0](edge, block_id, virtual)
         node, edge = self.net(node, edge, edge_mask, M)
         return self.out_decoder(node, edge, nodes, edges, block_id, virtual, timestep)
 
@@ -129,10 +140,15 @@ class BlockSizeModel(nn.Module):
         max_block_size: int,
         max_block_degree: int,
         norm: str = "ln",
+        absolute_block_id: bool = True,
+        relative_block_id: bool = False,
     ):
         super().__init__()
         self.input_encoder = NodeEdgeEncoder(F_, C, hidden, edge_hidden)
-        self.input_conditioner = nn.ModuleList([BlockIDConditioning(hidden, max_num_blocks)])
+        self.input_conditioner = nn.ModuleList(
+            [block_id_conditioning(hidden, max_num_blocks, absolute_block_id)]
+        )
+        self.edge_conditioner = edge_conditioning(edge_hidden, relative_block_id)
         self.net = PPGNTransformer(hidden, edge_hidden, num_layers, heads, norm)
         self.out_decoder = BlockOutDecoder(
             hidden, edge_hidden, max_block_size, max_block_degree, norm
@@ -142,7 +158,9 @@ class BlockSizeModel(nn.Module):
         virtual = torch.zeros_like(block_id, dtype=torch.bool)
         edge_mask, M = edge_masks(block_id, virtual)
         node, edge = self.input_encoder(nodes, edges)
-        node = self.input_conditioner[0](node, block_id)
+        node = condition_block_id(self.input_conditioner[0], node, block_id)
+        if self.edge_conditioner is not None:
+            edge = self.edge_conditioner[0](edge, block_id, virtual)
         node, edge = self.net(node, edge, edge_mask, M)
         return self.out_decoder.block_representation(node, edge, block_id, virtual)
 
@@ -160,37 +178,6 @@ class BlockSizeModel(nn.Module):
         loss = loss + F.cross_entropy(deg_logit[mask], next_deg[mask], reduction="sum")
         loss = loss + F.cross_entropy(first, bdeg[:, 0], reduction="sum")
         return loss / block_id.size(0)
-
-
-def _pack(mask: Tensor):
-    """Row-major positions of ``mask`` (B, ...) packed per graph: (b, flat, pos, pad, width)."""
-    B = mask.size(0)
-    flat = mask.reshape(B, -1)
-    cnt = flat.sum(1)
-    width = max(int(cnt.max()), 1)
-    b, f = flat.nonzero(as_tuple=True)
-    start = torch.cumsum(cnt, 0) - cnt
-    pos = torch.arange(b.numel(), device=mask.device) - start[b]
-    pad = torch.arange(width, device=mask.device).unsqueeze(0) >= cnt.unsqueeze(1)
-    return b, f, pos, pad, width
-
-
-def _gather(full: Tensor, packed, lead: int) -> Tensor:
-    """(B, width, ...) values of ``full`` (B, *mask_shape, ...) at the packed positions."""
-    b, f, pos, _, width = packed
-    rest = full.shape[1 + lead :]
-    out = full.new_zeros(full.size(0), width, *rest)
-    out[b, pos] = full.reshape(full.size(0), -1, *rest)[b, f]
-    return out
-
-
-def _scatter(full: Tensor, packed, values: Tensor, lead: int) -> Tensor:
-    """``full`` with the packed positions replaced by ``values`` (B, width, ...)."""
-    b, f, pos, _, _ = packed
-    rest = full.shape[1 + lead :]
-    flat = full.reshape(full.size(0), -1, *rest).clone()
-    flat[b, f] = values[b, pos].to(flat.dtype)
-    return flat.view(full.shape)
 
 
 def graph_statistics(
@@ -232,7 +219,10 @@ class PARD(nn.Module):
     with optional integer ``x`` node types and ``edge_attr`` bond types). ``loss(graphs)`` is the
     parallel training loss (diffusion VLB + ``ce_coeff`` CE, plus the block-size model's CEs, per
     graph); ``generate(n)`` samples ``n`` graphs block by block (``(node types, edge class
-    matrix)`` pairs). ``max_hops = 0`` is one-shot diffusion (a single block)."""
+    matrix)`` pairs). ``max_hops = 0`` is one-shot diffusion (a single block).
+    ``absolute_block_id`` / ``relative_block_id`` select the block-id conditioning of both networks
+    (official ``use_absolute_blockid`` / ``use_relative_blockid``: an absolute per-node embedding
+    and / or the relative edge encoding ``1 / (|b_i - b_j| + 1)``)."""
 
     def __init__(
         self,
@@ -251,6 +241,8 @@ class PARD(nn.Module):
         uniform_noise: bool = False,
         input_residual: bool = True,
         causal: bool = True,
+        absolute_block_id: bool = True,
+        relative_block_id: bool = False,
     ):
         super().__init__()
         self.num_node_types = check_int("num_node_types", num_node_types, lo=1)
@@ -269,6 +261,16 @@ class PARD(nn.Module):
         if norm not in ("ln", "bn"):
             raise ValueError(f"norm must be 'ln' or 'bn', got {norm!r}")
         self.ce_coeff = check_real("ce_coeff", ce_coeff, lo=0.0)
+        flags = (
+            "uniform_noise",
+            "input_residual",
+            "causal",
+            "absolute_block_id",
+            "relative_block_id",
+        )
+        for k in flags:
+            if not isinstance(locals()[k], bool):
+                raise TypeError(f"{k} must be a bool, got {type(locals()[k]).__name__}")
         self.num_steps = num_steps
         F_, C = num_node_types + 1, num_edge_types + 2
         self.F, self.C = F_, C
@@ -287,6 +289,8 @@ class PARD(nn.Module):
             norm,
             num_steps if input_residual else 0,
             causal,
+            bool(absolute_block_id),
+            bool(relative_block_id),
         )
         self.block_model = BlockSizeModel(
             F_,
@@ -299,6 +303,8 @@ class PARD(nn.Module):
             int(stats["max_block_size"]),
             int(stats["max_block_degree"]),
             norm,
+            bool(absolute_block_id),
+            bool(relative_block_id),
         )
         node_m, edge_m = stats["node_marginal"].float(), stats["edge_marginal"].float()
         if uniform_noise:
@@ -355,8 +361,8 @@ class PARD(nn.Module):
         dtype = self.node_noise.dtype
         B, T = b.num_graphs, self.num_steps
         tn, te = target_masks(b.block_id, b.virtual)
-        pn, pe = _pack(tn), _pack(te)
-        x0n, x0e = _gather(b.x0_nodes, pn, 1), _gather(b.x0_edges, pe, 2)
+        pn, pe = pack_positions(tn), pack_positions(te)
+        x0n, x0e = gather_packed(b.x0_nodes, pn, 1), gather_packed(b.x0_edges, pe, 2)
         if t is None:
             t = torch.randint(1, T + 1, (B,), generator=generator)
         elif not isinstance(t, Tensor) or t.shape != (B,) or int(t.min()) < 1 or int(t.max()) > T:
@@ -366,15 +372,15 @@ class PARD(nn.Module):
             xtn = nd.q_t0_sample(x0n, t, keep=pn[3], generator=generator)
             xte = ed.q_t0_sample(x0e, t, keep=pe[3], generator=generator)
         else:
-            xtn = torch.where(pn[3], x0n, _gather(noise[0], pn, 1))
-            xte = torch.where(pe[3], x0e, _gather(noise[1], pe, 2))
-        nodes = _scatter(b.nodes.to(dtype), pn, F.one_hot(xtn, self.F), 1)
+            xtn = torch.where(pn[3], x0n, gather_packed(noise[0], pn, 1))
+            xte = torch.where(pe[3], x0e, gather_packed(noise[1], pe, 2))
+        nodes = scatter_packed(b.nodes.to(dtype), pn, F.one_hot(xtn, self.F), 1)
         oh = F.one_hot(xte, self.C)
-        edges = _scatter(b.edges.to(dtype), pe, oh, 2)
-        edges = _scatter(edges.transpose(1, 2), pe, oh, 2).transpose(1, 2)
+        edges = scatter_packed(b.edges.to(dtype), pe, oh, 2)
+        edges = scatter_packed(edges.transpose(1, 2), pe, oh, 2).transpose(1, 2)
         ln, le = self.net(nodes, edges, b.block_id, b.virtual, b.block_degree, t)
-        vn, cn = nd.loss_terms(_gather(ln, pn, 1), xtn, x0n, t, keep=pn[3])
-        ve, ce = ed.loss_terms(_gather(le, pe, 2), xte, x0e, t, keep=pe[3])
+        vn, cn = nd.loss_terms(gather_packed(ln, pn, 1), xtn, x0n, t, keep=pn[3])
+        ve, ce = ed.loss_terms(gather_packed(le, pe, 2), xte, x0e, t, keep=pe[3])
         diff = ((vn + ve).sum() + self.ce_coeff * (cn + ce).sum()) / B
         half = b.nodes.size(1) // 2
         real_id = torch.where(b.virtual, torch.full_like(b.block_id, -1), b.block_id)[:, :half]
@@ -399,28 +405,28 @@ class PARD(nn.Module):
     @torch.no_grad()
     def _denoise_last_block(self, nodes, edges, block_id, virtual, block_degree, generator):
         tn, te = target_masks(block_id, virtual)
-        pn, pe = _pack(tn), _pack(te)
+        pn, pe = pack_positions(tn), pack_positions(te)
         B, T = nodes.size(0), self.num_steps
         nd, ed = self.node_diffusion, self.edge_diffusion
         xtn = torch.multinomial(self.node_noise, B * pn[4], True, generator=generator).view(B, -1)
         xte = torch.multinomial(self.edge_noise, B * pe[4], True, generator=generator).view(B, -1)
         for step in range(T, 0, -1):
             t = torch.full((B,), step)
-            nodes = _scatter(nodes, pn, F.one_hot(xtn, self.F), 1)
+            nodes = scatter_packed(nodes, pn, F.one_hot(xtn, self.F), 1)
             oh = F.one_hot(xte, self.C)
-            edges = _scatter(edges, pe, oh, 2)
-            edges = _scatter(edges.transpose(1, 2), pe, oh, 2).transpose(1, 2)
+            edges = scatter_packed(edges, pe, oh, 2)
+            edges = scatter_packed(edges.transpose(1, 2), pe, oh, 2).transpose(1, 2)
             ln, le = self.net(nodes, edges, block_id, virtual, block_degree, t)
-            ln, le = _gather(ln, pn, 1), _gather(le, pe, 2)
+            ln, le = gather_packed(ln, pn, 1), gather_packed(le, pe, 2)
             if step == 1:  # the last step may not produce the virtual class
                 ln, le = ln.clone(), le.clone()
                 ln[..., -1], le[..., -1] = float("-inf"), float("-inf")
             xtn = nd.sample_step(ln.softmax(-1), xtn, t, t - 1, generator)
             xte = ed.sample_step(le.softmax(-1), xte, t, t - 1, generator)
-        nodes = _scatter(nodes, pn, F.one_hot(xtn, self.F), 1)
+        nodes = scatter_packed(nodes, pn, F.one_hot(xtn, self.F), 1)
         oh = F.one_hot(xte, self.C)
-        edges = _scatter(edges, pe, oh, 2)
-        return nodes, _scatter(edges.transpose(1, 2), pe, oh, 2).transpose(1, 2)
+        edges = scatter_packed(edges, pe, oh, 2)
+        return nodes, scatter_packed(edges.transpose(1, 2), pe, oh, 2).transpose(1, 2)
 
     @torch.no_grad()
     def generate(self, num_graphs: int, generator: torch.Generator | None = None) -> list:

@@ -35,6 +35,7 @@ from invariance.graph.generation.metrics import (
     spectral_mmd,
 )
 from invariance.graph.generation.molecules import (
+    er_valence_molecules,
     graph_to_smiles,
     molecule_metrics,
     qm9_mini,
@@ -43,6 +44,7 @@ from invariance.graph.generation.molecules import (
 from invariance.graph.generation.orbits import orbit_counts, orbit_counts_bruteforce
 
 __all__ = [
+    "er_valence_molecules",
     "BlockDecomposition",
     "CategoricalDiffusion",
     "FAMILIES",

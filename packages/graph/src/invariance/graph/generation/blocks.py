@@ -231,3 +231,34 @@ def parallel_blocks(
         bsize[b, : dec.num_blocks] = dec.block_size
         bdeg[b, : dec.num_blocks] = dec.block_degree
     return ParallelBatch(nodes, edges, x0n, x0e, bid, virt, bsize, bdeg)
+
+
+def pack_positions(mask: Tensor):
+    """Row-major positions of ``mask`` (B, ...) packed per graph: (b, flat, pos, pad, width)."""
+    B = mask.size(0)
+    flat = mask.reshape(B, -1)
+    cnt = flat.sum(1)
+    width = max(int(cnt.max()), 1)
+    b, f = flat.nonzero(as_tuple=True)
+    start = torch.cumsum(cnt, 0) - cnt
+    pos = torch.arange(b.numel(), device=mask.device) - start[b]
+    pad = torch.arange(width, device=mask.device).unsqueeze(0) >= cnt.unsqueeze(1)
+    return b, f, pos, pad, width
+
+
+def gather_packed(full: Tensor, packed, lead: int) -> Tensor:
+    """(B, width, ...) values of ``full`` (B, *mask_shape, ...) at the packed positions."""
+    b, f, pos, _, width = packed
+    rest = full.shape[1 + lead :]
+    out = full.new_zeros(full.size(0), width, *rest)
+    out[b, pos] = full.reshape(full.size(0), -1, *rest)[b, f]
+    return out
+
+
+def scatter_packed(full: Tensor, packed, values: Tensor, lead: int) -> Tensor:
+    """``full`` with the packed positions replaced by ``values`` (B, width, ...)."""
+    b, f, pos, _, _ = packed
+    rest = full.shape[1 + lead :]
+    flat = full.reshape(full.size(0), -1, *rest).clone()
+    flat[b, f] = values[b, pos].to(flat.dtype)
+    return flat.view(full.shape)

@@ -1,8 +1,9 @@
 """Molecules for generation: a small QM9-like set from the NCI sample inside the rdkit wheel
 (``rdkit/Data/NCI/first_5K.smi``: parses, one fragment, neutral, heavy atoms in {C, N, O, F},
 at most ``max_atoms``), graph <-> molecule conversion (kekulised single/double/triple bonds,
-implicit hydrogens) and the field's validity / uniqueness / novelty (DiGress/PARD
-``rdkit_functions``: a molecule is valid when the SMILES of its largest fragment sanitises)."""
+implicit hydrogens), the field's validity / uniqueness / novelty (DiGress/PARD
+``rdkit_functions``: a molecule is valid when the SMILES of its largest fragment sanitises) and an
+Erdos-Renyi baseline that respects valences."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from invariance.graph._checks import check_int
 
 ATOMS = ("C", "N", "O", "F")
 BONDS = ("SINGLE", "DOUBLE", "TRIPLE")
+VALENCE = (4, 3, 2, 1)
 
 
 @functools.lru_cache(maxsize=4)
@@ -112,3 +114,44 @@ def molecule_metrics(smiles: list, train_smiles: list) -> dict[str, float]:
         "uniqueness": len(uniq) / len(valid) if valid else 0.0,
         "novelty": len(uniq - train) / len(uniq) if uniq else 0.0,
     }
+
+
+def er_valence_molecules(train: list, n: int, seed: int = 0) -> list:
+    """Erdos-Renyi molecules that respect valences: for each sample, the atom and bond counts of a
+    random training molecule (PyG ``Data`` with ``x`` atom ids and ``edge_attr`` bond ids), atom
+    types drawn from the training atom marginal, then bonds placed one by one on uniformly random
+    pairs that still have free valence, the bond order drawn from the training bond marginal and
+    capped by the free valence of both atoms. Returns ``(atom ids (n,), bond class matrix)``
+    pairs like :meth:`invariance.graph.PARD.generate` (class 0 = none, ``1 + bond id``)."""
+    import numpy as np
+
+    if not isinstance(train, (list, tuple)) or not train:
+        raise ValueError("train must be a non-empty list of molecule graphs")
+    n = check_int("n", n, lo=1)
+    seed = check_int("seed", seed, lo=0)
+    if any(getattr(d, "x", None) is None or getattr(d, "edge_attr", None) is None for d in train):
+        raise ValueError("train graphs need x (atom ids) and edge_attr (bond ids)")
+    atoms = torch.cat([d.x for d in train]).bincount(minlength=len(ATOMS)).double()
+    bonds = torch.cat([d.edge_attr for d in train]).bincount(minlength=len(BONDS)).double()
+    pa, pb = (atoms / atoms.sum()).numpy(), (bonds / bonds.sum()).numpy()
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in rng.integers(0, len(train), n):
+        d = train[int(i)]
+        na, nb = int(d.num_nodes), d.edge_index.size(1) // 2
+        x = rng.choice(len(ATOMS), na, p=pa)
+        free = np.array([VALENCE[a] for a in x])
+        adj = torch.zeros(na, na, dtype=torch.long)
+        for _ in range(nb):
+            pairs = [(u, v) for u in range(na) for v in range(u) if adj[u, v] == 0]
+            pairs = [(u, v) for u, v in pairs if free[u] > 0 and free[v] > 0]
+            if not pairs:
+                break
+            u, v = pairs[int(rng.integers(len(pairs)))]
+            cap = min(int(free[u]), int(free[v]), len(BONDS))
+            order = 1 + int(rng.choice(cap, p=pb[:cap] / pb[:cap].sum()))
+            adj[u, v] = adj[v, u] = order
+            free[u] -= order
+            free[v] -= order
+        out.append((torch.as_tensor(x), adj))
+    return out

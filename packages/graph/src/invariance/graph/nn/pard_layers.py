@@ -59,6 +59,23 @@ class BlockIDConditioning(nn.Module):
         return (x + self.block_id_embedding(block_id + 1)) * (block_id >= 0).unsqueeze(-1)
 
 
+def block_id_conditioning(hidden: int, max_num_blocks: int, absolute: bool) -> nn.Module:
+    """The absolute block-id embedding, or a parameter-free placeholder keeping the official
+    module indices (``IdentityConditioning`` when ``use_absolute_blockid=False``)."""
+    return BlockIDConditioning(hidden, max_num_blocks) if absolute else nn.Identity()
+
+
+def condition_block_id(module: nn.Module, node: Tensor, block_id: Tensor) -> Tensor:
+    return node if isinstance(module, nn.Identity) else module(node, block_id)
+
+
+def edge_conditioning(edge_hidden: int, relative: bool) -> nn.ModuleList | None:
+    """``edge_conditioner.0`` = the relative block-id edge encoding (official names), or None."""
+    if not relative:
+        return None
+    return nn.ModuleList([RelativeBlockIDEdgeConditioning(edge_hidden, edge_hidden)])
+
+
 class BlockDegreeConditioning(nn.Module):
     """Embedding of the node's block degree."""
 
@@ -102,6 +119,27 @@ class TimestepConditioning(nn.Module):
         temb = temb.reshape(*temb.shape[:-1], 2, -1).flip(-2).reshape(temb.shape)
         temb = self.layer2(F.silu(self.layer1(temb)))
         return (x + temb.unsqueeze(1)) * (block_id >= 0).unsqueeze(-1)
+
+
+class RelativeBlockIDEdgeConditioning(nn.Module):
+    """Relative block-id edge encoding (official option ``use_relative_blockid``): on every pair
+    ``r_ij = 1 / (|b_i - b_j| + 1)`` in (0, 1], sinusoidal embedding (``hidden`` channels, max
+    position 10, ``[cos, sin]``) -> Linear(2 De) -> SiLU -> Linear(De), added to the edge states on
+    the pairs of the (symmetric) causal mask. It tells the network how many blocks apart two nodes
+    are without the absolute block index."""
+
+    def __init__(self, hidden: int, edge_channels: int) -> None:
+        super().__init__()
+        self.hidden = hidden
+        self.layer1 = nn.Linear(hidden, 2 * edge_channels)
+        self.layer2 = nn.Linear(2 * edge_channels, edge_channels)
+
+    def forward(self, edge: Tensor, block_id: Tensor, virtual: Tensor) -> Tensor:
+        rel = (block_id.unsqueeze(1) - block_id.unsqueeze(2)).abs().to(edge.dtype)
+        enc = sinusoidal(1.0 / (rel + 1.0), self.hidden, max_positions=10.0)
+        enc = self.layer2(F.silu(self.layer1(enc)))
+        M = causal_block_mask(block_id, virtual)
+        return edge + enc * (M | M.transpose(-1, -2)).unsqueeze(-1)
 
 
 class NodeEdgeCombiner(nn.Module):
