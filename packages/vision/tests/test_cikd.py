@@ -159,6 +159,39 @@ def test_macs_monotone_in_every_width_and_search_respects_budget():
     assert conf["encoder"] == 1.0
 
 
+def test_validated_search_is_best_feasible_and_covers_decoder_only():
+    """With a validation score the search returns the best-scoring feasible configuration whose
+    decoders respect the preference order; its candidates include decoder-only control's
+    (so it can never score below it) and it can shrink decoders to afford the encoder."""
+
+    def macs(c):  # the encoder dominates the cost
+        return 10 * c["encoder"] + c["cls"] + c["seg"]
+
+    def score(c):  # the encoder matters most, then the preferred decoder
+        return 5 * c["encoder"] + 2 * c["cls"] + c["seg"]
+
+    pref = {"cls": 0.8, "seg": 0.2}
+    budget = 11.0
+    conf, ok = search_widths(macs, budget, pref, score=score)
+    assert ok and macs(conf) <= budget and conf["cls"] >= conf["seg"]
+    grid = [
+        {"encoder": e, "cls": a, "seg": b}
+        for e in WIDTHS
+        for a in WIDTHS
+        for b in WIDTHS
+        if a >= b and macs({"encoder": e, "cls": a, "seg": b}) <= budget
+    ]
+    assert score(conf) == max(score(c) for c in grid)
+    dec_only, _ = search_widths(macs, budget, pref, score=score, encoder_widths=(1.0,))
+    assert dec_only["encoder"] == 1.0 and score(conf) >= score(dec_only)
+    greedy, _ = search_widths(macs, budget, pref)
+    assert score(conf) >= score(greedy)
+    assert conf["encoder"] == 1.0 and greedy["encoder"] < 1.0  # the greedy rule cannot trade
+    # equal preferences get equal decoder widths
+    eq, _ = search_widths(macs, budget, {"cls": 0.5, "seg": 0.5}, score=score)
+    assert eq["cls"] == eq["seg"]
+
+
 def test_controllability_and_hypervolume_basics():
     prefs = [{"a": 0.0, "b": 1.0}, {"a": 0.5, "b": 0.5}, {"a": 1.0, "b": 0.0}]
     perfs = [{"a": 0.1, "b": 0.9}, {"a": 0.5, "b": 0.5}, {"a": 0.9, "b": 0.2}]

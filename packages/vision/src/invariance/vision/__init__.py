@@ -138,11 +138,16 @@ from invariance.vision.nn.vicreg import vicreg_loss
 from invariance.vision.person_search import (
     InstanceMemory,
     PersonSearchNet,
+    cluster_contrast_loss,
+    cluster_pseudo_labels,
+    jaccard_distance,
     multilabel_targets,
     reid_map_cmc,
     scale_invariant_loss,
     scale_pyramid,
+    self_retrieval,
 )
+from invariance.vision.person_search_det import decode_detections, detection_loss, search_map_topk
 from invariance.vision.prelude import DepthUNet, PredNet, PreludeNet, prediction_error_loss
 from invariance.vision.recipes.bss import BSSConfig
 from invariance.vision.recipes.cikd import CIKDConfig
@@ -335,4 +340,11 @@ __all__ = [
     "pyvista_mesh",
     "visible",
     "world_to_camera",
+    "cluster_contrast_loss",
+    "cluster_pseudo_labels",
+    "jaccard_distance",
+    "self_retrieval",
+    "decode_detections",
+    "detection_loss",
+    "search_map_topk",
 ]

@@ -19,11 +19,13 @@ Mechanism.
   ``sum_s ||F_s^kappa - sg(F_s^max)[:, :C_s(kappa)]||^2 / numel`` -- the shared representation
   becomes invariant to the runtime width configuration.
 * :func:`search_widths`: from task preferences ``p`` (a point of the simplex) and a MAC budget,
-  decoder widths follow the preference order (``p_i > p_j => w_i >= w_j``, a monotone map of
-  ``p / max p`` onto ``W``); the encoder width is then the best (on a validation callback) or
-  largest width whose configuration fits the budget; when none fits, the least-preferred decoder
-  is shrunk first. :func:`count_macs` counts multiply-accumulates with
-  ``torch.utils.flop_counter.FlopCounterMode``.
+  the configuration whose decoder widths follow the preference order (``p_i > p_j => w_i >=
+  w_j``, equal preferences equal widths) that fits the budget and scores best on a validation
+  callback (the preference-weighted task scores); encoder and decoder widths are searched
+  jointly, so decoder width can be traded for encoder width. Without a callback a greedy rule
+  (decoders from a monotone map of ``p / max p`` onto ``W``, then the widest encoder that fits,
+  shrinking the least-preferred decoder when none fits). :func:`count_macs` counts
+  multiply-accumulates with ``torch.utils.flop_counter.FlopCounterMode``.
 * Metrics: :func:`controllability` (Kendall tau between requested preferences and achieved
   normalised task performances), :func:`hypervolume` of the achieved trade-offs, and
   :func:`delta_mtl` (Maninis et al.'s relative multi-task performance).
@@ -31,7 +33,9 @@ Mechanism.
 Tested properties (``tests/test_cikd.py``): a slimmable conv at width 1 equals ``nn.Conv2d``
 and at width ``w`` equals a conv with the sliced weights (< 1e-6); CIKD is 0 for the full
 configuration, >= 0, and sends no gradient into the teacher; the MAC count is monotone in every
-width; the search respects the budget and is monotone in the preferences; the full network's
+width; the search respects the budget and is monotone in the preferences; with a validation score
+it returns the best feasible preference-ordered configuration, never below decoder-only
+control's choice; the full network's
 outputs are equivariant to 2-D translations of the input by multiples of the encoder stride
 (dense tasks; circular padding) with a negative control; after training, CIKD lowers the
 relative feature error of slimmed configurations against sandwich training alone.
@@ -269,10 +273,15 @@ def search_widths(
         encoder_widths: encoder widths allowed (default: ``widths``; ``(1.0,)`` gives
             decoder-only control).
 
-    Decoder ``t`` gets ``widths[round((len(widths) - 1) * p_t / max p)]`` (monotone in
-    ``p_t``); then every encoder width that fits the budget is a candidate; when none fits, the
-    least-preferred decoder that can still shrink is shrunk by one step, and so on. When nothing
-    fits at all, the smallest configuration is returned with ``feasible=False``.
+    Without ``score`` (greedy): decoder ``t`` gets ``widths[round((len(widths) - 1) * p_t /
+    max p)]`` (monotone in ``p_t``); then the widest encoder width that fits the budget is
+    taken; when none fits, the least-preferred decoder that can still shrink is shrunk by one
+    step, and so on. With ``score`` (validated search): every configuration whose decoder
+    widths respect the preference order (``p_s > p_t => w_s >= w_t``, equal preferences equal
+    widths) and fits the budget is a candidate, and the best on ``score`` is returned, so the
+    search can trade decoder width for encoder width (the greedy rule cannot; with
+    ``encoder_widths=(1.0,)`` both reduce to decoder-only control). When nothing fits at all,
+    the smallest configuration is returned with ``feasible=False``.
     """
     if not callable(macs):
         raise TypeError("macs must be a callable config -> MACs")
@@ -292,6 +301,24 @@ def search_widths(
     ws = sorted(float(w) for w in widths)
     enc_ws = sorted(float(w) for w in (encoder_widths or ws))
     top = max(p.values())
+    if score is not None:
+        if not callable(score):
+            raise TypeError("score must be a callable config -> validation performance")
+        cands = []
+        tasks = list(p)
+        for lv in itertools.product(range(len(ws)), repeat=len(tasks)):
+            if any(
+                (p[s] > p[t] and lv[i] < lv[j]) or (p[s] == p[t] and lv[i] != lv[j])
+                for i, s in enumerate(tasks)
+                for j, t in enumerate(tasks)
+            ):
+                continue
+            dec = {t: ws[lv[i]] for i, t in enumerate(tasks)}
+            cands += [{"encoder": we, **dec} for we in enc_ws]
+        feasible = [c for c in cands if macs(c) <= budget]
+        if feasible:
+            return max(feasible, key=score), True
+        return {"encoder": enc_ws[0], **{t: ws[0] for t in p}}, False
     level = {t: int(round((len(ws) - 1) * v / top)) for t, v in p.items()}
     order = sorted(p, key=lambda t: (p[t], t))  # least preferred first
     while True:

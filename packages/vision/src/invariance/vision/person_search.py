@@ -2,14 +2,18 @@
 
 Paper: Wang, Yang, Wu, Qi, Lei, *Self-similarity Driven Scale-invariant Learning for Weakly
 Supervised Person Search*, ICCV 2023, arXiv:2302.12986. Official repository
-``github.com/Wangbenzhi/SSL`` holds only a README ("code is coming soon"): no code, no licence;
-nothing here is derived from code. The pieces below are a **reconstruction** from the paper's
-abstract and figure (marked choices are ours).
+``github.com/Wangbenzhi/SSL`` holds only a README ("code is coming soon"; read at commit
+623c325): no code, no licence; nothing here is derived from code. The pieces below are a
+**reconstruction** from the paper (marked choices are ours).
 
-Setting: person search trained with **boxes only** (no identity labels). Mechanism:
+Setting: person search (detect the persons of gallery scenes, then match a query person) trained
+with **boxes only** (no identity labels). Mechanism:
 
-* main branch: scene -> backbone (stride 4) -> RoIAlign on the person boxes -> re-id head ->
-  L2-normalised instance features ``f_i`` (:class:`PersonSearchNet`);
+* one-step network (:class:`PersonSearchNet`): scene -> shared backbone (stride 4) ->
+  (a) a detection head (person score + box sides per location, trained on the boxes:
+  :mod:`invariance.vision.person_search_det`) and (b) RoIAlign on the boxes -> re-id head ->
+  L2-normalised instance features ``f_i``. Training reads the re-id features on the annotated
+  boxes; :meth:`PersonSearchNet.search` detects and embeds the detections of a scene;
 * **multi-scale exemplar branch**: every person is cropped from the scene
   (:func:`crop_boxes`) and resampled at several scales (:func:`scale_pyramid`: down-sampled by
   1, 1/2, 1/4 and resized back, imitating far, small persons); the crops go through the *shared*
@@ -23,23 +27,36 @@ Setting: person search trained with **boxes only** (no identity labels). Mechani
   box; instance ``i``'s pseudo-labels are the slots whose cosine to ``m_i`` reaches a threshold
   ``t`` that decreases during training (0.8 -> 0.6, "dynamic", our schedule) among its mutual
   ``k`` nearest neighbours, plus ``i`` itself; a binary cross-entropy over the memory
-  similarities with hard-negative selection (MMCL-style) trains the features.
+  similarities with hard-negative selection (MMCL-style) trains the features;
+* **clustering stage** (the paper's "clustering algorithm", which the multi-label prediction
+  compensates): every epoch the instance memory is clustered by DBSCAN (scikit-learn) on a
+  rank-based k-reciprocal Jaccard distance (:func:`jaccard_distance`,
+  :func:`cluster_pseudo_labels`), the cluster centroids form a cluster memory
+  (:func:`cluster_centroids`, momentum-updated) and a cluster-contrast cross-entropy
+  (:func:`cluster_contrast_loss`, temperature 0.05; outliers skipped) trains the features.
 
-Evaluation: :func:`reid_map_cmc` (mAP and CMC, the torchreid / Market-1501 protocol: gallery
-entries with the query's identity *and* camera are dropped).
+Evaluation: person search (:func:`~invariance.vision.person_search_det.search_map_topk`: the
+CUHK-SYSU protocol over the detections of the gallery scenes, mAP x detection recall, top-k);
+re-id on ground-truth boxes (:func:`reid_map_cmc`, the torchreid / Market-1501 protocol);
+cross-scale self-retrieval (:func:`self_retrieval`).
 
 Tested properties (``tests/test_person_search.py``): the scale pyramid returns equally shaped
 tensors and is the identity at scale 1; hard mining picks the argmin / argmax on hand-built
 similarities; multi-label targets have ``y_ii = 1``, are symmetric and monotone in ``t``; memory
-rows stay unit-norm; box embeddings are invariant to translating the scene and its boxes by
-multiples of the backbone stride (circular padding), negative control: 2-pixel shifts;
-``reid_map_cmc`` equals torchreid's ``evaluate_rank`` (golden values recorded by running it);
-a few SSL steps lower the multi-label loss. Not established at CPU sizes: that SSL beats the
-baseline without the scale-invariant terms on mAP or on the cross-scale gap.
+rows stay unit-norm; DBSCAN recovers well-separated groups, marks a lone row as outlier and is
+invariant to the order of the memory rows; box embeddings are invariant to translating the
+scene and its boxes by multiples of the backbone stride and the person score map is equivariant
+to them (circular padding), negative controls: 2-pixel shifts; detection targets decode to their
+boxes; ``reid_map_cmc`` equals torchreid's ``evaluate_rank`` (golden values) and the search AP
+equals scikit-learn's ``average_precision_score``; learning: the scale-invariant terms make a
+held-out person's scene embedding find its own 1/4-scale exemplar more often than the same
+network trained without them.
 
-Deviations: ground-truth boxes replace the detector (the re-id part of person search; the
-one-step detector is not implemented); no DBSCAN / cluster-contrast stage (the dynamic
-multi-label loss is the only pseudo-label); small CPU backbone; procedural persons
+Deviations: a single-level anchor-free detection head (FCOS-style) on a 3-stage CPU backbone
+instead of the paper's two-stage detector on ResNet-50; the re-id features of training read the
+annotated boxes (not proposals); the Jaccard distance omits the k-reciprocal query expansion
+and Gaussian weighting of the usual re-ranking code; one DBSCAN setting (eps 0.5, k 4,
+min_samples 2) sized for ~10 boxes per identity; procedural persons
 (:mod:`invariance.vision.data.synth_persons`), not PRW / CUHK-SYSU.
 """
 
@@ -61,6 +78,11 @@ __all__ = [
     "InstanceMemory",
     "multilabel_targets",
     "multilabel_loss",
+    "jaccard_distance",
+    "cluster_pseudo_labels",
+    "cluster_centroids",
+    "cluster_contrast_loss",
+    "self_retrieval",
     "reid_map_cmc",
 ]
 
@@ -137,17 +159,57 @@ class PersonSearchNet(nn.Module):
         self.head = nn.Sequential(*block(4 * w, 4 * w, 1))
         self.proj = nn.Linear(4 * w, emb_dim)
         self.roi_size = tuple(roi_size)
+        # detection head on the shared stride-4 map: person score + 4 side distances (strides)
+        self.det_tower = nn.Sequential(*block(4 * w, 4 * w, 1))
+        self.det_cls = nn.Conv2d(4 * w, 1, 3, 1, 1, padding_mode=pm)
+        self.det_reg = nn.Conv2d(4 * w, 4, 3, 1, 1, padding_mode=pm)
+        nn.init.constant_(self.det_cls.bias, -4.6)  # prior 0.01 (focal-loss init)
+        nn.init.constant_(self.det_reg.bias, 1.0)
 
     def _embed(self, pooled: Tensor) -> Tensor:
         return F.normalize(self.proj(self.head(pooled).mean((2, 3))), dim=1)
+
+    STRIDE = 4
+
+    def detect_maps(self, feat: Tensor) -> tuple[Tensor, Tensor]:
+        """Person logits (N, 1, H/4, W/4) and non-negative side distances (N, 4, H/4, W/4) in
+        strides, from the backbone map ``feat``."""
+        t = self.det_tower(feat)
+        return self.det_cls(t), F.softplus(self.det_reg(t))
+
+    def embed_rois(self, feat: Tensor, boxes: list[Tensor]) -> Tensor:
+        """Embeddings of ``boxes`` read from the backbone map ``feat`` (RoIAlign, stride 4)."""
+        rois = roi_align(feat, [b.to(feat.dtype) for b in boxes], self.roi_size, 0.25, 2, True)
+        return self._embed(rois)
 
     def embed_boxes(self, images: Tensor, boxes: list[Tensor]) -> Tensor:
         """Embeddings (N, d) of every box of every image (boxes in pixels, x1y1x2y2)."""
         check_tensor(images, "images", dims=4)
         boxes = _check_boxes(images, boxes)
+        return self.embed_rois(self.backbone(images), boxes)
+
+    def search(
+        self, images: Tensor, *, score_thresh: float = 0.3, nms_iou: float = 0.4, max_det: int = 10
+    ) -> list[dict[str, Tensor]]:
+        """One-step person search on scenes: per image the detected ``boxes`` (k, 4), their
+        ``scores`` (k,) and re-id embeddings ``emb`` (k, d) (RoIAlign on the same map)."""
+        from invariance.vision.person_search_det import decode_detections
+
+        check_tensor(images, "images", dims=4)
         feat = self.backbone(images)
-        rois = roi_align(feat, [b.to(feat.dtype) for b in boxes], self.roi_size, 0.25, 2, True)
-        return self._embed(rois)
+        cls, reg = self.detect_maps(feat)
+        dets = decode_detections(
+            cls, reg, self.STRIDE, tuple(images.shape[-2:]),
+            score_thresh=score_thresh, nms_iou=nms_iou, max_det=max_det,
+        )  # fmt: skip
+        boxes = [d["boxes"] for d in dets]
+        if sum(len(b) for b in boxes):
+            emb = self.embed_rois(feat, boxes).split([len(b) for b in boxes])
+        else:
+            emb = [feat.new_zeros(0, self.proj.out_features) for _ in boxes]
+        for d, e in zip(dets, emb):
+            d["emb"] = e
+        return dets
 
     def embed_crops(self, crops: Tensor) -> Tensor:
         """Embeddings (N, d) of person crops (the whole crop is the box)."""
@@ -279,6 +341,91 @@ def multilabel_loss(
     fin = torch.isfinite(neg_logits)
     ln = F.binary_cross_entropy_with_logits(neg_logits[fin], torch.zeros_like(neg_logits[fin]))
     return lp + ln
+
+
+def jaccard_distance(bank: Tensor, *, k: int = 6) -> Tensor:
+    """Rank-based (k-reciprocal) Jaccard distance of the memory rows, the distance that
+    cluster-contrast re-id code feeds to DBSCAN: ``R(i)`` is ``i`` plus its k-reciprocal
+    neighbours (``j`` among ``i``'s ``k`` nearest by cosine and ``i`` among ``j``'s), and
+    ``d_ij = 1 - |R(i) & R(j)| / |R(i) | R(j)|``. Unlike the cosine distance it does not depend
+    on how concentrated the features are (only on neighbour ranks). [Simplified: no
+    query-expansion of ``R`` and no Gaussian weighting of the neighbours.]"""
+    check_tensor(bank, "bank", dims=2)
+    check_int(k, "k")
+    b = F.normalize(bank.detach().double(), dim=1)
+    n = b.shape[0]
+    sim = b @ b.T
+    sim.fill_diagonal_(-3.0)
+    kk = min(k, n - 1)
+    knn = torch.zeros(n, n, dtype=torch.bool)
+    if kk > 0:
+        knn.scatter_(1, sim.topk(kk, dim=1).indices, True)
+    rec = (knn & knn.T) | torch.eye(n, dtype=torch.bool)
+    r = rec.double()
+    inter = r @ r.T
+    union = r.sum(1)[:, None] + r.sum(1)[None, :] - inter
+    return 1 - inter / union
+
+
+def cluster_pseudo_labels(
+    bank: Tensor, *, eps: float = 0.6, min_samples: int = 2, k: int = 6
+) -> Tensor:
+    """DBSCAN (scikit-learn, ``metric="precomputed"``) on the :func:`jaccard_distance` of the
+    memory rows: (n,) int64 cluster labels, ``-1`` for outliers (un-clustered)."""
+    check_tensor(bank, "bank", dims=2)
+    check_number(eps, "eps", lo=0.0, lo_open=True)
+    check_int(min_samples, "min_samples")
+    from sklearn.cluster import DBSCAN
+
+    dist = jaccard_distance(bank, k=k).clamp(min=0).numpy()
+    labels = DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed").fit_predict(dist)
+    return torch.as_tensor(labels, dtype=torch.int64)
+
+
+def cluster_centroids(bank: Tensor, labels: Tensor) -> Tensor:
+    """Unit mean memory row of every cluster (n_clusters, d); outliers (``-1``) are left out."""
+    check_tensor(bank, "bank", dims=2)
+    if not isinstance(labels, Tensor) or labels.shape != (bank.shape[0],):
+        raise ValueError(f"labels must be a tensor of shape ({bank.shape[0]},)")
+    k = int(labels.max()) + 1 if labels.numel() else 0
+    if k <= 0:
+        return bank.new_zeros(0, bank.shape[1])
+    keep = labels >= 0
+    c = bank.new_zeros(k, bank.shape[1]).index_add_(0, labels[keep], bank[keep])
+    return F.normalize(c, dim=1)
+
+
+def cluster_contrast_loss(
+    f: Tensor, centroids: Tensor, labels: Tensor, *, temperature: float = 0.05
+) -> Tensor:
+    """Cross-entropy of ``cos(f_i, c_k) / temperature`` over the cluster memory with the
+    DBSCAN label as target; instances labelled ``-1`` (outliers) are skipped (0 if all are)."""
+    check_tensor(f, "f", dims=2)
+    check_tensor(centroids, "centroids", dims=2)
+    if not isinstance(labels, Tensor) or labels.shape != (f.shape[0],):
+        raise ValueError(f"labels must be a tensor of shape ({f.shape[0]},)")
+    check_number(temperature, "temperature", lo=0.0, lo_open=True)
+    keep = labels >= 0
+    if not bool(keep.any()) or centroids.shape[0] == 0:
+        return f.sum() * 0.0
+    logits = F.normalize(f[keep], dim=1) @ centroids.T / temperature
+    return F.cross_entropy(logits, labels[keep])
+
+
+def self_retrieval(
+    net: PersonSearchNet, images: Tensor, boxes: list[Tensor], scale: float
+) -> float:
+    """Cross-scale self-retrieval: the share of boxes whose scene embedding is closer to the
+    exemplar of the *same* person down-sampled by ``scale`` (:func:`scale_pyramid`) than to
+    the down-sampled exemplar of every other person of the set (top-1 accuracy)."""
+    check_tensor(images, "images", dims=4)
+    boxes = _check_boxes(images, boxes)
+    check_number(scale, "scale", lo=0.0, hi=1.0, lo_open=True)
+    with torch.no_grad():
+        f = net.embed_boxes(images, boxes)
+        e = net.embed_crops(scale_pyramid(crop_boxes(images, boxes), (scale,))[0])
+    hit = (f @ e.T).argmax(1) == torch.arange(f.shape[0])
+    return float(hit.double().mean())
 
 
 def reid_map_cmc(

@@ -308,7 +308,13 @@ class CIKDRecipe(Recipe):
                     for w in (0.5, 0.75)
                 }
             )
-        res = cached_train_arms(self, cfg, arms, seeds, run=run, tag="cikd")
+        # cache tags: the static models do not use the width search (cells kept); the searched
+        # arms were re-run when the validated search replaced the greedy one ("cikd_v2")
+        searched = {a: o for a, o in arms.items() if not a.startswith("static_")}
+        res = cached_train_arms(self, cfg, searched, seeds, run=run, tag="cikd_v2")
+        statics = {a: o for a, o in arms.items() if a.startswith("static_")}
+        if statics:
+            res.update(cached_train_arms(self, cfg, statics, seeds, run=run, tag="cikd"))
         hv = {a: [r["hv"] for r in rows] for a, rows in res.items()}
         keys = ["hv", "ctrl", "feat_err", "full_cls", "full_seg", "full_depth"] + [
             f"{m}_{b}" for b in cfg.budgets for m in ("hv", "ctrl", "feasible")
