@@ -239,6 +239,7 @@ def test_optimal_transport_masks_leave_padded_slots_out():
         log_optimal_transport(s, 0.5, 3, col_mask=cm[:, :3])
 
 
+@with_package("ot")
 def test_optimal_transport_matches_pot_sinkhorn_log():
     """Parity with POT's ``ot.bregman.sinkhorn_log`` (POT, the field's OT library, run live) on
     the dustbin-augmented problem: cost = -scores, reg = 1, marginals 1/(m+n) for real rows and
