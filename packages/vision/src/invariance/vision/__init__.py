@@ -39,7 +39,8 @@ Importing this package registers its methods (``galaxy``, ``galaxy_mean``, ``bss
 ``sie``, ``lisgan``, ``minima``) and the benches with :mod:`invariance.core.registry`.
 """
 
-# `recipes` registers the methods, `bench` the benches (both import the method modules)
+# `recipes` registers the methods, `bench` and `lisgan_bench` the benches (they import the
+# method modules)
 from invariance.vision import (
     bench,
     bss,
@@ -48,6 +49,7 @@ from invariance.vision import (
     icl_select,
     invdiff,
     lisgan,
+    lisgan_bench,
     minima,
     modalities,
     person_search,
@@ -226,6 +228,7 @@ __all__ = [
     "recipes",
     "make_digit_scenes",
     "bench",
+    "lisgan_bench",
     "bss",
     "galaxy",
     "sepc",

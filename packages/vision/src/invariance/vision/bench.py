@@ -16,7 +16,8 @@ interleaved, repeats, median and spread, one thread) and returns flat rows.
   and the two-stage recognition, against the official ``lisgan.py`` step and
   ``classifier2.CLASSIFIER`` when ``LISGAN_OFFICIAL_REPO`` names a checkout of
   https://github.com/lijin118/LisGAN (the official code is executed from that checkout, never
-  copied here); without it, against our f-CLSWGAN step / stage-1 classifier.
+  copied here); without it, against our f-CLSWGAN step / stage-1 classifier. They live in
+  :mod:`invariance.vision.lisgan_bench`, which the package imports to register them.
 """
 
 from __future__ import annotations
@@ -260,7 +261,3 @@ def bench_invdiff_grouper(
         **_repeats(quick),
     )
     return {"rows": rows, "machine": machine(device)}
-
-
-# the LisGAN benches live in their own module; importing it registers them
-from invariance.vision import lisgan_bench  # noqa: E402, F401

@@ -361,6 +361,25 @@ def _unit_hits(kind: Tensor, ol: Tensor, dl: Tensor) -> tuple[Tensor, Tensor, Te
     return t, hit, n
 
 
+def _scene_index(scene: Scene, b: int, scene_index: Tensor | None) -> Tensor:
+    """The scene each of ``b`` views shows: ``scene_index`` checked, or by default scene ``i``
+    for view ``i`` (``len(scene) == b``) or scene 0 for every view (``len(scene) == 1``)."""
+    if scene_index is None:
+        if len(scene) not in (1, b):
+            raise ValueError(
+                f"scene_index is needed when the scene count ({len(scene)}) is neither 1 nor the "
+                f"number of cameras ({b})"
+            )
+        scene_index = torch.arange(b) if len(scene) == b else torch.zeros(b, dtype=torch.long)
+    if not isinstance(scene_index, Tensor) or scene_index.dtype != torch.long:
+        raise TypeError("scene_index must be a long tensor")
+    if tuple(scene_index.shape) != (b,):
+        raise ValueError(f"scene_index must have shape ({b},), got {tuple(scene_index.shape)}")
+    if bool(((scene_index < 0) | (scene_index >= len(scene))).any()):
+        raise ValueError(f"scene_index must lie in 0..{len(scene) - 1}")
+    return scene_index
+
+
 def render(
     scene: Scene,
     camera: Camera,
@@ -398,19 +417,7 @@ def render(
     b = len(camera)
     check_tensor(camera.position, "camera.position", dims=2)
     check_tensor(camera.rotation, "camera.rotation", dims=3)
-    if scene_index is None:
-        if len(scene) not in (1, b):
-            raise ValueError(
-                f"scene_index is needed when the scene count ({len(scene)}) is neither 1 nor the "
-                f"number of cameras ({b})"
-            )
-        scene_index = torch.arange(b) if len(scene) == b else torch.zeros(b, dtype=torch.long)
-    if not isinstance(scene_index, Tensor) or scene_index.dtype != torch.long:
-        raise TypeError("scene_index must be a long tensor")
-    if tuple(scene_index.shape) != (b,):
-        raise ValueError(f"scene_index must have shape ({b},), got {tuple(scene_index.shape)}")
-    if bool(((scene_index < 0) | (scene_index >= len(scene))).any()):
-        raise ValueError(f"scene_index must lie in 0..{len(scene) - 1}")
+    scene_index = _scene_index(scene, b, scene_index)
     dt = camera.position.dtype
     lt = torch.as_tensor(light, dtype=dt)
     lt = check_tensor(lt, "light").reshape(-1, 3).expand(b, 3)

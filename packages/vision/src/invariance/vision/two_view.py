@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from invariance.vision._checks import check_int, check_number, check_tensor
-from invariance.vision.render import Camera, Scene, _intersect
+from invariance.vision.render import Camera, Scene, _intersect, _scene_index
 
 __all__ = ["cast", "intrinsics", "project", "visible", "world_to_camera"]
 
@@ -93,20 +93,7 @@ def project(camera: Camera, points: Tensor, size: int) -> tuple[Tensor, Tensor]:
 def _views(scene: object, b: int, scene_index: Tensor | None) -> Scene:
     if not isinstance(scene, Scene):
         raise TypeError(f"scene must be a Scene, got {type(scene).__name__}")
-    if scene_index is None:
-        if len(scene) not in (1, b):
-            raise ValueError(
-                f"scene_index is needed when the scene count ({len(scene)}) is neither 1 nor the "
-                f"number of cameras ({b})"
-            )
-        scene_index = torch.arange(b) if len(scene) == b else torch.zeros(b, dtype=torch.long)
-    if not isinstance(scene_index, Tensor) or scene_index.dtype != torch.long:
-        raise TypeError("scene_index must be a long tensor")
-    if tuple(scene_index.shape) != (b,):
-        raise ValueError(f"scene_index must have shape ({b},), got {tuple(scene_index.shape)}")
-    if bool(((scene_index < 0) | (scene_index >= len(scene))).any()):
-        raise ValueError(f"scene_index must lie in 0..{len(scene) - 1}")
-    return scene[scene_index]
+    return scene[_scene_index(scene, b, scene_index)]
 
 
 def cast(
