@@ -15,7 +15,7 @@ from invariance.causal import (
 )
 from invariance.causal.causal_de_finetti import bivariate_decision, fit_icm_gaussian
 from invariance.core import groups as G
-from invariance.core.testing import assert_invariant, assert_not_invariant
+from invariance.core.testing import assert_invariant, assert_not_invariant, fuzz_bad_inputs
 
 
 def _pvals(data):
@@ -134,3 +134,63 @@ def test_cdf_rejects_degenerate_data():
         causal_de_finetti(binary, test="gtest")
     with pytest.raises(TypeError, match="integer"):
         causal_de_finetti(data, test="gtest")  # float data were cast to integers silently
+
+
+# ----------------------------------------------------------------------------------- bad input
+
+_DATA = make_linear_gaussian_icm(40, mode=0, seed=0)["data"]
+
+#: bad-input cases (collected by the package summary in test_causal_bad_inputs.py)
+ENTRY_POINTS = {
+    "causal_de_finetti": (
+        causal_de_finetti,
+        {"data": _DATA, "test": "fisherz", "alpha": 0.05},
+        {"accept": ("data:int_dtype",)},
+    ),
+    "iid_baseline": (
+        iid_baseline,
+        {"data": _DATA, "test": "fisherz", "alpha": 0.05},
+        {"accept": ("data:int_dtype",)},
+    ),
+    "bivariate_decision": (
+        bivariate_decision,
+        {"p_xy": 0.5, "p_yx": 0.01, "p_ind": 0.01, "alpha": 0.05},
+        {},
+    ),
+    "ICMGaussian.forward": (ICMGaussian().double(), {"data": _DATA.double()}, {}),
+    "ICMGaussian.decide": (ICMGaussian().double().decide, {"data": _DATA.double()}, {}),
+    "fit_icm_gaussian": (
+        fit_icm_gaussian,
+        {"data": _DATA, "steps": 2, "lr": 0.05},
+        {"accept": ("data:int_dtype",)},  # integer-coded data are numbers (cast to float64)
+    ),
+    "make_bivariate_exchangeable": (
+        make_bivariate_exchangeable,
+        {"n_envs": 20, "mode": 0, "seed": 0},
+        {"skip": ("seed:negative",)},
+    ),
+    "make_linear_gaussian_icm": (
+        make_linear_gaussian_icm,
+        {
+            "n_envs": 20,
+            "mode": 0,
+            "coef": 1.0,
+            "cause_scale": 2.0,
+            "effect_scale": 0.5,
+            "seed": 0,
+        },
+        {"accept": ("coef:negative",), "skip": ("seed:negative",)},
+    ),
+    "make_multivariate_binary": (
+        make_multivariate_binary,
+        {"n_envs": 20, "n_vars": 3, "edge_prob": 0.5, "seed": 0},
+        {"skip": ("seed:negative",)},
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ENTRY_POINTS))
+def test_cdf_entry_points_reject_bad_inputs(name):
+    fn, kwargs, kw = ENTRY_POINTS[name]
+    rep = fuzz_bad_inputs(fn, kwargs, name=name, **kw)
+    assert rep.tried > 0 and rep.ok, "\n".join(rep.failures)

@@ -6,7 +6,7 @@ import torch
 
 from invariance.causal import fisher_z_test, g_test, kci_test
 from invariance.core import groups as G
-from invariance.core.testing import assert_invariant, assert_not_invariant
+from invariance.core.testing import assert_invariant, assert_not_invariant, fuzz_bad_inputs
 
 GOLDEN = json.loads((Path(__file__).parent / "kci_golden.json").read_text())
 
@@ -165,3 +165,33 @@ def test_g_test_rejects_float_and_constant_input():
         g_test(x, torch.zeros(200, dtype=torch.long))
     with pytest.raises(ValueError, match="x must have shape"):
         g_test(x.reshape(1, -1), y.reshape(1, -1))
+
+
+# ----------------------------------------------------------------------------------- bad input
+
+_G = torch.Generator().manual_seed(0)
+_A, _B, _C = torch.randn(3, 40, generator=_G, dtype=torch.float64)
+_XI = torch.randint(0, 2, (120,), generator=_G)
+_INT_OK = ("x:int_dtype", "y:int_dtype", "z:int_dtype")  # integer codes are valid numbers
+
+#: bad-input cases (collected by the package summary in test_causal_bad_inputs.py)
+ENTRY_POINTS = {
+    "kci_test": (kci_test, {"x": _A, "y": _B + 0.3 * _A, "z": _C}, {"accept": _INT_OK}),
+    "fisher_z_test": (fisher_z_test, {"x": _A, "y": _B + 0.3 * _A, "z": _C}, {"accept": _INT_OK}),
+    "g_test": (
+        g_test,
+        {
+            "x": _XI,
+            "y": (_XI + torch.randint(0, 2, (120,), generator=_G)) % 2,
+            "z": torch.randint(0, 2, (120,), generator=_G),
+        },
+        {},
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ENTRY_POINTS))
+def test_ci_tests_entry_points_reject_bad_inputs(name):
+    fn, kwargs, kw = ENTRY_POINTS[name]
+    rep = fuzz_bad_inputs(fn, kwargs, name=name, **kw)
+    assert rep.tried > 0 and rep.ok, "\n".join(rep.failures)

@@ -6,16 +6,19 @@ from invariance.causal import (
     RandomEffectBlock,
     fit_medl,
     make_scrna_counts,
+    medl_alternating_step,
     medl_loss,
     re_relabel_report,
 )
-from invariance.causal.data.scrna import load_pbmc68k_reduced
+from invariance.causal.data.scrna import load_pbmc68k_reduced, min_max_scale, pbmc68k_path
 from invariance.causal.medl import probe_accuracy
+from invariance.causal.recipes.medl import batch_silhouette
 from invariance.core import groups as G
 from invariance.core.testing import (
     assert_equivariant,
     assert_invariant,
     assert_not_invariant,
+    fuzz_bad_inputs,
     with_package,
 )
 
@@ -244,3 +247,121 @@ def test_medl_whole_re_path_relabel_equivariance():
         same = m(x, b)["z_re"]
         moved = m(x, (b + 1) % 3)["z_re"]  # relabel the cells but not the weights
     assert (same - moved).abs().max() > 1e-4
+
+
+# ----------------------------------------------------------------------------------- bad input
+
+_G = torch.Generator().manual_seed(0)
+_MEDL = MEDL(n_genes=10, n_batches=3, hidden=(8,), latent=2)
+_CELLS = torch.rand(12, 10, generator=_G)
+_BATCH = torch.randint(0, 3, (12,), generator=_G)
+_BLOCK = RandomEffectBlock(features=6, n_batches=3)
+_Z = torch.randn(30, 3, generator=_G)
+_LABELS = torch.tensor([0, 1, 2] * 10)
+_LOCS_OK = ("de_loc:negative", "batch_loc:negative", "lib_loc:negative", "dropout_mid:negative")
+
+
+def _alternating_step(x, batch, lambda_rec):
+    model = MEDL(n_genes=10, n_batches=3, hidden=(8,), latent=2)
+    adv = list(model.fe.adversary.parameters())
+    rest = [p for p in model.parameters() if all(p is not a for a in adv)]
+    opt, opt_adv = torch.optim.Adam(rest, lr=1e-3), torch.optim.Adam(adv, lr=1e-3)
+    return medl_alternating_step(model, x, batch, None, opt, opt_adv, lambda_rec=lambda_rec)
+
+
+#: bad-input cases (collected by the package summary in test_causal_bad_inputs.py)
+ENTRY_POINTS = {
+    "MEDL()": (
+        MEDL,
+        {"n_genes": 10, "n_batches": 3, "latent": 2, "prior_scale": 0.25, "kl_weight": 1e-5},
+        {},
+    ),
+    "MEDL.forward": (_MEDL, {"x": _CELLS, "batch": _BATCH}, {}),
+    "MEDL.embed": (_MEDL.embed, {"x": _CELLS, "batch": _BATCH}, {}),
+    "MEDL.counterfactual": (
+        _MEDL.counterfactual,
+        {"x": _CELLS, "batch": _BATCH, "target_batch": 1},
+        {},
+    ),
+    "medl_loss": (
+        lambda x, batch, lambda_rec, lambda_gen: medl_loss(
+            _MEDL, x, batch, lambda_rec=lambda_rec, lambda_gen=lambda_gen
+        ),
+        {"x": _CELLS, "batch": _BATCH, "lambda_rec": 1.0, "lambda_gen": 1.0},
+        {},
+    ),
+    "medl_alternating_step": (
+        _alternating_step,
+        {"x": _CELLS, "batch": _BATCH, "lambda_rec": 1.0},
+        {},
+    ),
+    "fit_medl": (
+        lambda x, batch, steps, batch_size, lr, seed: fit_medl(
+            MEDL(n_genes=10, n_batches=3, hidden=(8,), latent=2),
+            x,
+            batch,
+            steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            lambda_rec=1.0,
+        ),
+        {"x": _CELLS, "batch": _BATCH, "steps": 2, "batch_size": 8, "lr": 1e-3, "seed": 0},
+        {"skip": ("seed:negative",)},
+    ),
+    "re_relabel_report": (
+        lambda x, batch, trials, seed: re_relabel_report(_MEDL, x, batch, trials=trials, seed=seed),
+        {"x": _CELLS, "batch": _BATCH, "trials": 1, "seed": 0},
+        {"skip": ("seed:negative",)},
+    ),
+    "RandomEffectBlock()": (
+        RandomEffectBlock,
+        {"features": 6, "n_batches": 3, "prior_scale": 0.25, "kl_weight": 1e-5},
+        {},
+    ),
+    "RandomEffectBlock.forward": (
+        _BLOCK,
+        {
+            "h": torch.randn(12, 6, generator=_G),
+            "z": torch.nn.functional.one_hot(_BATCH, 3).float(),
+        },
+        {},
+    ),
+    "probe_accuracy": (probe_accuracy, {"z": _Z, "y": _LABELS, "seed": 0, "folds": 3}, {}),
+    "batch_silhouette": (batch_silhouette, {"z": _Z, "batch": _LABELS}, {}),
+    "make_scrna_counts": (
+        make_scrna_counts,
+        {
+            "n_cells": 30,
+            "n_genes": 8,
+            "n_batches": 2,
+            "n_types": 2,
+            "de_prob": 0.2,
+            "de_loc": 1.0,
+            "de_scale": 0.4,
+            "batch_loc": 0.1,
+            "batch_scale": 0.5,
+            "lib_loc": 8.0,
+            "lib_scale": 0.2,
+            "bcv": 0.1,
+            "dropout_mid": 1.0,
+            "seed": 0,
+        },
+        # locations of log-normal factors may be negative
+        {"accept": _LOCS_OK, "skip": ("seed:negative",)},
+    ),
+    "min_max_scale": (min_max_scale, {"x": _CELLS, "eps": 1e-8}, {}),
+}
+if pbmc68k_path() is not None:  # the shipped file comes with the optional scanpy
+    ENTRY_POINTS["load_pbmc68k_reduced"] = (
+        load_pbmc68k_reduced,
+        {"n_batches": 3, "effect_scale": 0.3, "seed": 0},
+        {"skip": ("seed:negative",)},
+    )
+
+
+@pytest.mark.parametrize("name", sorted(ENTRY_POINTS))
+def test_medl_entry_points_reject_bad_inputs(name):
+    fn, kwargs, kw = ENTRY_POINTS[name]
+    rep = fuzz_bad_inputs(fn, kwargs, name=name, **kw)
+    assert rep.tried > 0 and rep.ok, "\n".join(rep.failures)

@@ -19,9 +19,10 @@ from invariance.causal.pac_invariance import (
     optimal_head,
     optimal_irm_head,
     population_mse,
+    selection_matrix,
     worst_accepted_violation,
 )
-from invariance.core.testing import assert_invariant, assert_not_invariant
+from invariance.core.testing import assert_invariant, assert_not_invariant, fuzz_bad_inputs
 
 
 def _parents_head(sem, cov):
@@ -186,3 +187,116 @@ def test_pac_reproduce_baseline_is_the_fair_pooled_subset(tmp_path):
     assert res.baseline.startswith("best pooled-MSE subset")
     assert "ERM on all features" in res.arms and len(res.method_values) == 3
     assert res.verdict == "wins" and res.invariance_error < 1e-8
+
+
+# ----------------------------------------------------------------------------------- bad input
+
+_G = torch.Generator().manual_seed(0)
+_SEM = LinearSEM(d=5, seed=0)
+_COV = _SEM.covariance(_SEM.sample_theta(3, seed=1))
+_XS, _YS = _SEM.sample(_SEM.sample_theta(3, seed=2), 30, seed=3)
+_PHI = torch.randn(2, 5, generator=_G, dtype=torch.float64)
+_W = torch.randn(2, generator=_G, dtype=torch.float64)
+_LIN = InvariantLinear(d=5, rank=2).double()
+_THETA = _SEM.sample_theta(4, seed=5)
+_FIT = fit_invariant_subset(_COV, max_size=2, eps=0.05)
+_ONE_ENV_OK = ("cov:fewer_dims",)  # one (d+1, d+1) covariance is one environment
+_MANY_THETA_OK = ("theta:fewer_dims",)  # one (n_sites, 2) theta is one intervention
+_NEG_SEED = {"skip": ("seed:negative",)}  # negative seeds are valid torch seeds
+
+#: bad-input cases (collected by the package summary in test_causal_bad_inputs.py)
+ENTRY_POINTS = {
+    "fit_invariant_subset": (
+        fit_invariant_subset,
+        {"cov": _COV, "max_size": 2, "eps": 0.05},
+        {"accept": _ONE_ENV_OK},
+    ),
+    "SubsetFit.phi": (_FIT.phi, {"d": 5}, {}),
+    "invariance_residual": (
+        invariance_residual,
+        {"cov": _COV, "phi": _PHI, "w": _W},
+        {"accept": _ONE_ENV_OK},
+    ),
+    "population_mse": (
+        population_mse,
+        {"cov": _COV, "phi": _PHI, "w": _W},
+        {"accept": _ONE_ENV_OK},
+    ),
+    "sample_residual": (sample_residual, {"x": _XS, "y": _YS, "phi": _PHI, "w": _W}, {}),
+    "selection_matrix": (lambda d: selection_matrix([0, 2], d), {"d": 5}, {}),
+    "optimal_irm_head": (
+        optimal_irm_head,
+        {"sxx": _COV[:, :5, :5], "sxy": _COV[:, :5, 5], "phi": _PHI, "lam": 10.0},
+        {},
+    ),
+    "empirical_covariance": (empirical_covariance, {"x": _XS, "y": _YS}, {}),
+    "InvariantLinear()": (InvariantLinear, {"d": 5, "rank": 2}, {}),
+    "InvariantLinear.forward": (_LIN, {"x": _XS}, {"accept": ("x:extra_dim", "x:fewer_dims")}),
+    "InvariantLinear.residual": (_LIN.residual, {"x": _XS, "y": _YS}, {}),
+    "irm_linear_loss": (
+        lambda x, y, lam, penalty: irm_linear_loss(_LIN, x, y, lam=lam, penalty=penalty),
+        {"x": _XS, "y": _YS, "lam": 10.0, "penalty": "sum"},
+        {},
+    ),
+    "fit_invariant_linear": (
+        fit_invariant_linear,
+        {
+            "x": _XS,
+            "y": _YS,
+            "rank": 1,
+            "lam": 10.0,
+            "penalty": "sum",
+            "steps": 3,
+            "lr": 0.05,
+            "anneal_steps": 1,
+            "restarts": 1,
+            "head": "adam",
+            "seed": 0,
+        },
+        {"skip": ("seed:negative",)},
+    ),
+    "certify_invariance": (
+        lambda phi, w, eps, n_interventions, n_samples, seed: certify_invariance(
+            _SEM, phi, w, eps=eps, n_interventions=n_interventions, n_samples=n_samples, seed=seed
+        ),
+        {"phi": _PHI, "w": _W, "eps": 0.05, "n_interventions": 20, "n_samples": 50, "seed": 0},
+        # an integer head is a valid head (cast to the covariances' dtype)
+        {"accept": ("w:int_dtype",), "skip": ("seed:negative",)},
+    ),
+    "worst_accepted_violation": (
+        lambda eps, n_interventions, seed: worst_accepted_violation(
+            _SEM, _FIT, eps=eps, n_interventions=n_interventions, seed=seed
+        ),
+        {"eps": 0.05, "n_interventions": 20, "seed": 0},
+        {"skip": ("seed:negative",)},
+    ),
+    "optimal_head": (
+        lambda theta: optimal_head(_SEM, [0, 1], with_risk=True)(theta),
+        {"theta": _THETA[0]},
+        {"accept": ("theta:extra_dim",)},  # a (1, n_sites, 2) stack is one intervention
+    ),
+    "LinearSEM()": (
+        LinearSEM,
+        {"d": 5, "n_sites": 2, "expected_degree": 1.5, "seed": 0},
+        _NEG_SEED,
+    ),
+    "LinearSEM.sample_theta": (
+        _SEM.sample_theta,
+        {"m": 3, "seed": 0},
+        {"skip": ("seed:negative",)},
+    ),
+    "LinearSEM.mechanisms": (_SEM.mechanisms, {"theta": _THETA}, {"accept": _MANY_THETA_OK}),
+    "LinearSEM.covariance": (_SEM.covariance, {"theta": _THETA}, {"accept": _MANY_THETA_OK}),
+    "LinearSEM.sample": (
+        _SEM.sample,
+        {"theta": _THETA, "n": 10, "seed": 0},
+        {"accept": _MANY_THETA_OK, "skip": ("seed:negative",)},
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ENTRY_POINTS))
+def test_pac_entry_points_reject_bad_inputs(name):
+    fn, kwargs, kw = ENTRY_POINTS[name]
+    rep = fuzz_bad_inputs(fn, kwargs, name=name, **kw)
+    assert rep.tried > 0 and rep.ok, "\n".join(rep.failures)

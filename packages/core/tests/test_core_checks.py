@@ -101,3 +101,27 @@ def test_collect_entry_points(tmp_path):
     (tmp_path / "test_d.py").write_text("ENTRY_POINTS = {'f': (abs, {}, {})}\n")
     with pytest.raises(ValueError, match="'f' is declared twice"):
         collect_entry_points(tmp_path)
+
+
+def test_bad_input_summary(tmp_path, capsys):
+    from invariance.core.checks import check_float
+    from invariance.core.testing import bad_input_summary
+
+    def halve(y):
+        return check_float("y", y, 0.0) / 2
+
+    (tmp_path / "test_ok.py").write_text(
+        "from invariance.core.checks import check_float\n\n"
+        "def scale(x):\n    return 2 * check_float('x', x, 0.0)\n\n"
+        "ENTRY_POINTS = {'scale': (scale, {'x': 1.5}, {})}\n"
+    )
+    reps = bad_input_summary(tmp_path, extra={"halve": (halve, {"y": 1.0}, {})})
+    assert [r.name for r in reps] == ["halve", "scale"] and all(r.ok for r in reps)
+    assert "total" in capsys.readouterr().out
+    (tmp_path / "test_bad.py").write_text(
+        "def silent(x):\n    return x * 2\n\nENTRY_POINTS = {'silent': (silent, {'x': 1.5}, {})}\n"
+    )
+    with pytest.raises(AssertionError, match="silent"):
+        bad_input_summary(tmp_path)
+    with pytest.raises(AssertionError, match="declares ENTRY_POINTS"):
+        bad_input_summary(tmp_path / "missing_dir_is_empty")

@@ -6,10 +6,17 @@ import torch
 from torch import nn
 
 from invariance.core.groups import Scaling
-from invariance.core.testing import assert_invariant, assert_not_invariant, with_package
+from invariance.core.testing import (
+    assert_invariant,
+    assert_not_invariant,
+    fuzz_bad_inputs,
+    with_package,
+)
 from invariance.optim import SGDP, AdamP, create_optimizer
 from invariance.optim._testing import run_parity_problem, which_views_fire
 from invariance.optim.adamp import project_radial
+from invariance.optim.data import digits_split
+from invariance.optim.factory import param_groups_no_decay_1d
 
 GOLDEN = json.loads((Path(__file__).parent / "golden" / "adamp_parity.json").read_text())
 OURS = {
@@ -381,3 +388,71 @@ def test_create_optimizer_contract():
         "lr",
         "weight_decay",
     }
+
+
+# ----------------------------------------------------------------------------------- bad input
+
+_G = torch.Generator().manual_seed(0)
+
+
+def _params():
+    return [nn.Parameter(torch.randn(4, 3, generator=_G))]
+
+
+def _mlp():
+    return nn.Sequential(nn.Linear(1, 8), nn.LeakyReLU(), nn.Linear(8, 1))
+
+
+#: bad-input cases (collected by the package summary in test_optim_bad_inputs.py)
+ENTRY_POINTS = {
+    "AdamP()": (
+        lambda **k: AdamP(_params(), **k),
+        {"lr": 1e-3, "eps": 1e-8, "weight_decay": 0.01, "delta": 0.1, "wd_ratio": 0.1},
+        {},
+    ),
+    "SGDP()": (
+        lambda **k: SGDP(_params(), **k),
+        {
+            "lr": 0.1,
+            "momentum": 0.9,
+            "dampening": 0.1,
+            "weight_decay": 0.01,
+            "eps": 1e-8,
+            "delta": 0.1,
+        },
+        {},
+    ),
+    "create_optimizer": (
+        lambda **k: create_optimizer(_mlp(), **k),
+        {"name": "adamp", "lr": 1e-3, "weight_decay": 0.01},
+        {},
+    ),
+    "param_groups_no_decay_1d": (
+        lambda **k: param_groups_no_decay_1d(_mlp(), **k),
+        {"weight_decay": 0.01},
+        {},
+    ),
+    "project_radial": (
+        project_radial,
+        {
+            "p": torch.randn(4, 3, 2, generator=_G),
+            "g": torch.randn(4, 3, 2, generator=_G),
+            "u": torch.randn(4, 3, 2, generator=_G),
+            "delta": 0.1,
+            "eps": 1e-8,
+        },
+        {"accept": ("p:extra_dim",), "skip": ("g:extra_dim", "u:extra_dim")},
+    ),
+    "digits_split": (
+        digits_split,
+        {"seed": 0, "test_fraction": 0.25},
+        {"accept": ("seed:negative",)},
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ENTRY_POINTS))
+def test_adamp_bad_inputs(name):
+    fn, kwargs, kw = ENTRY_POINTS[name]
+    rep = fuzz_bad_inputs(fn, kwargs, name=name, **kw)
+    assert rep.tried > 0 and rep.ok, "\n".join(rep.failures)

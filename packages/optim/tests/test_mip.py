@@ -10,9 +10,11 @@ from invariance.core.testing import (
     assert_equivariant,
     assert_not_equivariant,
     assert_not_invariant,
+    fuzz_bad_inputs,
     with_package,
 )
 from invariance.optim import HyperNet
+from invariance.optim.data import make_gamma_sine
 from invariance.optim.mip import encode_cos_sin
 
 
@@ -207,3 +209,64 @@ def test_mip_learns_better_than_baseline():
     base = _train_gamma_regression(mip=False, **kw)
     assert mip["train_loss_final"] < 0.2 * base["train_loss_final"]
     assert mip["test_loss"] < 0.2 * base["test_loss"]
+
+
+# ----------------------------------------------------------------------------------- bad input
+
+_G = torch.Generator().manual_seed(0)
+
+
+def _mlp():
+    return nn.Sequential(nn.Linear(1, 8), nn.LeakyReLU(), nn.Linear(8, 1))
+
+
+_HN = HyperNet(_mlp(), cond_dim=2, generator=torch.Generator().manual_seed(0))
+_GAMMAS = torch.rand(3, 2, generator=_G)
+
+#: bad-input cases (collected by the package summary in test_optim_bad_inputs.py)
+ENTRY_POINTS = {
+    "HyperNet()": (
+        lambda **k: HyperNet(_mlp(), **k),
+        {"cond_dim": 2, "negative_slope": 0.01, "theta0": "kaiming"},
+        {"accept": ("negative_slope:negative",)},
+    ),
+    "HyperNet.predict": (_HN.predict, {"gamma": _GAMMAS}, {"accept": ("gamma:fewer_dims",)}),
+    "HyperNet.predict_flat": (
+        _HN.predict_flat,
+        {"gamma": _GAMMAS},
+        {"accept": ("gamma:fewer_dims",)},
+    ),
+    # encode is E(gamma) on the last dim: any leading shape is valid
+    "HyperNet.encode": (
+        _HN.encode,
+        {"gamma": _GAMMAS},
+        {"accept": ("gamma:extra_dim", "gamma:fewer_dims")},
+    ),
+    "HyperNet.forward": (
+        lambda gamma, x: _HN(gamma, x),
+        {"gamma": torch.rand(2, generator=_G), "x": torch.randn(5, 1, generator=_G)},
+        {
+            # x goes to the primary as it is: its shape and dtype are the primary's business
+            "accept": ("x:extra_dim", "x:fewer_dims", "x:empty", "gamma:fewer_dims"),
+            "skip": ("x:int_dtype",),
+            "aliases": {"x": ["args[0]"]},
+        },
+    ),
+    "encode_cos_sin": (
+        encode_cos_sin,
+        {"gamma": _GAMMAS},
+        {"accept": ("gamma:extra_dim", "gamma:fewer_dims")},
+    ),
+    "make_gamma_sine": (
+        make_gamma_sine,
+        {"n_gamma": 4, "n_x": 5, "cond_dim": 1, "seed": 0},
+        {"accept": ("seed:negative",)},
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ENTRY_POINTS))
+def test_mip_bad_inputs(name):
+    fn, kwargs, kw = ENTRY_POINTS[name]
+    rep = fuzz_bad_inputs(fn, kwargs, name=name, **kw)
+    assert rep.tried > 0 and rep.ok, "\n".join(rep.failures)

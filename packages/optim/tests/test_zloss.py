@@ -3,9 +3,14 @@ import torch
 import torch.nn.functional as F
 
 from invariance.core.groups import PositiveAffine, Scaling
-from invariance.core.testing import assert_invariant, assert_not_invariant
+from invariance.core.testing import assert_invariant, assert_not_invariant, fuzz_bad_inputs
 from invariance.optim import FactoredSphericalOutput, ZLoss, z_loss
-from invariance.optim.zloss import spherical_mse_loss, taylor_softmax_loss
+from invariance.optim.data import make_extreme_classification, make_zipf_language
+from invariance.optim.zloss import (
+    spherical_loss_from_stats,
+    spherical_mse_loss,
+    taylor_softmax_loss,
+)
 
 
 def _data(n=6, D=11, seed=0):
@@ -225,3 +230,122 @@ def test_zloss_zero_head_learns_with_adam():
         assert all(torch.isfinite(p.grad).all() for p in net.parameters())
         opt.step()
     assert float(loss.detach()) < 0.7 * first
+
+
+# ----------------------------------------------------------------------------------- bad input
+
+_G = torch.Generator().manual_seed(0)
+_LOGITS = torch.randn(5, 7, generator=_G)
+_TARGET = torch.tensor([0, 3, 6, 1, 2])
+_H = torch.randn(6, 8, generator=_G)
+_TARGET6 = torch.tensor([0, 1, 2, 3, 4, 5])
+
+
+def _layer():
+    return FactoredSphericalOutput(8, 20, generator=torch.Generator().manual_seed(0))
+
+
+def _step(lr):
+    layer = _layer()
+    layer(_H.clone().requires_grad_(True), _TARGET6).backward()
+    layer.step(lr)
+    return layer.dense_weight()
+
+
+def _attach(group):
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    _layer().attach(opt, group=group).remove()
+
+
+_LAYER = _layer()
+
+#: bad-input cases (collected by the package summary in test_optim_bad_inputs.py)
+ENTRY_POINTS = {
+    "z_loss": (
+        z_loss,
+        {
+            "logits": _LOGITS,
+            "target": _TARGET,
+            "a": 1.0,
+            "b": 0.5,
+            "reduction": "mean",
+            "eps": 1e-12,
+        },
+        {"accept": ("b:negative",)},
+    ),
+    "ZLoss()": (ZLoss, {"a": 1.0, "b": 0.5, "reduction": "mean"}, {"accept": ("b:negative",)}),
+    "ZLoss.forward": (ZLoss(), {"logits": _LOGITS, "target": _TARGET}, {}),
+    "spherical_mse_loss": (
+        spherical_mse_loss,
+        {"logits": _LOGITS, "target": _TARGET, "reduction": "sum"},
+        {},
+    ),
+    "taylor_softmax_loss": (
+        taylor_softmax_loss,
+        {"logits": _LOGITS, "target": _TARGET, "reduction": "sum"},
+        {},
+    ),
+    "spherical_loss_from_stats": (
+        spherical_loss_from_stats,
+        {
+            "name": "z",
+            "q": torch.rand(4, generator=_G) * 5 + 1,
+            "s": torch.rand(4, generator=_G),
+            "oc": torch.rand(4, generator=_G),
+            "D": 10,
+            "a": 1.0,
+            "b": 0.5,
+            "eps": 1e-12,
+        },
+        {"accept": ("b:negative",)},
+    ),
+    "FactoredSphericalOutput()": (
+        FactoredSphericalOutput,
+        {
+            "in_features": 8,
+            "num_classes": 20,
+            "loss": "z",
+            "a": 1.0,
+            "b": 0.5,
+            "reduction": "mean",
+            "refresh_every": 10,
+            "init_std": 0.1,
+        },
+        {"accept": ("b:negative",)},
+    ),
+    "FactoredSphericalOutput.forward": (_LAYER, {"h": _H, "target": _TARGET6}, {}),
+    "FactoredSphericalOutput.logits": (_LAYER.logits, {"h": _H}, {}),
+    "FactoredSphericalOutput.stats": (_LAYER.stats, {"h": _H, "target": _TARGET6}, {}),
+    "FactoredSphericalOutput.set_weight": (
+        lambda weight: _layer().set_weight(weight),
+        {"weight": torch.randn(20, 8, generator=_G)},
+        {},
+    ),
+    "FactoredSphericalOutput.step": (_step, {"lr": 0.1}, {}),
+    "FactoredSphericalOutput.attach": (_attach, {"group": 0}, {}),
+    "make_extreme_classification": (
+        make_extreme_classification,
+        {
+            "n": 50,
+            "num_classes": 10,
+            "dim": 4,
+            "zipf": 1.0,
+            "noise": 0.5,
+            "seed": 0,
+            "teacher_seed": 1,
+        },
+        {"accept": ("seed:negative", "teacher_seed:negative")},
+    ),
+    "make_zipf_language": (
+        make_zipf_language,
+        {"n": 50, "vocab": 20, "rank": 4, "zipf": 1.0, "temp": 2.0, "seed": 0, "lang_seed": 1},
+        {"accept": ("seed:negative", "lang_seed:negative")},
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ENTRY_POINTS))
+def test_zloss_bad_inputs(name):
+    fn, kwargs, kw = ENTRY_POINTS[name]
+    rep = fuzz_bad_inputs(fn, kwargs, name=name, **kw)
+    assert rep.tried > 0 and rep.ok, "\n".join(rep.failures)

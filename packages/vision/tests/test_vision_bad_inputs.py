@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from invariance.core.testing import collect_entry_points, fuzz_bad_inputs, fuzz_table
+from invariance.core.testing import bad_input_summary, fuzz_bad_inputs
 from invariance.vision import (
     BSS,
     SEPC,
@@ -159,12 +159,4 @@ def test_vision_bad_inputs(name):
 
 def test_bad_input_summary():
     here = Path(__file__)
-    entries = {**collect_entry_points(here.parent, exclude=(here.name,)), **ENTRY_POINTS}
-    reports = [
-        fuzz_bad_inputs(fn, kw, name=n, **extra) for n, (fn, kw, extra) in sorted(entries.items())
-    ]
-    print()
-    print(fuzz_table(reports))
-    for r in reports:
-        for f in r.failures:
-            print("  -", f)
+    bad_input_summary(here.parent, extra=ENTRY_POINTS, exclude=(here.name,))

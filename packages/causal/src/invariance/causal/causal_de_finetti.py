@@ -65,7 +65,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from invariance.causal._checks import check_float_tensor
+from invariance.causal._checks import check_float, check_float_tensor, check_int, check_number
+from invariance.causal._moved import moved_to_recipe
 from invariance.causal.ci_tests import fisher_z_test, g_test, kci_test
 
 __all__ = [
@@ -88,13 +89,7 @@ _RECIPE_NAMES = {
 }
 
 
-def __getattr__(name: str) -> object:
-    """Keep ``from invariance.causal.causal_de_finetti import <recipe name>`` working."""
-    if name in _RECIPE_NAMES:
-        from invariance.causal.recipes import causal_de_finetti as _recipe
-
-        return getattr(_recipe, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = moved_to_recipe(__name__, "causal_de_finetti", _RECIPE_NAMES)
 
 
 CITest = Callable[..., tuple[float, float]]
@@ -133,6 +128,9 @@ def _check_alpha(alpha: float) -> None:
 
 def bivariate_decision(p_xy: float, p_yx: float, p_ind: float, alpha: float = 0.05) -> set:
     """The official decision rule on the three p-values; returns the edge set."""
+    for name, p in (("p_xy", p_xy), ("p_yx", p_yx), ("p_ind", p_ind)):
+        check_float(name, p, 0.0, 1.0)
+    _check_alpha(alpha)
     if p_xy >= alpha and p_yx <= alpha and p_ind <= alpha:
         return {(0, 1)}
     if p_xy <= alpha and p_yx >= alpha and p_ind <= alpha:
@@ -369,6 +367,8 @@ class ICMGaussian(nn.Module):
 
 def fit_icm_gaussian(data: Tensor, *, steps: int = 300, lr: float = 0.05) -> ICMGaussian:
     """Fit :class:`ICMGaussian` by full-batch Adam; ``data (E, n, 2)``."""
+    check_int("steps", steps, 1)
+    check_number("lr", lr, strict=True)
     model = ICMGaussian().to(torch.float64)
     data = data.to(torch.float64)
     opt = torch.optim.Adam(model.parameters(), lr=lr)

@@ -67,8 +67,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from invariance.causal._checks import check_number
-from invariance.causal.random_effects import RandomEffectBlock, _check_count
+from invariance.causal._checks import check_int, check_number, check_seed
+from invariance.causal._moved import moved_to_recipe
+from invariance.causal.random_effects import RandomEffectBlock
 from invariance.core import groups as _G
 from invariance.core.testing import SymmetryReport, equivariance_error
 
@@ -84,13 +85,7 @@ __all__ = [
 _RECIPE_NAMES = {"MEDLConfig", "MEDLRecipe", "fit_medl", "probe_accuracy", "batch_silhouette"}
 
 
-def __getattr__(name: str) -> object:
-    """Keep ``from invariance.causal.medl import MEDLRecipe, fit_medl, ...`` working."""
-    if name in _RECIPE_NAMES:
-        from invariance.causal.recipes import medl as _recipe
-
-        return getattr(_recipe, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = moved_to_recipe(__name__, "medl", _RECIPE_NAMES)
 
 
 def _mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int) -> nn.Sequential:
@@ -239,7 +234,7 @@ class MEDL(nn.Module):
             ("n_classes", n_classes, 0),
             ("latent", latent, 1),
         ):
-            _check_count(name, v, lo)
+            check_int(name, v, lo)
         check_number("post_loc_init_scale", post_loc_init_scale)
         check_number("prior_scale", prior_scale, strict=True)
         check_number("kl_weight", kl_weight)
@@ -335,8 +330,8 @@ class MEDL(nn.Module):
     @torch.no_grad()
     def counterfactual(self, x: Tensor, batch: Tensor, target_batch: int) -> Tensor:
         """Re-decode every cell as if it came from ``target_batch`` (RE decoder, eval mode)."""
-        if not 0 <= int(target_batch) < self.n_batches:
-            raise ValueError(f"target_batch must be in [0, {self.n_batches}), got {target_batch}")
+        self._check_x(x)
+        check_int("target_batch", target_batch, 0, self.n_batches - 1)
         was = self.training
         self.eval()
         z = self._onehot(batch, x.shape[0]).to(x.dtype)
@@ -435,6 +430,8 @@ def medl_alternating_step(
     takes a step on the autoencoder losses, the generator term against the *updated* adversary.
     Returns the detached losses of phase (2) plus ``adv_step_ce``, the CE phase (1) minimised.
     """
+    model._check_x(x)
+    model._onehot(batch, x.shape[0])
     with torch.no_grad():
         acts = torch.cat(model.fe.encode(x), dim=1)
     opt_adv.zero_grad(set_to_none=True)
@@ -470,8 +467,12 @@ def re_relabel_report(
     (posterior means) with :func:`invariance.core.testing.equivariance_error` (float64); returns
     its :class:`~invariance.core.testing.SymmetryReport`.
     """
+    model._check_x(x)
+    model._onehot(batch, x.shape[0])
     if batch.dim() != 1:
         raise ValueError(f"batch must hold (N,) integer labels, got shape {tuple(batch.shape)}")
+    check_int("trials", trials, 1)
+    seed = check_seed(seed)
     names = _re_param_names(model)
     m = copy.deepcopy(model).double().eval()
     params = dict(m.named_parameters())

@@ -31,6 +31,10 @@ enough, uniformly over representations. We provide:
 * :func:`certify_invariance`: the violation rate :math:`P_\theta(\|r_\theta\| > 2\varepsilon)` on
   fresh interventions (population or ``n``-sample residuals), for one representation or the worst
   of a family of accepted ones.
+* :class:`Intervention` and :func:`optimal_head` (written in :mod:`~invariance.causal.pac_symmetry`,
+  exported here): the intervention action and the population-optimal head it must leave unchanged,
+  for the symmetry checks. The IRM trainer :func:`fit_invariant_linear` and the ``reproduce``
+  experiments live with the recipe (:mod:`invariance.causal.recipes.pac_invariance`).
 
 Tested properties (``tests/test_pac_invariance.py``):
 * true parents are exactly invariant: population residual < 1e-10 for 100 random interventions
@@ -96,15 +100,23 @@ exactly (variable projection) instead of training it by Adam.
 from __future__ import annotations
 
 import itertools
-import math
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
-from invariance.causal._checks import check_float_tensor, check_number
+from invariance.causal._checks import (
+    check_choice,
+    check_cov_stack,
+    check_env_xy,
+    check_float_tensor,
+    check_int,
+    check_number,
+    check_seed,
+)
+from invariance.causal._moved import moved_to_recipe
 from invariance.causal.data.sem import LinearSEM, empirical_covariance
-from invariance.core import groups as _G
+from invariance.causal.pac_symmetry import Intervention, optimal_head
 
 __all__ = [
     "Intervention",
@@ -133,37 +145,13 @@ _RECIPE_NAMES = {
 }
 
 
-def __getattr__(name: str) -> object:
-    """Keep ``from invariance.causal.pac_invariance import <recipe name>`` working."""
-    if name in _RECIPE_NAMES:
-        from invariance.causal.recipes import pac_invariance as _recipe
-
-        return getattr(_recipe, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = moved_to_recipe(__name__, "pac_invariance", _RECIPE_NAMES)
 
 
 # --------------------------------------------------------------------------- helpers
-def _check_cov(cov: Tensor, name: str = "cov") -> Tensor:
-    """Validate a stack of joint covariances ``(E, d+1, d+1)`` (Y last); 2-D input gets E=1."""
-    if not isinstance(cov, Tensor):
-        raise TypeError(f"{name} must be a Tensor, got {type(cov).__name__}")
-    if cov.dim() == 2:
-        cov = cov.unsqueeze(0)
-    if cov.dim() != 3 or cov.shape[-1] != cov.shape[-2] or cov.shape[-1] < 2:
-        raise ValueError(
-            f"{name} must have shape (E, d+1, d+1) with d >= 1, got {tuple(cov.shape)}"
-        )
-    if cov.shape[0] == 0:
-        raise ValueError(f"{name} must hold at least one environment, got shape {tuple(cov.shape)}")
-    if not cov.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got dtype {cov.dtype}")
-    if not torch.isfinite(cov).all():
-        raise ValueError(f"{name} must be finite (it holds NaN or inf)")
-    return cov
-
-
 def selection_matrix(subset: list[int] | tuple[int, ...], d: int, *, dtype=torch.float64) -> Tensor:
     """Rows of the identity for ``subset``: ``(|S|, d)``; the representation of a feature subset."""
+    check_int("d", d, 1)
     for j in subset:
         if not 0 <= int(j) < d:
             raise ValueError(f"selection_matrix: index {j} out of range for d={d}")
@@ -195,7 +183,7 @@ def invariance_residual(cov: Tensor, phi: Tensor, w: Tensor) -> Tensor:
 
     Shapes: ``cov (E, d+1, d+1)`` (Y last), ``phi (r, d)``, ``w (r,)`` -> ``(E, r)``.
     """
-    cov = _check_cov(cov)
+    cov = check_cov_stack(cov)
     d = cov.shape[-1] - 1
     phi = _as_phi(phi, d, cov.dtype)
     w = _check_w(w, phi.shape[0])
@@ -203,21 +191,12 @@ def invariance_residual(cov: Tensor, phi: Tensor, w: Tensor) -> Tensor:
     return sxy @ phi.T - (phi @ sxx @ phi.T @ w.to(cov.dtype))
 
 
-def _check_xy(x: Tensor, y: Tensor) -> None:
-    check_float_tensor("x", x, dims=(3,))
-    check_float_tensor("y", y, dims=(2,))
-    if x.shape[:2] != y.shape:
-        raise ValueError(
-            f"expected x (E, n, d) and y (E, n), got {tuple(x.shape)}, {tuple(y.shape)}"
-        )
-
-
 def sample_residual(x: Tensor, y: Tensor, phi: Tensor, w: Tensor) -> Tensor:
     r"""Finite-sample residual :math:`\hat r_e = \frac1n\sum_i \Phi x_i (y_i - w^\top\Phi x_i)`.
 
     Shapes: ``x (E, n, d)``, ``y (E, n)``, ``phi (r, d)``, ``w (r,)`` -> ``(E, r)``.
     """
-    _check_xy(x, y)
+    check_env_xy(x, y)
     phi = _as_phi(phi, x.shape[-1], x.dtype)
     w = _check_w(w, phi.shape[0]).to(x.dtype)
     feats = x @ phi.T  # (E, n, r)
@@ -228,7 +207,7 @@ def sample_residual(x: Tensor, y: Tensor, phi: Tensor, w: Tensor) -> Tensor:
 def population_mse(cov: Tensor, phi: Tensor, w: Tensor) -> Tensor:
     r"""Per-environment MSE, shape ``(E,)``:
     :math:`\Sigma_{yy} - 2 w^\top\Phi\Sigma_{xy} + w^\top\Phi\Sigma_{xx}\Phi^\top w`."""
-    cov = _check_cov(cov)
+    cov = check_cov_stack(cov)
     d = cov.shape[-1] - 1
     phi = _as_phi(phi, d, cov.dtype)
     w = _check_w(w, phi.shape[0]).to(cov.dtype)
@@ -309,15 +288,10 @@ def fit_invariant_subset(cov: Tensor, *, max_size: int = 3, eps: float | None = 
             lowest pooled MSE wins, i.e. best-subset ERM over the same family (the fair baseline
             of ``reproduce``).
     """
-    cov = _check_cov(cov)
-    if isinstance(max_size, bool) or not isinstance(max_size, int):
-        raise TypeError(f"max_size must be an int, got {max_size!r}")
-    if max_size < 0:
-        raise ValueError(f"max_size must be >= 0, got {max_size!r}")
-    if eps is not None and (isinstance(eps, bool) or not isinstance(eps, (int, float))):
-        raise TypeError(f"eps must be a number or None, got {eps!r}")
-    if eps is not None and not (eps >= 0 and math.isfinite(eps)):
-        raise ValueError(f"eps must be finite and >= 0, got {eps!r}")
+    cov = check_cov_stack(cov)
+    check_int("max_size", max_size, 0)
+    if eps is not None:
+        check_number("eps", eps)
     d = cov.shape[-1] - 1
     empty_mse = float(cov[:, d, d].mean())
     accepted: list[tuple[tuple[int, ...], Tensor, float, float]] = [
@@ -351,10 +325,8 @@ class InvariantLinear(nn.Module):
 
     def __init__(self, *, d: int, rank: int = 1) -> None:
         super().__init__()
-        if not isinstance(d, int) or d < 1:
-            raise ValueError(f"InvariantLinear: d must be a positive int, got {d!r}")
-        if not isinstance(rank, int) or not 1 <= rank <= d:
-            raise ValueError(f"InvariantLinear: rank must be in [1, {d}], got {rank!r}")
+        check_int("d", d, 1)
+        check_int("rank", rank, 1, d)
         self.d, self.rank = d, rank
         self.raw_phi = nn.Parameter(torch.empty(rank, d))
         self.w = nn.Parameter(torch.empty(rank))
@@ -394,10 +366,9 @@ def irm_linear_loss(
     ``penalty="sum"``: :math:`\sum_e\|\hat r_e\|^2` (IRMv1 for linear models);
     ``penalty="max"``: :math:`\max_e\|\hat r_e\|^2`. Shapes: ``x (E, n, d)``, ``y (E, n)``.
     """
-    _check_xy(x, y)
+    check_env_xy(x, y)
     check_number("lam", lam)
-    if penalty not in ("sum", "max"):
-        raise ValueError(f"penalty must be 'sum' or 'max', got {penalty!r}")
+    check_choice("penalty", penalty, ("sum", "max"))
     mse = ((model(x) - y) ** 2).mean()
     r2 = model.residual(x, y).pow(2).sum(-1)
     pen = r2.sum() if penalty == "sum" else r2.max()
@@ -413,6 +384,22 @@ def optimal_irm_head(sxx: Tensor, sxy: Tensor, phi: Tensor, lam: float) -> Tenso
     Shapes: ``sxx (E, d, d)``, ``sxy (E, d)``, ``phi (r, d)`` -> ``(r,)``; differentiable in
     ``phi``.
     """
+    check_float_tensor("sxx", sxx, dims=(3,))
+    E, d = sxx.shape[0], sxx.shape[-1]
+    if sxx.shape[1] != d:
+        raise ValueError(f"sxx must have shape (E, d, d), got {tuple(sxx.shape)}")
+    check_float_tensor("sxy", sxy, dims=(2,))
+    if sxy.shape != (E, d):
+        raise ValueError(f"sxy must have shape (E, d) = ({E}, {d}), got {tuple(sxy.shape)}")
+    check_float_tensor("phi", phi, dims=(2,))
+    if phi.shape[1] != d:
+        raise ValueError(f"phi must have shape (r, {d}), got {tuple(phi.shape)}")
+    check_number("lam", lam)
+    return _irm_head(sxx.to(phi.dtype), sxy.to(phi.dtype), phi, lam)
+
+
+def _irm_head(sxx: Tensor, sxy: Tensor, phi: Tensor, lam: float) -> Tensor:
+    """:func:`optimal_irm_head` without the argument checks (the trainer's inner loop)."""
     C = phi @ sxx @ phi.T  # (E, r, r)
     a = sxy @ phi.T  # (E, r)
     lhs = C.mean(0) + lam * (C @ C).sum(0)
@@ -443,8 +430,11 @@ def certify_invariance(
     Returns ``violation_rate`` (float), ``gaps`` (``(M,)`` residual norms of the worst member) and
     ``per_member`` (violation rate of each member).
     """
-    if n_interventions < 1:
-        raise ValueError(f"n_interventions must be >= 1, got {n_interventions}")
+    check_number("eps", eps)
+    check_int("n_interventions", n_interventions, 1)
+    if n_samples is not None:
+        check_int("n_samples", n_samples, 1)
+    seed = check_seed(seed)
     family = phi if w is None else [(phi, w)]
     if not isinstance(family, list) or not family:
         raise TypeError("certify_invariance: pass (phi, w), or a non-empty list of (phi, w) pairs")
@@ -464,7 +454,7 @@ def certify_invariance(
         if isinstance(member_phi, Tensor):
             gaps = (
                 invariance_residual(cov, member_phi, member_w).norm(dim=-1)
-                if member_w.numel()
+                if member_w.numel() or member_phi.numel()
                 else torch.zeros(n_interventions, dtype=cov.dtype)
             )
             all_gaps.append(gaps)
@@ -505,44 +495,3 @@ def worst_accepted_violation(
         sem, family, eps=eps, n_interventions=n_interventions, seed=seed, n_samples=n_samples
     )
     return float(out["violation_rate"])
-
-
-# --------------------------------------------------------------------------- symmetry
-class Intervention(_G.Group):
-    """Draws a fresh intervention ``theta ~ P`` of a :class:`LinearSEM`; acts by replacing
-    ``theta`` (rep ``"theta"``). The group-like action used to check invariance of a predictor's
-    optimal head across environments with :mod:`invariance.core.testing`."""
-
-    name, reps = "interventions", ("theta",)
-
-    def __init__(self, sem: LinearSEM) -> None:
-        self.sem = sem
-
-    def sample(self, generator, inputs=()):
-        return self.sem.sample_theta(1, generator=generator)[0]
-
-    def _act(self, rep, g, x):
-        return g.to(x.dtype).reshape(x.shape)
-
-    def describe(self, g):
-        return f"intervention theta={[[round(float(v), 3) for v in row] for row in g]}"
-
-
-def optimal_head(sem: LinearSEM, subset: list[int], *, with_risk: bool = False):
-    """``theta -> argmin_w MSE_theta(X_S w, Y)``: the population-optimal head on a subset.
-
-    ``with_risk=True`` appends the head's population MSE (the invariant risk): the output then
-    varies across its entries even for a one-feature subset, so a symmetry check on it is not
-    vacuous."""
-    idx = torch.tensor(subset, dtype=torch.long)
-
-    def fn(theta: Tensor) -> Tensor:
-        cov = sem.covariance(theta.to(sem.dtype))[0]
-        d = sem.d
-        sxx, sxy = cov[:d, :d][idx][:, idx], cov[:d, d][idx]
-        w = torch.linalg.solve(sxx, sxy)
-        if not with_risk:
-            return w
-        return torch.cat([w, (cov[d, d] - sxy @ w).reshape(1)])
-
-    return fn

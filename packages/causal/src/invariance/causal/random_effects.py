@@ -11,16 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from invariance.causal._checks import check_number
+from invariance.causal._checks import check_int, check_number
 
 __all__ = ["RandomEffectBlock"]
-
-
-def _check_count(name: str, v: int, lo: int) -> None:
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise TypeError(f"{name} must be an int, got {v!r}")
-    if v < lo:
-        raise ValueError(f"{name} must be >= {lo}, got {v!r}")
 
 
 class RandomEffectBlock(nn.Module):
@@ -56,8 +49,8 @@ class RandomEffectBlock(nn.Module):
         kl_weight: float = 1e-5,
     ) -> None:
         super().__init__()
-        _check_count("features", features, 1)
-        _check_count("n_batches", n_batches, 1)
+        check_int("features", features, 1)
+        check_int("n_batches", n_batches, 1)
         check_number("post_loc_init_scale", post_loc_init_scale)
         check_number("prior_scale", prior_scale, strict=True)
         check_number("kl_weight", kl_weight)

@@ -49,6 +49,7 @@ __all__ = [
     "assert_rejects_bad_inputs",
     "fuzz_table",
     "collect_entry_points",
+    "bad_input_summary",
     "TENSOR_KINDS",
     "NUMBER_KINDS",
 ]
@@ -308,3 +309,34 @@ def collect_entry_points(test_dir: str | Path, *, exclude: Iterable[str] = ()) -
                 raise ValueError(f"entry point {name!r} is declared twice ({path.name})")
             out[name] = entry
     return out
+
+
+def bad_input_summary(
+    test_dir: str | Path,
+    *,
+    extra: Mapping[str, Any] | None = None,
+    exclude: Iterable[str] = (),
+) -> list[FuzzReport]:
+    """A package's bad-input summary in one call: the ``ENTRY_POINTS`` of the test files in
+    ``test_dir`` (see :func:`collect_entry_points`) plus ``extra`` (``{name: (fn, kwargs,
+    options)}``), each fuzzed with :func:`fuzz_bad_inputs`; prints the table of
+    :func:`fuzz_table` and every failure, and raises ``AssertionError`` if any case is not
+    handled. Returns the reports (sorted by entry point name)."""
+    entries = dict(collect_entry_points(test_dir, exclude=exclude))
+    for name, entry in (extra or {}).items():
+        if name in entries:
+            raise ValueError(f"entry point {name!r} is declared twice (extra)")
+        entries[name] = entry
+    if not entries:
+        raise AssertionError(f"no test file in {test_dir} declares ENTRY_POINTS")
+    reports = [
+        fuzz_bad_inputs(fn, kw, name=n, **opts) for n, (fn, kw, opts) in sorted(entries.items())
+    ]
+    print()
+    print(fuzz_table(reports))
+    failures = [f for r in reports for f in r.failures]
+    for f in failures:
+        print("  -", f)
+    if failures:
+        raise AssertionError(f"{len(failures)} bad inputs not handled:\n  " + "\n  ".join(failures))
+    return reports

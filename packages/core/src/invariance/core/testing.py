@@ -39,6 +39,7 @@ from invariance.core.fuzz import (
     FuzzReport,
     assert_rejects_bad_inputs,
     bad_input_cases,
+    bad_input_summary,
     collect_entry_points,
     fuzz_bad_inputs,
     fuzz_table,
@@ -72,6 +73,7 @@ __all__ = [
     "assert_rejects_bad_inputs",
     "fuzz_table",
     "collect_entry_points",
+    "bad_input_summary",
 ]
 
 DEFAULT_MIN_VARIATION = 1e-3

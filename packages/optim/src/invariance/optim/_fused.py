@@ -46,6 +46,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from invariance.optim._utils import rows_dense
+
 __all__ = [
     "FlatLayout",
     "adamp_bucket_step",
@@ -230,15 +232,7 @@ class _Bucket:
 
 def _flat_ok(p: Tensor) -> bool:
     """Dense, non-overlapping, with dim 0 outermost: each channel is one block of memory."""
-    if p.numel() == 0:
-        return False
-    if p.is_contiguous():
-        return True
-    return (
-        p.ndim == 4
-        and p.is_contiguous(memory_format=torch.channels_last)
-        and p.stride(0) == p.numel() // p.shape[0]
-    )
+    return p.numel() > 0 and rows_dense(p)
 
 
 class FlatLayout:

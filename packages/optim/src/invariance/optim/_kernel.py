@@ -44,6 +44,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from invariance.optim._utils import rows_dense
+
 __all__ = ["KernelUnavailable", "load", "supports", "run", "build", "hyper"]
 
 
@@ -344,17 +346,6 @@ def load() -> ctypes.CDLL:
     return lib
 
 
-def _rows_dense(p: Tensor) -> bool:
-    """Each slice along dim 0 is one dense block (contiguous, or channels-last 4-D)."""
-    if p.is_contiguous():
-        return True
-    return (
-        p.ndim == 4
-        and p.is_contiguous(memory_format=torch.channels_last)
-        and p.stride(0) == p.numel() // p.shape[0]
-    )
-
-
 def supports(p: Tensor, g: Tensor, state: list[Tensor]) -> bool:
     """The kernel can step ``p``: a non-empty float32/float64 CPU tensor whose channels are dense
     blocks, with its gradient and state tensors in the same memory layout."""
@@ -362,7 +353,7 @@ def supports(p: Tensor, g: Tensor, state: list[Tensor]) -> bool:
         p.device.type == "cpu"
         and p.dtype in _DTYPES
         and p.numel() > 0
-        and _rows_dense(p)
+        and rows_dense(p)
         and all(t.dtype == p.dtype and t.stride() == p.stride() for t in (g, *state))
     )
 

@@ -102,6 +102,8 @@ def project_radial(
     """
     for name, t in (("p", p), ("g", g), ("u", u)):
         check_tensor(name, t)
+    _check_number("delta", delta)
+    _check_number("eps", eps)
     if p.ndim < 2 or p.shape != g.shape or p.shape != u.shape:
         raise ValueError(
             f"project_radial needs p, g, u of one shape with ndim >= 2, got {tuple(p.shape)}, "

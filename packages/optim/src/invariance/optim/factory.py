@@ -76,6 +76,7 @@ def param_groups_no_decay_1d(
 
     The second group holds every parameter with ``ndim <= 1`` and every name in ``no_decay``.
     """
+    check_float("weight_decay", weight_decay, 0.0)
     skip = set(no_decay)
     decay, no = [], []
     for name, p in model.named_parameters():

@@ -31,6 +31,9 @@ a spherical loss is
 low-rank updates (Woodbury for :math:`U^{-1}`, or a direct d x d solve when the batch m >= d) in
 :math:`O(md^2 + m^2d)`, independent of :math:`D`.
 
+The paper's baselines :func:`spherical_mse_loss` and :func:`taylor_softmax_loss` are written in
+``_spherical.py`` (with this module's argument checks) and exported from here.
+
 Tested properties (``packages/optim/tests/test_zloss.py``):
 - shift and scale invariance of ``z_loss`` under random positive affine maps of the logits, with
   cross-entropy as the negative control (``test_zloss_shift_scale_invariant``);
@@ -68,6 +71,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from invariance.optim._checks import check_choice, check_float, check_int, check_tensor
+from invariance.optim._spherical import check_ab as _check_ab
+from invariance.optim._spherical import check_logits_target as _check_logits_target
+from invariance.optim._spherical import check_stats as _check_stats
+from invariance.optim._spherical import reduce as _reduce
+from invariance.optim._spherical import spherical_mse_loss, taylor_softmax_loss
 
 __all__ = [
     "z_loss",
@@ -78,49 +86,7 @@ __all__ = [
     "FactoredSphericalOutput",
 ]
 
-
-# --------------------------------------------------------------------------------- validation
-
-
-def _check_logits_target(logits: Tensor, target: Tensor) -> None:
-    if not isinstance(logits, Tensor) or not isinstance(target, Tensor):
-        raise TypeError("logits and target must be tensors")
-    if logits.ndim != 2:
-        raise ValueError(f"logits must have shape (N, D), got {tuple(logits.shape)}")
-    if logits.shape[1] < 2:
-        raise ValueError(f"need D >= 2 classes, got logits of shape {tuple(logits.shape)}")
-    if not logits.is_floating_point():
-        raise TypeError(f"logits must be floating point, got {logits.dtype}")
-    if logits.shape[0] == 0:
-        raise ValueError(f"logits must not be empty, got shape {tuple(logits.shape)}")
-    if not bool(torch.isfinite(logits).all()):
-        raise ValueError("logits contains NaN or inf")
-    if target.shape != (logits.shape[0],):
-        raise ValueError(
-            f"target must have shape (N,) = ({logits.shape[0]},), got {tuple(target.shape)}"
-        )
-    if target.dtype not in (torch.int64, torch.int32):
-        raise TypeError(f"target must be an integer class index tensor, got {target.dtype}")
-    if target.numel() and (int(target.min()) < 0 or int(target.max()) >= logits.shape[1]):
-        raise ValueError(
-            f"target values must lie in [0, {logits.shape[1]}), got range "
-            f"[{int(target.min())}, {int(target.max())}]"
-        )
-
-
-def _check_ab(a: float, b: float) -> None:
-    check_float("a", a, 0.0, lo_open=True)
-    check_float("b", b)
-
-
-def _reduce(x: Tensor, reduction: str) -> Tensor:
-    if reduction == "mean":
-        return x.mean()
-    if reduction == "sum":
-        return x.sum()
-    if reduction == "none":
-        return x
-    raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+_LOSSES = ("z", "mse", "taylor")
 
 
 # ------------------------------------------------------------------------------ dense losses
@@ -187,21 +153,6 @@ class ZLoss(nn.Module):
         return f"a={self.a}, b={self.b}, reduction={self.reduction!r}"
 
 
-def spherical_mse_loss(logits: Tensor, target: Tensor, *, reduction: str = "mean") -> Tensor:
-    """Squared error to the one-hot target, ``||o - e_c||^2`` (a spherical loss)."""
-    _check_logits_target(logits, target)
-    oc = logits.gather(1, target.long().unsqueeze(1)).squeeze(1)
-    return _reduce(logits.square().sum(1) - 2 * oc + 1, reduction)
-
-
-def taylor_softmax_loss(logits: Tensor, target: Tensor, *, reduction: str = "mean") -> Tensor:
-    """Negative log of the 2nd-order Taylor softmax ``t(o_c) / sum_k t(o_k)``, ``t = 1+o+o²/2``."""
-    _check_logits_target(logits, target)
-    t = 1 + logits + 0.5 * logits.square()
-    tc = t.gather(1, target.long().unsqueeze(1)).squeeze(1)
-    return _reduce(t.sum(1).log() - tc.log(), reduction)
-
-
 # ------------------------------------------------------------------- losses from (q, s, o_c)
 
 
@@ -218,8 +169,20 @@ def spherical_loss_from_stats(
 ) -> Tensor:
     """Per-example spherical loss from ``q = sum o²``, ``s = sum o``, ``o_c`` (all shape ``(m,)``).
 
-    ``name`` is ``"z"`` (Z-loss), ``"mse"`` or ``"taylor"``.
+    ``name`` is ``"z"`` (Z-loss), ``"mse"`` or ``"taylor"``; ``D`` the number of classes.
     """
+    check_choice("name", name, _LOSSES)
+    _check_stats(q, s, oc)
+    check_int("D", D, 2)
+    _check_ab(a, b)
+    check_float("eps", eps, 0.0, lo_open=True)
+    return _loss_from_stats(name, q, s, oc, D, a=a, b=b, eps=eps)
+
+
+def _loss_from_stats(
+    name: str, q: Tensor, s: Tensor, oc: Tensor, D: int, *, a: float, b: float, eps: float = 1e-12
+) -> Tensor:
+    """:func:`spherical_loss_from_stats` without the argument checks (the layer's hot path)."""
     if name == "z":
         mu = s / D
         floor = max(eps * eps, torch.finfo(q.dtype).tiny)
@@ -228,9 +191,7 @@ def spherical_loss_from_stats(
         return F.softplus(a * (b - z)) / a
     if name == "mse":
         return q - 2 * oc + 1
-    if name == "taylor":
-        return (D + s + 0.5 * q).log() - (1 + oc + 0.5 * oc.square()).log()
-    raise ValueError(f"unknown spherical loss {name!r}; choose 'z', 'mse' or 'taylor'")
+    return (D + s + 0.5 * q).log() - (1 + oc + 0.5 * oc.square()).log()
 
 
 # ----------------------------------------------------------------------- factored output layer
@@ -285,7 +246,7 @@ class FactoredSphericalOutput(nn.Module):
         super().__init__()
         check_int("in_features", in_features, 1)
         check_int("num_classes", num_classes, 2)
-        check_choice("loss", loss, ("z", "mse", "taylor"))
+        check_choice("loss", loss, _LOSSES)
         check_choice("reduction", reduction, ("mean", "sum"))
         check_int("refresh_every", refresh_every, 1)
         if init_std is not None:
@@ -320,6 +281,7 @@ class FactoredSphericalOutput(nn.Module):
     @torch.no_grad()
     def set_weight(self, weight: Tensor) -> None:
         """Reset the factors to ``W = weight`` (shape ``(D, d)``); costs ``O(D d^2)``."""
+        check_tensor("weight", weight, ndim=2)
         if weight.shape != self.V.shape:
             raise ValueError(
                 f"weight must have shape {tuple(self.V.shape)}, got {tuple(weight.shape)}"
@@ -375,6 +337,11 @@ class FactoredSphericalOutput(nn.Module):
     # ---------------------------------------------------------------------------- forward
     def stats(self, h: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(q, s, o_c)`` of ``o = W h`` per row of ``h``, each shape ``(m,)``, ``O(m d^2)``."""
+        self._check_h(h)
+        self._check_target(target, h.shape[0])
+        return self._stats(h, target)
+
+    def _stats(self, h: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         hs = h.to(self.U.dtype)
         q = ((hs @ self.Q) * hs).sum(-1)
         s = hs @ self.w_bar
@@ -382,19 +349,18 @@ class FactoredSphericalOutput(nn.Module):
         oc = (hs * Wc).sum(-1)
         return q, s, oc
 
-    def forward(self, h: Tensor, target: Tensor) -> Tensor:
-        self._check_h(h)
-        if (
-            not isinstance(target, Tensor)
-            or target.shape != (h.shape[0],)
-            or target.is_floating_point()
-        ):
+    def _check_target(self, target: Tensor, m: int) -> None:
+        if not isinstance(target, Tensor) or target.shape != (m,) or target.is_floating_point():
             raise ValueError(
-                f"target must be an integer tensor of shape ({h.shape[0]},), got "
+                f"target must be an integer tensor of shape ({m},), got "
                 f"{tuple(target.shape) if isinstance(target, Tensor) else type(target).__name__}"
             )
         if target.numel() and (int(target.min()) < 0 or int(target.max()) >= self.num_classes):
             raise ValueError(f"target values must lie in [0, {self.num_classes})")
+
+    def forward(self, h: Tensor, target: Tensor) -> Tensor:
+        self._check_h(h)
+        self._check_target(target, h.shape[0])
         record = self.training and torch.is_grad_enabled()
         if record and self._pending is not None and self._pending.get("ready"):
             raise RuntimeError(
@@ -404,10 +370,8 @@ class FactoredSphericalOutput(nn.Module):
         hs = h.to(self.U.dtype)
         if record and not hs.requires_grad:
             hs = hs.detach().requires_grad_(True)
-        q, s, oc = self.stats(hs, target)
-        per = spherical_loss_from_stats(
-            self.loss_name, q, s, oc, self.num_classes, a=self.a, b=self.b
-        )
+        q, s, oc = self._stats(hs, target)
+        per = _loss_from_stats(self.loss_name, q, s, oc, self.num_classes, a=self.a, b=self.b)
         loss = per.mean() if self.reduction == "mean" else per.sum()
         if record:
             m = h.shape[0]
@@ -438,11 +402,11 @@ class FactoredSphericalOutput(nn.Module):
     @torch.no_grad()
     def step(self, lr: float) -> None:
         """Apply the exact SGD update ``W <- W - lr * dL/dW`` of the last backward."""
+        lr = check_float("lr", lr.item() if isinstance(lr, Tensor) and lr.numel() == 1 else lr, 0.0)
         p = self._pending
         if p is None or not p.get("ready"):
             return
         self._pending = None
-        lr = float(lr)
         H, tgt = p["h"], p["target"]
         gq, gs, gc = p["gq"], p["gs"], p["gc"]
         D = self.num_classes
@@ -511,7 +475,8 @@ class FactoredSphericalOutput(nn.Module):
                 f"{type(optimizer).__name__}. Momentum/Adam-type optimizers need the dense D x d "
                 f"gradient and break the factorisation."
             )
-        if not 0 <= group < len(optimizer.param_groups):
+        check_int("group", group, 0)
+        if group >= len(optimizer.param_groups):
             raise ValueError(f"group {group} out of range ({len(optimizer.param_groups)} groups)")
         for g in optimizer.param_groups:
             for key in ("momentum", "dampening", "weight_decay"):

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from invariance.causal._checks import check_seed
+from invariance.causal._checks import check_float, check_number, check_seed
 
 __all__ = ["make_bivariate_exchangeable", "make_linear_gaussian_icm", "make_multivariate_binary"]
 
@@ -32,6 +32,25 @@ def _g(seed: int | None, generator: torch.Generator | None) -> torch.Generator:
     if generator is not None:
         return generator
     return torch.Generator().manual_seed(check_seed(seed))
+
+
+def _mode(mode: int | None, g: torch.Generator) -> int:
+    """``mode`` (0 = X->Y, 1 = Y->X, 2 = independent), drawn from ``g`` when None."""
+    if mode is None:
+        return int(torch.randint(0, 3, (1,), generator=g))
+    if mode not in (0, 1, 2):
+        raise ValueError(f"mode must be 0 (X->Y), 1 (Y->X) or 2 (independent), got {mode!r}")
+    return mode
+
+
+def _bivariate(x: torch.Tensor, y: torch.Tensor, mode: int) -> dict:
+    return {
+        "x": x,
+        "y": y,
+        "data": torch.stack([x, y], -1),
+        "mode": mode,
+        "edges": set(STRUCTURES[mode]),
+    }
 
 
 def _check(n_envs: int, n_per_env: int) -> None:
@@ -64,10 +83,7 @@ def make_bivariate_exchangeable(
     """
     _check(n_envs, n_per_env)
     g = _g(seed, generator)
-    if mode is None:
-        mode = int(torch.randint(0, 3, (1,), generator=g))
-    if mode not in (0, 1, 2):
-        raise ValueError(f"mode must be 0 (X->Y), 1 (Y->X) or 2 (independent), got {mode!r}")
+    mode = _mode(mode, g)
     loc = torch.rand(2, n_envs, 1, generator=g, dtype=torch.float64) * 2 - 1
     u = torch.rand(2, n_envs, n_per_env, generator=g, dtype=torch.float64) - 0.5
     lap = -torch.sign(u) * torch.log1p(-2 * u.abs())  # Laplace(0, 1) by inverse CDF
@@ -89,14 +105,7 @@ def make_bivariate_exchangeable(
     mask = torch.zeros(1, n_envs, 1, dtype=torch.float64)
     mask[:, changed] = 1.0
     D = D + extra * mask
-    x, y = D[0], D[1]
-    return {
-        "x": x,
-        "y": y,
-        "data": torch.stack([x, y], -1),
-        "mode": mode,
-        "edges": set(STRUCTURES[mode]),
-    }
+    return _bivariate(D[0], D[1], mode)
 
 
 def make_linear_gaussian_icm(
@@ -118,11 +127,11 @@ def make_linear_gaussian_icm(
     dependence ``Y_1 / X_2 | Y_2`` has exactly zero partial correlation, so Fisher-z cannot see it.
     """
     _check(n_envs, n_per_env)
+    check_float("coef", coef)
+    check_number("cause_scale", cause_scale)
+    check_number("effect_scale", effect_scale)
     g = _g(seed, generator)
-    if mode is None:
-        mode = int(torch.randint(0, 3, (1,), generator=g))
-    if mode not in (0, 1, 2):
-        raise ValueError(f"mode must be 0, 1 or 2, got {mode!r}")
+    mode = _mode(mode, g)
     theta = torch.randn(n_envs, 1, generator=g, dtype=torch.float64) * cause_scale
     psi = torch.randn(n_envs, 1, generator=g, dtype=torch.float64) * effect_scale
     e1 = torch.randn(n_envs, n_per_env, generator=g, dtype=torch.float64)
@@ -130,13 +139,7 @@ def make_linear_gaussian_icm(
     cause = theta + e1
     effect = (coef * cause if mode != 2 else 0.0) + psi + e2
     x, y = (cause, effect) if mode in (0, 2) else (effect, cause)
-    return {
-        "x": x,
-        "y": y,
-        "data": torch.stack([x, y], -1),
-        "mode": mode,
-        "edges": set(STRUCTURES[mode]),
-    }
+    return _bivariate(x, y, mode)
 
 
 def make_multivariate_binary(
@@ -155,6 +158,7 @@ def make_multivariate_binary(
     _check(n_envs, n_per_env)
     if not isinstance(n_vars, int) or n_vars < 2:
         raise ValueError(f"n_vars must be an int >= 2, got {n_vars!r}")
+    check_float("edge_prob", edge_prob, 0.0, 1.0, lo_open=True)
     g = _g(seed, generator)
     for _ in range(1000):
         adj = (torch.rand(n_vars, n_vars, generator=g) < edge_prob).triu(1)

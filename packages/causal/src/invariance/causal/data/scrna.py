@@ -24,13 +24,21 @@ import os
 import torch
 from torch import Tensor
 
-from invariance.causal._checks import check_seed
+from invariance.causal._checks import (
+    check_float,
+    check_float_tensor,
+    check_int,
+    check_number,
+    check_seed,
+)
 
 __all__ = ["load_pbmc68k_reduced", "make_scrna_counts", "min_max_scale", "pbmc68k_path"]
 
 
 def min_max_scale(x: Tensor, eps: float = 1e-8) -> Tensor:
     """Per-gene min-max scaling to ``[0, 1]``: ``(cells, genes) -> (cells, genes)``."""
+    check_float_tensor("x", x, dims=(2,))
+    check_number("eps", eps, strict=True)
     lo = x.min(dim=0, keepdim=True).values
     hi = x.max(dim=0, keepdim=True).values
     return (x - lo) / (hi - lo).clamp_min(eps)
@@ -78,8 +86,14 @@ def make_scrna_counts(
     ):
         if not isinstance(v, int) or v < lo:
             raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
-    if not 0 <= de_prob <= 1:
-        raise ValueError(f"de_prob must be in [0, 1], got {de_prob}")
+    check_float("de_prob", de_prob, 0.0, 1.0)
+    for name, v in (("de_loc", de_loc), ("batch_loc", batch_loc), ("lib_loc", lib_loc)):
+        check_float(name, v)
+    for name, v in (("de_scale", de_scale), ("batch_scale", batch_scale), ("lib_scale", lib_scale)):
+        check_number(name, v)
+    check_number("bcv", bcv, strict=True)  # the Gamma shape is 1 / bcv^2
+    if dropout_mid is not None:
+        check_float("dropout_mid", dropout_mid)
     g = torch.Generator().manual_seed(check_seed(seed))
     f64 = torch.float64
     base = _gamma(torch.full((n_genes,), 0.6, dtype=f64), g) / 0.3
@@ -166,8 +180,9 @@ def load_pbmc68k_reduced(
     """
     import h5py  # local import: only this loader needs it
 
-    if not isinstance(n_batches, int) or n_batches < 1:
-        raise ValueError(f"n_batches must be a positive int, got {n_batches!r}")
+    check_int("n_batches", n_batches, 1)
+    check_number("effect_scale", effect_scale)
+    seed = check_seed(seed)
     path = path or pbmc68k_path()
     if path is None:
         raise FileNotFoundError(

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from invariance.causal._checks import check_float_tensor, check_seed
+from invariance.causal._checks import check_env_xy, check_float_tensor, check_number, check_seed
 
 __all__ = ["LinearSEM", "empirical_covariance"]
 
@@ -80,8 +80,7 @@ class LinearSEM:
             raise ValueError(
                 f"LinearSEM: n_sites must be in [1, {n_after}] for d={self.d}, got {self.n_sites!r}"
             )
-        if self.expected_degree <= 0:
-            raise ValueError(f"LinearSEM: expected_degree must be > 0, got {self.expected_degree}")
+        check_number("expected_degree", self.expected_degree, strict=True)
         g = _gen(self.seed, None)
         n = self.d + 1
         self.y_node = self.d // 2
@@ -131,8 +130,7 @@ class LinearSEM:
 
     def _check_theta(self, theta: Tensor) -> Tensor:
         """Validate ``theta`` and return it as ``(m, n_sites, 2)``."""
-        if not isinstance(theta, Tensor):
-            raise TypeError(f"theta must be a Tensor, got {type(theta).__name__}")
+        check_float_tensor("theta", theta)
         if theta.dim() == 2:
             theta = theta.unsqueeze(0)
         if theta.dim() != 3 or theta.shape[1:] != (self.n_sites, 2):
@@ -195,12 +193,6 @@ def empirical_covariance(x: Tensor, y: Tensor) -> Tensor:
 
     Uncentred (the SEM is zero-mean); ``Y`` is the last coordinate.
     """
-    check_float_tensor("x", x, dims=(3,))
-    check_float_tensor("y", y, dims=(2,))
-    if x.shape[:2] != y.shape:
-        raise ValueError(
-            f"empirical_covariance: expected x (E, n, d) and y (E, n), got {tuple(x.shape)} "
-            f"and {tuple(y.shape)}"
-        )
+    check_env_xy(x, y, who="empirical_covariance: ")
     z = torch.cat([x, y.unsqueeze(-1)], dim=-1)
     return z.transpose(-1, -2) @ z / z.shape[1]

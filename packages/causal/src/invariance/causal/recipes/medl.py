@@ -23,6 +23,14 @@ from sklearn.metrics import silhouette_score
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 from torch import Tensor
 
+from invariance.causal._checks import (
+    check_choice,
+    check_float_tensor,
+    check_int,
+    check_number,
+    check_seed,
+    check_tensor,
+)
 from invariance.causal._threads import single_thread
 from invariance.causal.data.scrna import load_pbmc68k_reduced, make_scrna_counts, pbmc68k_path
 from invariance.causal.medl import MEDL, medl_alternating_step, medl_loss, re_relabel_report
@@ -62,10 +70,15 @@ def fit_medl(
     ``schedule="joint"`` takes both in one optimiser step on the pre-update adversary (the
     single-step variant this package used first; also what ``recipe.step`` / ``train`` does).
     """
-    if x.shape[0] != batch.shape[0]:
-        raise ValueError(f"x has {x.shape[0]} rows but batch has {batch.shape[0]}")
-    if schedule not in ("alternating", "joint"):
-        raise ValueError(f"schedule must be 'alternating' or 'joint', got {schedule!r}")
+    model._check_x(x)
+    model._onehot(batch, x.shape[0])
+    check_int("steps", steps, 1)
+    check_int("batch_size", batch_size, 1)
+    check_number("lr", lr, strict=True)
+    if lr_adversary is not None:
+        check_number("lr_adversary", lr_adversary, strict=True)
+    check_choice("schedule", schedule, ("alternating", "joint"))
+    seed = check_seed(seed)
     g = torch.Generator().manual_seed(seed)
     adv_params = list(model.fe.adversary.parameters())
     adv_ids = {id(p) for p in adv_params}
@@ -90,8 +103,19 @@ def fit_medl(
     return model
 
 
+def _check_z_labels(z: Tensor, labels: Tensor, name: str) -> None:
+    """``z`` ``(N, k)`` finite floating latents, ``labels`` ``(N,)`` integer labels."""
+    check_float_tensor("z", z, dims=(2,))
+    check_tensor(name, labels, ndim=1, integer=True)
+    if labels.shape[0] != z.shape[0]:
+        raise ValueError(f"{name} must have shape ({z.shape[0]},), got {tuple(labels.shape)}")
+
+
 def probe_accuracy(z: Tensor, y: Tensor, *, seed: int = 0, folds: int = 3) -> float:
     """Cross-validated logistic-regression accuracy of predicting ``y`` from ``z`` (sklearn)."""
+    _check_z_labels(z, y, "y")
+    check_int("folds", folds, 2)
+    check_int("seed", seed, 0, 2**32 - 1)  # sklearn's random_state range
     cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     return float(
         cross_val_score(
@@ -102,6 +126,7 @@ def probe_accuracy(z: Tensor, y: Tensor, *, seed: int = 0, folds: int = 3) -> fl
 
 def batch_silhouette(z: Tensor, batch: Tensor) -> float:
     """Silhouette score of the batch labels in latent space (lower = better mixed)."""
+    _check_z_labels(z, batch, "batch")
     return float(silhouette_score(z.double().numpy(), batch.numpy()))
 
 

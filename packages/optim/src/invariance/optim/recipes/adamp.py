@@ -23,7 +23,7 @@ from invariance.core.recipe import CheckResult, Recipe, ReproduceResult, TrainCo
 from invariance.core.registry import register
 from invariance.core.testing import as_float64, check_invariant, check_not_invariant
 from invariance.core.train import evaluate, fit_recipe
-from invariance.optim._utils import threads
+from invariance.optim._utils import pyplot, threads
 from invariance.optim.adamp import project_radial
 from invariance.optim.data import digits_split
 from invariance.optim.factory import create_optimizer, list_optimizers
@@ -266,14 +266,8 @@ class _ProjectedRecipe(Recipe):
         )
 
     def _plot(self, run: Any, curves: dict, growth: dict, steps: int) -> list[str]:
-        if run is None:
-            return []
-        try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:  # matplotlib is optional
+        plt = None if run is None else pyplot()
+        if plt is None:
             return []
         fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
         for arm, cs in curves.items():

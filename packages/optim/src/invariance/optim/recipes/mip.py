@@ -23,7 +23,7 @@ from invariance.core.recipe import CheckResult, Recipe, ReproduceResult, TrainCo
 from invariance.core.registry import register
 from invariance.core.testing import check_equivariant, check_not_invariant, equivariance_error
 from invariance.core.train import fit_recipe
-from invariance.optim._utils import threads
+from invariance.optim._utils import pyplot, threads
 from invariance.optim.data import make_gamma_sine
 from invariance.optim.factory import list_optimizers
 from invariance.optim.mip import HyperNet, encode_cos_sin
@@ -294,14 +294,8 @@ def _encoding_invariance_error(model: HyperNet) -> float:
 def _plot(
     run: Any, test: dict, curves: dict, lrs: list[float], steps: int, lr0: float
 ) -> list[str]:
-    if run is None:
-        return []
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = None if run is None else pyplot()
+    if plt is None:
         return []
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
     for arm, st in (("mip", "o"), ("kaiming_hypernet", "s")):

@@ -23,7 +23,7 @@ from invariance.core.recipe import CheckResult, Recipe, ReproduceResult, TrainCo
 from invariance.core.registry import register
 from invariance.core.testing import check_invariant, check_not_invariant, equivariance_error
 from invariance.core.train import evaluate, fit_recipe
-from invariance.optim._utils import threads
+from invariance.optim._utils import pyplot, threads
 from invariance.optim.data import make_extreme_classification, make_zipf_language
 from invariance.optim.factory import list_optimizers
 from invariance.optim.zloss import spherical_mse_loss, taylor_softmax_loss, z_loss
@@ -386,14 +386,8 @@ class ZLossRecipe(Recipe):
 
     @staticmethod
     def _plot_xc(run: Any, top1: dict[str, list[float]], cfg: ZLossConfig) -> list[str]:
-        if run is None:
-            return []
-        try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
+        plt = None if run is None else pyplot()
+        if plt is None:
             return []
         fig, ax = plt.subplots(figsize=(5.5, 3.6))
         for i, vals in enumerate(top1.values()):
@@ -407,14 +401,8 @@ class ZLossRecipe(Recipe):
 
     @staticmethod
     def _plot_lm(run: Any, lm_res: dict[str, Any], lm: dict[str, Any]) -> list[str]:
-        if run is None:
-            return []
-        try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
+        plt = None if run is None else pyplot()
+        if plt is None:
             return []
         fig, ax = plt.subplots(figsize=(5.5, 3.6))
         ks = list(_LM_KS)
