@@ -251,8 +251,11 @@ def test_cikd_reproduce_wiring(monkeypatch):
     for quick in (True, False):
         res = r.reproduce(make_config(r), None, quick=quick)
         assert res.seeds == [0, 1, 2] and len(res.method_values) == 3
-        assert bool(res.not_showable) == quick and res.invariance_error is not None
-    assert "static (best per budget)" in res.arms
+        assert not res.not_showable and res.invariance_error is not None
+        assert res.metric.startswith("controllability") and res.method_values == [0.2] * 3
+        assert set(res.arms) == (set() if quick else {"sandwich"})
+        hv = res.details["hypervolume (mean over the budgets both meet)"]
+        assert ("static (best per budget)" in hv) != quick
 
 
 def test_cikd_contract_and_config():

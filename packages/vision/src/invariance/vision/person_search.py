@@ -22,6 +22,10 @@ with **boxes only** (no identity labels). Mechanism:
 * **scale-invariant loss** with hard exemplar mining (:func:`scale_invariant_loss`): for instance
   ``i`` the hardest positive is its least similar exemplar, the hardest negative the most
   similar exemplar of another person; a triplet on cosine distance with margin 0.3 [our form];
+  the crop pass normalises with its own batch statistics but leaves the backbone's BatchNorm
+  running statistics (the detector's test-time statistics) to the scenes [our choice: blurred
+  crops are not the scenes' image distribution]; the recipe can also keep the loss off the
+  shared backbone for the first steps or ramp its weight up (options, off by default);
 * **dynamic multi-label learning** (:func:`multilabel_targets`, :func:`multilabel_loss`): an
   instance memory (:class:`InstanceMemory`, momentum 0.2, unit rows) holds one slot per training
   box; instance ``i``'s pseudo-labels are the slots whose cosine to ``m_i`` reaches a threshold
@@ -44,13 +48,14 @@ Tested properties (``tests/test_person_search.py``): the scale pyramid returns e
 tensors and is the identity at scale 1; hard mining picks the argmin / argmax on hand-built
 similarities; multi-label targets have ``y_ii = 1``, are symmetric and monotone in ``t``; memory
 rows stay unit-norm; DBSCAN recovers well-separated groups, marks a lone row as outlier and is
-invariant to the order of the memory rows; box embeddings are invariant to translating the
-scene and its boxes by multiples of the backbone stride and the person score map is equivariant
-to them (circular padding), negative controls: 2-pixel shifts; detection targets decode to their
-boxes; ``reid_map_cmc`` equals torchreid's ``evaluate_rank`` (golden values) and the search AP
-equals scikit-learn's ``average_precision_score``; learning: the scale-invariant terms make a
-held-out person's scene embedding find its own 1/4-scale exemplar more often than the same
-network trained without them.
+invariant to the order of the memory rows; the crop pass leaves the BatchNorm running statistics
+unchanged (negative control: without the option it moves them) and, detached, sends no gradient into
+the backbone; box embeddings are invariant to translating the scene and its boxes by multiples of
+the backbone stride and the person score map is equivariant to them (circular padding), negative
+controls: 2-pixel shifts; detection targets decode to their boxes; ``reid_map_cmc`` equals
+torchreid's ``evaluate_rank`` (golden values) and the search AP equals scikit-learn's
+``average_precision_score``; learning: the scale-invariant terms make a held-out person's scene
+embedding find its own 1/4-scale exemplar more often than the same network trained without them.
 
 Deviations: a single-level anchor-free detection head (FCOS-style) on a 3-stage CPU backbone
 instead of the paper's two-stage detector on ResNet-50; the re-id features of training read the

@@ -1,6 +1,8 @@
-"""Bench of the person-search evaluation (``person_search_search``): our
-:func:`~invariance.vision.person_search_det.search_map_topk` against SeqNet's ``eval_search_prw``
-(github.com/serend1p1ty/SeqNet, MIT) when ``SEQNET_REPO`` points at a checkout of it."""
+"""Benches of the person-search evaluation: ``person_search_search`` (our
+:func:`~invariance.vision.person_search_det.search_map_topk` against SeqNet's ``eval_search_prw``,
+github.com/serend1p1ty/SeqNet, MIT, when ``SEQNET_REPO`` points at a checkout of it) and
+``person_search_eval`` (:func:`~invariance.vision.person_search.reid_map_cmc` against a NumPy
+loop of the Market-1501 protocol)."""
 
 from __future__ import annotations
 
@@ -15,9 +17,10 @@ from pathlib import Path
 import torch
 
 from invariance.core.bench import compare, machine, register_bench
+from invariance.vision.person_search import reid_map_cmc
 from invariance.vision.person_search_det import search_map_topk
 
-__all__ = ["bench_person_search_search"]
+__all__ = ["bench_person_search_search", "bench_person_search_eval"]
 
 
 def _seqnet_eval(repo: str):
@@ -119,5 +122,47 @@ def bench_person_search_search(
     reps = {"repeats": 3, "min_run_time": 0.1} if quick else {"repeats": 7, "min_run_time": 0.3}
     rows = compare(
         fns, reference=ref, device=device, label=f"{n_scenes} scenes, {len(q_pid)} queries", **reps
+    )
+    return {"rows": rows, "machine": machine(device)}
+
+
+@register_bench("vision", "person_search_eval")
+def bench_person_search_eval(
+    *, device: str = "cpu", quick: bool = False, n_query: int = 200, n_gallery: int = 1000
+) -> dict:
+    """:func:`reid_map_cmc` (torch, float64) vs a per-query NumPy loop of the same Market-1501
+    protocol written the way torchreid's python ``eval_market1501`` is (reference)."""
+    import numpy as np
+
+    g = torch.Generator().manual_seed(0)
+    dist = torch.rand(n_query, n_gallery, generator=g, dtype=torch.float64)
+    qp = torch.randint(0, 50, (n_query,), generator=g)
+    gp = torch.randint(0, 50, (n_gallery,), generator=g)
+    qc = torch.randint(0, 6, (n_query,), generator=g)
+    gc = torch.randint(0, 6, (n_gallery,), generator=g)
+    dn, qpn, gpn, qcn, gcn = (t.numpy() for t in (dist, qp, gp, qc, gc))
+
+    def numpy_loop():
+        idx = np.argsort(dn, axis=1)
+        aps = []
+        for i in range(n_query):
+            o = idx[i]
+            keep = ~((gpn[o] == qpn[i]) & (gcn[o] == qcn[i]))
+            raw = (gpn[o] == qpn[i])[keep].astype(np.float64)
+            if not raw.any():
+                continue
+            cum = raw.cumsum()
+            aps.append(((cum / np.arange(1, len(raw) + 1)) * raw).sum() / raw.sum())
+        return float(np.mean(aps))
+
+    rows = compare(
+        {
+            "numpy_market1501_loop": numpy_loop,
+            "reid_map_cmc": lambda: reid_map_cmc(dist, qp, gp, qc, gc),
+        },
+        reference="numpy_market1501_loop",
+        device=device,
+        label=f"{n_query} queries x {n_gallery} gallery",
+        **({"repeats": 3, "min_run_time": 0.1} if quick else {"repeats": 7, "min_run_time": 0.3}),
     )
     return {"rows": rows, "machine": machine(device)}
