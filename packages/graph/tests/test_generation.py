@@ -22,11 +22,12 @@ import torch
 from torch_geometric.data import Data
 
 from invariance.core.groups import Permutation
-from invariance.core.testing import assert_equivariant, assert_not_invariant
+from invariance.core.testing import assert_equivariant, assert_not_invariant, fuzz_bad_inputs
 from invariance.graph.generation import (
     CategoricalDiffusion,
     block_decomposition,
     clustering_mmd,
+    compute_mmd,
     cosine_alphabar,
     degree_mmd,
     er_valence_molecules,
@@ -42,6 +43,7 @@ from invariance.graph.generation import (
     smiles_to_data,
     spectral_mmd,
     split_graphs,
+    uniform_prior,
 )
 
 GOLD = json.loads((pathlib.Path(__file__).parent / "pard_golden.json").read_text())
@@ -230,3 +232,71 @@ def test_er_valence_baseline_respects_valences():
     assert all(torch.equal(a[1], b[1]) for a, b in zip(out, again))
     with pytest.raises(ValueError, match="train"):
         er_valence_molecules([Data(edge_index=torch.zeros(2, 0, dtype=torch.long))], 3)
+
+
+# ---------------------------------------------------------------- bad inputs
+# ``ENTRY_POINTS``: name -> (callable, one valid call's kwargs, fuzz options). Each is fuzzed here
+# and collected by ``tests/test_graph_bad_inputs.py``'s package-wide summary.
+
+
+def _entry_points() -> dict:
+    g = nx_to_data(make_family("grid_small")[2])
+    graph = {"edge_index": g.edge_index, "num_nodes": g.num_nodes, "max_hops": 2}
+    return {
+        "block_decomposition": (block_decomposition, graph, {}),
+        "higher_order_degrees": (higher_order_degrees, graph, {}),
+        "cosine_alphabar": (
+            cosine_alphabar,
+            {"t": torch.arange(0, 11), "num_steps": 10},
+            {"accept": ("t:extra_dim", "t:fewer_dims")},
+        ),
+        "CategoricalDiffusion()": (
+            CategoricalDiffusion,
+            {"num_steps": 10, "m": torch.tensor([0.5, 0.3, 0.2])},
+            {},
+        ),
+        "uniform_prior": (uniform_prior, {"num_classes": 3}, {}),
+        "compute_mmd": (
+            compute_mmd,
+            {"samples1": [np.ones(3)], "samples2": [np.arange(3.0)], "sigma": 1.0},
+            {},
+        ),
+        "make_family": (make_family, {"name": "caveman_small", "n": 5, "seed": 0}, {}),
+        "qm9_mini": (qm9_mini, {"max_atoms": 6}, {}),
+        "smiles_to_data": (smiles_to_data, {"smiles": "CCO"}, {}),
+        "er_valence_molecules": (
+            er_valence_molecules,
+            {"train": [smiles_to_data("CCO"), smiles_to_data("C=CN")], "n": 2, "seed": 0},
+            {},
+        ),
+    }
+
+
+ENTRY_POINTS = _entry_points()
+
+
+@pytest.mark.parametrize("name", sorted(ENTRY_POINTS))
+def test_generation_bad_inputs(name):
+    fn, kwargs, kw = ENTRY_POINTS[name]
+    rep = fuzz_bad_inputs(fn, kwargs, name=name, **kw)
+    assert rep.tried > 0
+    assert rep.ok, "\n".join(rep.failures)
+
+
+def test_parallel_blocks_cache_gives_the_same_batch():
+    """The optional per-graph cache (used by the recipe's training step) changes nothing: the
+    batch equals the uncached one, on a hit and across ``max_hops`` (part of the cache key)."""
+    import dataclasses
+
+    from invariance.graph.generation import parallel_blocks
+
+    graphs = [nx_to_data(g) for g in make_family("caveman_small", 6, seed=1)]
+    cache: dict = {}
+    for K in (1, 1, 2):
+        ref = parallel_blocks(graphs, K)
+        got = parallel_blocks(graphs, K, cache=cache)
+        for f in dataclasses.fields(ref):
+            assert torch.equal(getattr(ref, f.name), getattr(got, f.name)), (K, f.name)
+    assert len(cache) == len(graphs)
+    with pytest.raises(TypeError, match="cache"):
+        parallel_blocks(graphs, 1, cache=[])

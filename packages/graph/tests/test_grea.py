@@ -2,9 +2,11 @@ import json
 import math
 import pathlib
 
+import pytest
 import torch
 from torch_geometric.data import Batch
 
+from invariance.core.testing import fuzz_bad_inputs
 from invariance.graph.data import make_spurious_motif
 from invariance.graph.grea import GREA, grea_loss
 from invariance.graph.igt import IGT
@@ -94,3 +96,38 @@ def test_igt_alternate_schedule_adversary_steps_slower():
     train_graph_model(model, graphs, epochs=2, batch_size=4, schedule="alternate", adv_every=2)
     assert any(_changed(before, inter))
     assert math.isfinite(float(model.loss(Batch.from_data_list(graphs))["loss"]))
+
+
+# ---------------------------------------------------------------- bad inputs
+# ``ENTRY_POINTS``: name -> (callable, one valid call's kwargs, fuzz options). Each is fuzzed here
+# and collected by ``tests/test_graph_bad_inputs.py``'s package-wide summary.
+
+
+def _entry_points() -> dict:
+    torch.manual_seed(0)
+    b = Batch.from_data_list(make_spurious_motif(4, split="test", seed=1))
+    grea = GREA(4, 3, hidden=8, num_layers=2)
+
+    def loss(x, edge_index, batch, y):
+        return grea.loss(Batch(x=x, edge_index=edge_index, batch=batch, y=y))["loss"]
+
+    kwargs = {"in_channels": 4, "num_classes": 3, "hidden": 8, "gamma": 0.4, "beta": 1.0}
+    return {
+        "GREA.loss": (
+            loss,
+            {"x": b.x, "edge_index": b.edge_index, "batch": b.batch, "y": b.y},
+            {},
+        ),
+        "GREA()": (GREA, {**kwargs, "mask": "soft"}, {}),
+    }
+
+
+ENTRY_POINTS = _entry_points()
+
+
+@pytest.mark.parametrize("name", sorted(ENTRY_POINTS))
+def test_grea_bad_inputs(name):
+    fn, kwargs, kw = ENTRY_POINTS[name]
+    rep = fuzz_bad_inputs(fn, kwargs, name=name, **kw)
+    assert rep.tried > 0
+    assert rep.ok, "\n".join(rep.failures)

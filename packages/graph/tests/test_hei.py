@@ -6,7 +6,7 @@ import torch
 from torch_geometric.utils import homophily
 
 from invariance.core.groups import Permutation
-from invariance.core.testing import assert_equivariant, assert_not_equivariant
+from invariance.core.testing import assert_equivariant, assert_not_equivariant, fuzz_bad_inputs
 from invariance.graph.data import make_csbm_mixture, node_homophily
 from invariance.graph.hei import (
     HEI,
@@ -238,3 +238,77 @@ def test_hei_train_takes_any_optimizer():
     assert type(opts["backbone"]).__name__ == "AdamP" and type(opts["env"]).__name__ == "Adam"
     model, res = fit_recipe(rec, cfg, progress=False)
     assert int(model.num_steps) == 3
+
+
+# ---------------------------------------------------------------- bad inputs
+# ``ENTRY_POINTS``: name -> (callable, one valid call's kwargs, fuzz options). Each is fuzzed here
+# and collected by ``tests/test_graph_bad_inputs.py``'s package-wide summary.
+
+
+def _entry_points() -> dict:
+    torch.manual_seed(0)
+    g = make_csbm_mixture(60, seed=0, dim=8)
+    hei = HEI(g.num_nodes, 8, 3, hidden=8)
+
+    def loss(x, edge_index, y, train_mask):
+        d = g.clone()
+        d.x, d.edge_index, d.y, d.train_mask = x, edge_index, y, train_mask
+        return hei.loss(d)["loss"]
+
+    return {
+        "HEI()": (
+            HEI,
+            {
+                "num_nodes": 60,
+                "in_channels": 8,
+                "num_classes": 3,
+                "hidden": 8,
+                "num_envs": 3,
+                "penalty": "hei",
+                "penalty_weight": 1e4,
+                "l2_weight": 1e-3,
+                "anneal_steps": 5,
+                "estimator": "local",
+                "dropout": 0.5,
+            },
+            {},
+        ),
+        "HEI.forward": (hei, {"x": g.x, "edge_index": g.edge_index}, {}),
+        "HEI.loss": (
+            loss,
+            {"x": g.x, "edge_index": g.edge_index, "y": g.y, "train_mask": g.train_mask},
+            {},
+        ),
+        "hei_penalty": (
+            hei_penalty,
+            {
+                "logits": torch.randn(10, 3),
+                "y": torch.randint(0, 3, (10,)),
+                "env": torch.softmax(torch.randn(10, 4), 1),
+                "form": "hei",
+            },
+            {},
+        ),
+        "local_similarity": (
+            local_similarity,
+            {"x": g.x, "edge_index": g.edge_index, "method": "norm2"},
+            {},
+        ),
+        "EnvironmentInference.forward": (
+            EnvironmentInference(1, 8, 3),
+            {"z": torch.randn(10, 1)},
+            {},
+        ),
+        "standardise": (standardise, {"z": torch.randn(10)}, {}),
+    }
+
+
+ENTRY_POINTS = _entry_points()
+
+
+@pytest.mark.parametrize("name", sorted(ENTRY_POINTS))
+def test_hei_bad_inputs(name):
+    fn, kwargs, kw = ENTRY_POINTS[name]
+    rep = fuzz_bad_inputs(fn, kwargs, name=name, **kw)
+    assert rep.tried > 0
+    assert rep.ok, "\n".join(rep.failures)

@@ -11,6 +11,7 @@ from invariance.core.testing import (
     assert_invariant,
     assert_not_equivariant,
     assert_not_invariant,
+    fuzz_bad_inputs,
 )
 from invariance.graph._perm import GraphFn, graph_act_in, graph_actions, graph_inputs
 from invariance.graph.data import make_spurious_motif
@@ -19,6 +20,7 @@ from invariance.graph.igt import (
     IGT,
     GINClassifier,
     Intervener,
+    VirtualNodePooling,
     derangement,
     rationale_auc,
     size_regulariser,
@@ -484,3 +486,73 @@ def test_train_runs_the_alternating_schedule_of_reproduce():
     assert oi["predictor"].param_groups[0]["lr"] == pytest.approx(ci.lr)
     with pytest.raises(ValueError, match="schedule must be"):
         ri.optimizer(make_config(ri, schedule="both"), mi)
+
+
+# ---------------------------------------------------------------- bad inputs
+# ``ENTRY_POINTS``: name -> (callable, one valid call's kwargs, fuzz options). Each is fuzzed here
+# and collected by ``tests/test_graph_bad_inputs.py``'s package-wide summary.
+
+
+def _graph_loss(model):
+    """``model.loss`` on a batch built from raw tensors (what a user passes in the Batch)."""
+
+    def fn(x, edge_index, batch, y):
+        return model.loss(Batch(x=x, edge_index=edge_index, batch=batch, y=y))["loss"]
+
+    return fn
+
+
+def _entry_points() -> dict:
+    torch.manual_seed(0)
+    b = Batch.from_data_list(make_spurious_motif(4, split="test", seed=1))
+    g = {"x": b.x, "edge_index": b.edge_index, "batch": b.batch, "y": b.y}
+    igt = IGT(4, 3, hidden=8, num_layers=2)
+    igt_vn = IGT(4, 3, variant="virtual", hidden=8, num_layers=2, num_virtual=2)
+    return {
+        "IGT.loss": (_graph_loss(igt), g, {}),
+        "IGT-VN.loss": (_graph_loss(igt_vn), g, {}),
+        "IGT()": (
+            IGT,
+            {
+                "in_channels": 4,
+                "num_classes": 3,
+                "hidden": 8,
+                "gamma": 0.4,
+                "alpha": 1.0,
+                "beta": 1.0,
+                "adv_scale": 0.3,
+                "num_virtual": 2,
+                "heads": 2,
+                "variant": "node",
+                "mask": "soft",
+                "dropout": 0.0,
+            },
+            {},
+        ),
+        "Intervener.forward": (
+            Intervener(8, heads=2),
+            {
+                "z": torch.randn(2, 5, 8),
+                "gate": torch.rand(2, 5, 1),
+                "pad": torch.zeros(2, 5, dtype=torch.bool),
+            },
+            {},
+        ),
+        "VirtualNodePooling.forward": (
+            VirtualNodePooling(8, 2, heads=2),
+            {"h": torch.randn(2, 5, 8), "pad": torch.zeros(2, 5, dtype=torch.bool)},
+            {},
+        ),
+        "derangement": (derangement, {"n": 5}, {}),
+    }
+
+
+ENTRY_POINTS = _entry_points()
+
+
+@pytest.mark.parametrize("name", sorted(ENTRY_POINTS))
+def test_igt_bad_inputs(name):
+    fn, kwargs, kw = ENTRY_POINTS[name]
+    rep = fuzz_bad_inputs(fn, kwargs, name=name, **kw)
+    assert rep.tried > 0
+    assert rep.ok, "\n".join(rep.failures)

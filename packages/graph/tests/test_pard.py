@@ -20,7 +20,9 @@ import pytest
 import torch
 from torch_geometric.data import Data
 
+from invariance.core.testing import fuzz_bad_inputs
 from invariance.graph.generation import make_family, nx_to_data
+from invariance.graph.nn.ppgn_transformer import PPGNTransformer
 from invariance.graph.pard import PARD, graph_statistics, official_state_to_ours
 from invariance.graph.recipes.pard import (
     PARDConfig,
@@ -246,3 +248,64 @@ def test_bad_inputs_are_named():
         m.generate(0)
     with pytest.raises(ValueError, match="heads"):
         PARD.from_graphs(gs, hidden=6, heads=4)
+
+
+# ---------------------------------------------------------------- bad inputs
+# ``ENTRY_POINTS``: name -> (callable, one valid call's kwargs, fuzz options). Each is fuzzed here
+# and collected by ``tests/test_graph_bad_inputs.py``'s package-wide summary.
+
+
+def _entry_points() -> dict:
+    torch.manual_seed(0)
+    grids = [nx_to_data(g) for g in make_family("grid_small")[:4]]
+    pard = PARD.from_graphs(
+        grids, max_hops=1, hidden=8, edge_hidden=4, num_layers=1, heads=2, num_steps=3
+    )
+    g = grids[2]
+    B, N = 2, 5
+    mask = torch.ones(B, N, N, dtype=torch.bool)
+
+    def pard_loss(edge_index, num_nodes):
+        return pard.loss([Data(edge_index=edge_index, num_nodes=num_nodes)])["loss"]
+
+    return {
+        "PPGNTransformer.forward": (
+            PPGNTransformer(8, 4, 1, 2),
+            {
+                "X": torch.randn(B, N, 8),
+                "E": torch.randn(B, N, N, 4),
+                "edge_mask": mask,
+                "causal": mask,
+            },
+            {},
+        ),
+        "PARD.loss": (pard_loss, {"edge_index": g.edge_index, "num_nodes": g.num_nodes}, {}),
+        "PARD.generate": (pard.generate, {"num_graphs": 2}, {}),
+        "PARD.from_graphs": (
+            lambda **kw: PARD.from_graphs(grids, **kw),
+            {
+                "max_hops": 1,
+                "hidden": 8,
+                "edge_hidden": 4,
+                "num_layers": 1,
+                "heads": 2,
+                "num_steps": 3,
+                "ce_coeff": 0.1,
+                "norm": "ln",
+                "absolute_block_id": True,
+                "relative_block_id": True,
+            },
+            {},
+        ),
+    }
+
+
+ENTRY_POINTS = _entry_points()
+
+
+@pytest.mark.parametrize("name", sorted(ENTRY_POINTS))
+def test_pard_bad_inputs(name):
+    fn, kwargs, kw = ENTRY_POINTS[name]
+    rep = fuzz_bad_inputs(fn, kwargs, name=name, **kw)
+    assert rep.tried > 0
+    assert rep.ok, "\n".join(rep.failures)

@@ -316,12 +316,13 @@ def bad_input_summary(
     *,
     extra: Mapping[str, Any] | None = None,
     exclude: Iterable[str] = (),
+    markdown: bool = False,
 ) -> list[FuzzReport]:
     """A package's bad-input summary in one call: the ``ENTRY_POINTS`` of the test files in
     ``test_dir`` (see :func:`collect_entry_points`) plus ``extra`` (``{name: (fn, kwargs,
     options)}``), each fuzzed with :func:`fuzz_bad_inputs`; prints the table of
-    :func:`fuzz_table` and every failure, and raises ``AssertionError`` if any case is not
-    handled. Returns the reports (sorted by entry point name)."""
+    :func:`fuzz_table` (as markdown with ``markdown=True``) and every failure, and raises
+    ``AssertionError`` if any case is not handled. Returns the reports, sorted by name."""
     entries = dict(collect_entry_points(test_dir, exclude=exclude))
     for name, entry in (extra or {}).items():
         if name in entries:
@@ -333,7 +334,7 @@ def bad_input_summary(
         fuzz_bad_inputs(fn, kw, name=n, **opts) for n, (fn, kw, opts) in sorted(entries.items())
     ]
     print()
-    print(fuzz_table(reports))
+    print(fuzz_table(reports, markdown=markdown))
     failures = [f for r in reports for f in r.failures]
     for f in failures:
         print("  -", f)

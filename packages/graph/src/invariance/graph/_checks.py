@@ -1,24 +1,32 @@
-"""Argument checks shared by the graph package's public entry points.
+"""Argument checks for the graph package's public entry points (private): the shared checks of
+``invariance.core.checks`` with the graph modules' signatures, plus the graph-specific ones
+(``edge_index``, PyG mini-batches, BatchNorm batches).
 
 Every check raises ``TypeError`` (wrong type or dtype) or ``ValueError`` (wrong shape, non-finite,
-empty, out of range) with a message that starts with the argument's name.
+empty, out of range) with a message that starts with the argument's name. Tensor checks test the
+dtype before the shape (a wrong-dtype tensor is a ``TypeError`` whatever its shape).
 """
 
 from __future__ import annotations
 
-import math
-import numbers
-
-import torch
 from torch import Tensor
+
+from invariance.core import checks as _c
+
+__all__ = [
+    "check_batchnorm_batch",
+    "check_edge_index",
+    "check_float_tensor",
+    "check_graph_batch",
+    "check_index_tensor",
+    "check_int",
+    "check_real",
+]
 
 
 def check_int(name: str, v, *, lo: int | None = None) -> int:
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(v).__name__}")
-    if lo is not None and v < lo:
-        raise ValueError(f"{name} must be >= {lo}, got {v}")
-    return int(v)
+    """``v`` is an int (not bool) >= ``lo``; returns ``int(v)``."""
+    return _c.check_int(name, v, lo)
 
 
 def check_real(
@@ -30,44 +38,25 @@ def check_real(
     lo_open: bool = False,
     hi_open: bool = False,
 ) -> float:
-    if isinstance(v, bool) or not isinstance(v, numbers.Real):
-        raise TypeError(f"{name} must be a number, got {type(v).__name__}")
-    v = float(v)
-    if not math.isfinite(v):
-        raise ValueError(f"{name} must be finite, got {v}")
-    if lo is not None and (v < lo or (lo_open and v == lo)):
-        raise ValueError(f"{name} must be {'>' if lo_open else '>='} {lo}, got {v}")
-    if hi is not None and (v > hi or (hi_open and v == hi)):
-        raise ValueError(f"{name} must be {'<' if hi_open else '<='} {hi}, got {v}")
-    return v
+    """``v`` is a finite real number (not bool) between ``lo`` and ``hi`` (each end open where
+    asked); returns ``float(v)``."""
+    return _c.check_float(name, v, lo, hi, lo_open=lo_open, hi_open=hi_open)
 
 
 def check_float_tensor(name: str, t, *, ndim: int | None = None, nonempty: bool = True) -> Tensor:
     """A floating tensor with ``ndim`` dimensions, finite, and (``nonempty``) with elements."""
-    if not isinstance(t, Tensor):
-        raise TypeError(f"{name} must be a tensor, got {type(t).__name__}")
-    if not t.is_floating_point():
-        raise TypeError(f"{name} must be a floating tensor, got {t.dtype}")
-    if ndim is not None and t.dim() != ndim:
-        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(t.shape)}")
-    if nonempty and t.numel() == 0:
-        raise ValueError(f"{name} must not be empty, got shape {tuple(t.shape)}")
-    if not bool(torch.isfinite(t.detach()).all()):
-        raise ValueError(f"{name} contains NaN or inf")
-    return t
+    _c.check_tensor(name, t, floating=True, finite=False, nonempty=False)
+    return _c.check_tensor(name, t, ndim=ndim, nonempty=nonempty)
 
 
 def check_index_tensor(name: str, t, *, ndim: int) -> Tensor:
-    if not isinstance(t, Tensor):
-        raise TypeError(f"{name} must be a tensor, got {type(t).__name__}")
-    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-        raise TypeError(f"{name} must be an integer tensor, got {t.dtype}")
-    if t.dim() != ndim:
-        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(t.shape)}")
-    return t
+    """An integer (not bool) tensor with ``ndim`` dimensions."""
+    _c.check_tensor(name, t, integer=True, finite=False, nonempty=False)
+    return _c.check_tensor(name, t, ndim=ndim, finite=False, nonempty=False)
 
 
 def check_edge_index(edge_index, num_nodes: int, name: str = "edge_index") -> Tensor:
+    """A ``(2, E)`` integer tensor of node ids in ``[0, num_nodes)``."""
     check_index_tensor(name, edge_index, ndim=2)
     if edge_index.size(0) != 2:
         raise ValueError(f"{name} must have shape (2, E), got {tuple(edge_index.shape)}")

@@ -328,10 +328,11 @@ class PARD(nn.Module):
     def edge_diffusion(self) -> CategoricalDiffusion:
         return CategoricalDiffusion(self.num_steps, self.edge_noise)
 
-    def batch(self, graphs) -> ParallelBatch:
-        """The doubled, block-sorted dense batch of ``graphs``."""
+    def batch(self, graphs, cache: dict | None = None) -> ParallelBatch:
+        """The doubled, block-sorted dense batch of ``graphs`` (``cache``: see
+        :func:`~invariance.graph.generation.blocks.parallel_blocks`)."""
         return parallel_blocks(
-            graphs, self.max_hops, self.num_node_types, self.num_edge_types, self.max_nodes
+            graphs, self.max_hops, self.num_node_types, self.num_edge_types, self.max_nodes, cache
         )
 
     def _check_fits(self, b: ParallelBatch) -> None:

@@ -172,31 +172,51 @@ def graph_classes(data, num_node_types: int, num_edge_types: int) -> tuple[Tenso
     return x, adj
 
 
+def _sorted_item(g, max_hops: int, num_node_types: int, num_edge_types: int) -> tuple:
+    """``(x, adj, block_id, decomposition)`` of one graph with its nodes sorted by block."""
+    x, adj = graph_classes(g, num_node_types, num_edge_types)
+    dec = block_decomposition(g.edge_index, x.numel(), max_hops)
+    order, _ = block_sort(dec.block_id)
+    return x[order], adj[order][:, order], dec.block_id[order], dec
+
+
 def parallel_blocks(
     graphs,
     max_hops: int,
     num_node_types: int = 1,
     num_edge_types: int = 1,
     max_nodes: int | None = None,
+    cache: dict | None = None,
 ) -> ParallelBatch:
     """Block-sort, double and pad a list of PyG graphs (the official ``ToParallelBlocks`` +
     ``ToDenseParallelBlocksBatch`` with ``add_virtual_blocks=True``). ``F = num_node_types + 1``
-    and ``C = num_edge_types + 2`` (no-edge class 0, virtual class last)."""
+    and ``C = num_edge_types + 2`` (no-edge class 0, virtual class last).
+
+    ``cache`` (optional, a dict the caller keeps): the per-graph block-sorted classes and
+    decomposition are stored there, keyed by the graph object, and reused when the same object
+    comes again (a training loop over a fixed list of graphs that it does not modify)."""
     if not isinstance(graphs, (list, tuple)) or len(graphs) == 0:
         raise ValueError("graphs must be a non-empty list of PyG Data graphs")
     max_hops = check_int("max_hops", max_hops, lo=0)
+    if cache is not None and not isinstance(cache, dict):
+        raise TypeError(f"cache must be a dict or None, got {type(cache).__name__}")
     F_, C = num_node_types + 1, num_edge_types + 2
     items = []
     for g in graphs:
-        x, adj = graph_classes(g, num_node_types, num_edge_types)
-        n = x.numel()
+        hit = None if cache is None else cache.get(id(g))
+        key = (max_hops, num_node_types, num_edge_types)
+        if hit is not None and hit[0] is g and hit[1] == key:
+            item = hit[2]
+        else:
+            item = _sorted_item(g, max_hops, num_node_types, num_edge_types)
+            if cache is not None:
+                cache[id(g)] = (g, key, item)  # holding g keeps its id unique
+        n = item[0].numel()
         if max_nodes is not None and n > max_nodes:
             raise ValueError(
                 f"graphs has a graph of {n} nodes, above the model's max_nodes={max_nodes}"
             )
-        dec = block_decomposition(g.edge_index, n, max_hops)
-        order, _ = block_sort(dec.block_id)
-        items.append((x[order], adj[order][:, order], dec.block_id[order], dec))
+        items.append(item)
     B = len(items)
     N = max(2 * it[0].numel() for it in items)
     K = max(it[3].num_blocks for it in items)
