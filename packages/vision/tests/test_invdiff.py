@@ -292,6 +292,70 @@ def test_invdiff_per_sample_losses_are_deterministic_and_official_mode_runs():
     assert o.shape == (6,) and not torch.equal(o, a)
 
 
+def test_invdiff_background_tint_keeps_the_colour_and_defaults_to_black():
+    a = make_biased_digits(64, seed=3)
+    b = make_biased_digits(64, seed=3, background=0.0)
+    assert torch.equal(a["image"], b["image"])
+    t = make_biased_digits(64, seed=3, background=0.3)
+    assert torch.equal(t["attr"], a["attr"]) and torch.equal(t["label"], a["label"])
+    x = (t["image"] + 1) / 2
+    # every pixel carries the colour, and the brighter channel is the attribute
+    assert bool((x.amax(1) > 0.15).all())
+    green = x[:, 1].mean((1, 2)) > x[:, 0].mean((1, 2))
+    assert bool((green == (t["attr"] == 1)).all())
+    assert bool((t["image"] >= a["image"] - 1e-6).all())  # only brighter, never darker
+
+
+def test_invdiff_min_snr_weighting_matches_the_formula():
+    from diffusers import DDPMScheduler
+
+    s = DDPMScheduler(num_train_timesteps=1000)
+    base = _det_unet(16)
+    d = make_biased_digits(8, seed=0)
+
+    def losses(gamma):
+        g = torch.Generator().manual_seed(5)
+        return denoising_losses(base, s, d["image"], d["label"], generator=g, snr_gamma=gamma)
+
+    plain, w5 = losses(0.0), losses(5.0)
+    t = torch.randint(0, 1000, (8,), generator=torch.Generator().manual_seed(5))
+    snr = s.alphas_cumprod[t] / (1 - s.alphas_cumprod[t])
+    torch.testing.assert_close(w5, plain * snr.clamp(max=5.0) / snr)
+    assert bool((w5 <= plain + 1e-7).all()) and not torch.equal(w5, plain)
+    torch.testing.assert_close(losses(1e9), plain)  # gamma above every SNR: no weighting
+
+
+def test_invdiff_per_timestep_losses_average_to_the_mean():
+    from diffusers import DDPMScheduler
+
+    s = DDPMScheduler(num_train_timesteps=1000)
+    d = make_biased_digits(6, seed=0)
+    kw = dict(n_timesteps=4, seed=2)
+    per = per_sample_losses(_det_unet(16), s, d["image"], d["label"], reduce="none", **kw)
+    mean = per_sample_losses(_det_unet(16), s, d["image"], d["label"], **kw)
+    assert per.shape == (4, 6)
+    torch.testing.assert_close(per.mean(0), mean)
+    with pytest.raises(ValueError, match="reduce"):
+        per_sample_losses(_det_unet(16), s, d["image"], d["label"], reduce="max")
+
+
+def test_invdiff_ema_averages_and_zero_decay_keeps_the_last_weights():
+    from invariance.vision.recipes._invdiff_experiments import EMA
+
+    lin = torch.nn.Linear(2, 1)
+    w0 = lin.weight.detach().clone()
+    ema = EMA(lin, 0.5)
+    with torch.no_grad():
+        lin.weight.add_(1.0)
+    ema.update(lin)
+    ema.copy_to(lin)
+    torch.testing.assert_close(lin.weight, w0 + 0.5)
+    off = EMA(lin, 0.0)
+    off.update(lin)
+    off.copy_to(lin)  # nothing stored, nothing copied
+    torch.testing.assert_close(lin.weight, w0 + 0.5)
+
+
 # ----------------------------------------------------------------------------- recipe
 
 
@@ -306,6 +370,32 @@ def test_invdiff_recipe_learns_and_declares_checks():
     torch.testing.assert_close(w.sum(1), torch.ones(len(w)), atol=1e-6, rtol=0)
     checks = r.check(model, cfg)
     assert all(c.passed for c in checks) and any(c.negative_control for c in checks)
+
+
+def test_invdiff_recipe_with_ema_snr_tint_and_per_timestep_grouper():
+    r = InvDiffRecipe()
+    cfg = InvDiffConfig(
+        base_steps=6,
+        steps=9,
+        n_images=32,
+        batch_size=16,
+        background=0.3,
+        ema=0.9,
+        snr_gamma=5.0,
+        normalize="class_t",
+        n_timesteps=3,
+        group_steps=10,
+        sample_eta=1.0,
+        n_samples=4,
+        sample_steps=2,
+    )
+    model, res = fit_recipe(r, cfg, progress=False)
+    assert all(torch.isfinite(torch.tensor(e["loss"])) for e in res.history)
+    assert int(model.phase) == 1
+    torch.testing.assert_close(model.groups.sum(1), torch.ones(32), atol=1e-6, rtol=0)
+    m = r.metrics(model, r.make_data(cfg, "test"))
+    shares = [m["minority_share_0"], m["minority_share_1"]]
+    assert m["min_share"] == min(shares) and m["weight0_error"] == 0.0
 
 
 def test_invdiff_recipe_trains_the_cond_backbone():
@@ -381,7 +471,7 @@ ENTRY_POINTS = {
     ),
     "make_biased_digits": (
         make_biased_digits,
-        {"n": 4, "seed": 0, "p_bias": 0.9, "size": 8, "split": "train"},
+        {"n": 4, "seed": 0, "p_bias": 0.9, "size": 8, "split": "train", "background": 0.3},
         {},
     ),
     "DeltaGuidedUNet.forward": (
@@ -453,9 +543,14 @@ def test_invdiff_reproduce_seeds_presets_and_arms(monkeypatch, quick):
 
     def fake(recipe, cfg, seed, arms, grids):
         calls.append((cfg, seed, dict(arms)))
-        m = {"weight0_error": 0.0}
-        return {"base model": {"bias": 0.6, "weight0_error": 0.0}} | {
-            a: {**m, "bias": 0.5 + 0.01 * seed - 0.2 * (a != "ERM guidance (one group)")}
+        m = {"weight0_error": 0.0, "minority_share_0": 0.3, "minority_share_1": 0.4}
+        base = {**m, "bias": 0.6, "min_share": 0.1}
+        return {"base model": base} | {
+            a: {
+                **m,
+                "bias": 0.5 + 0.01 * seed - 0.2 * (a != "ERM guidance (one group)"),
+                "min_share": 0.1 + 0.01 * seed + 0.2 * (a != "ERM guidance (one group)"),
+            }
             for a in arms
         }
 
@@ -468,7 +563,10 @@ def test_invdiff_reproduce_seeds_presets_and_arms(monkeypatch, quick):
     assert "base model" in res.arms and "InvDiff (oracle groups)" in res.arms
     assert bool(res.not_showable) == quick
     if not quick:
-        assert res.verdict == "wins" and "InvDiff (official grouper)" in res.arms
+        assert res.verdict == "wins" and res.higher_is_better
+    assert "InvDiff (official grouper)" not in res.arms
+    extra = r.reproduce(make_config(r, extra_arms=True), None, quick=quick)
+    assert "InvDiff (official grouper)" in extra.arms and "oracle groups, lambda 0" in extra.arms
 
 
 def test_invdiff_reproduce_keeps_the_backbone_switch(monkeypatch):
@@ -479,7 +577,9 @@ def test_invdiff_reproduce_keeps_the_backbone_switch(monkeypatch):
 
     def fake(recipe, cfg, seed, arms, grids):
         seen.append(cfg.backbone)
-        return {a: {"bias": 0.5, "weight0_error": 0.0} for a in ["base model", *arms]}
+        m = {"bias": 0.5, "weight0_error": 0.0, "min_share": 0.2}
+        m |= {"minority_share_0": 0.2, "minority_share_1": 0.3}
+        return {a: dict(m) for a in ["base model", *arms]}
 
     monkeypatch.setattr(mod, "run_seed", fake)
     r = InvDiffRecipe()

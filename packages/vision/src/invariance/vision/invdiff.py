@@ -35,6 +35,8 @@ Tested properties (``tests/test_invdiff.py``):
   and its penalty is zero when the group risks are equal;
 * the grouper's rows are distributions (>= 0, sum 1) and a planted two-level loss vector is split
   perfectly; the bias score is 0 for balanced counts and 1 for one attribute only;
+* the Min-SNR-gamma weight equals ``min(SNR_t, gamma) / SNR_t``; per-timestep grouper losses
+  average to the averaged ones; the background tint keeps the colour in every pixel;
 * golden values from the official ``optimize_weights``, the official group-loss lines,
   ``calculate_debias_score`` and ``EpsilonWithDelta`` (run in a scratch venv; provenance in the
   test).
@@ -56,6 +58,17 @@ Deviations:
   timestep; kept as ``reference="x0", n_timesteps=1, random_t=True``) and standardised within each
   class (``normalize="class"``) so that groups do not simply split the classes.
 * The bias classifier is a small CNN trained on the analog's colour labels, not a ResNet-18.
+  Besides the official bias score the recipe reports a direction-aware figure: the per-class
+  minority-colour share of the samples and its lower value over classes (data ~0.10, balanced
+  0.50), because the bias score cannot tell "copies the data's bias" from "one colour for every
+  class".
+* The reproduce presets make the small base *learn* the data's bias before it is de-biased:
+  the colour also tints the background (``background=0.3``), base and guidance train with
+  diffusers' Min-SNR-5 loss weight (the official script's ``--snr_gamma``), the base is sampled
+  and guided with EMA weights (``--use_ema``), sampling is ancestral (DDIM with ``eta = 1``;
+  deterministic DDIM over-produces the minority colour at this size) and the inferred grouper
+  standardises the losses within class at every timestep before averaging
+  (``normalize="class_t"``: the minority shows only at mid-range timesteps).
 """
 
 from __future__ import annotations

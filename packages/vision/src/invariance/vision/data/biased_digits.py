@@ -40,6 +40,7 @@ def make_biased_digits(
     p_bias: float = 0.9,
     size: int = 8,
     split: str = "train",
+    background: float = 0.0,
 ) -> dict[str, Tensor]:
     """Render biased coloured digits.
 
@@ -54,6 +55,9 @@ def make_biased_digits(
             ``1 / len(colours)`` gives unbiased data.
         size: image side, >= 4 (default: ``8``; bilinear resize of the 8x8 glyphs).
         split: ``"train"`` (even source indices), ``"test"`` (odd) or ``"all"``.
+        background: brightness of the background in the image's colour, as a fraction of the
+            foreground in ``[0, 1]`` (default: ``0``, black); above 0 the colour covers every
+            pixel, a stronger colour signal for a small generator.
 
     Returns:
         dict with ``image`` (n, 3, size, size) in [-1, 1], ``label`` (n,) class index,
@@ -66,6 +70,7 @@ def make_biased_digits(
     check_int(seed, "seed", lo=0)
     check_int(size, "size", lo=4)
     check_number(p_bias, "p_bias", lo=0.0, hi=1.0)
+    check_number(background, "background", lo=0.0, hi=1.0)
     if split not in ("train", "test", "all"):
         raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
     if not isinstance(classes, (tuple, list)) or not classes:
@@ -102,7 +107,10 @@ def make_biased_digits(
     m = glyphs[idx][:, None]  # (k, 1, 8, 8) in [0, 1]
     if size != 8:
         m = torch.nn.functional.interpolate(m, size=(size, size), mode="bilinear")
-    img = m.clamp(0, 1) * (rgb * shade)[:, :, None, None]
+    m = m.clamp(0, 1)
+    if background > 0:
+        m = m + background * (1 - m)
+    img = m * (rgb * shade)[:, :, None, None]
     return {
         "image": (img * 2 - 1).contiguous(),
         "label": label,

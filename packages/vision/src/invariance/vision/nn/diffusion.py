@@ -21,7 +21,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel, UNet2DModel
 from torch import Tensor, nn
 
-from invariance.vision._checks import check_int, check_tensor
+from invariance.vision._checks import check_int, check_number, check_tensor
 
 __all__ = [
     "class_unet",
@@ -206,18 +206,28 @@ def denoising_losses(
     labels: Tensor,
     *,
     generator: torch.Generator | None = None,
+    snr_gamma: float = 0.0,
 ) -> Tensor:
     """Per-sample epsilon-prediction MSE ``mean_{c,h,w} (eps_model(x_t, t, c) - eps)^2`` at
     ``t ~ U{0..T-1}`` and fresh Gaussian noise (the DDPM training loss before the batch mean);
-    shape ``(B,)``."""
+    shape ``(B,)``. ``snr_gamma > 0`` weights each sample by Min-SNR-gamma,
+    ``min(SNR_t, gamma) / SNR_t`` with ``SNR_t = abar_t / (1 - abar_t)`` (diffusers'
+    ``train_text_to_image.py --snr_gamma``, which InvDiff's training script inherits): the
+    low-noise steps, where the image is nearly given, count less."""
     _check_batch(x0, labels)
+    check_number(snr_gamma, "snr_gamma", lo=0.0)
     b = x0.shape[0]
     t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=generator)
     noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
     t = t.to(x0.device)
     xt = scheduler.add_noise(x0, noise, t)
     pred = noise_prediction(model(xt, t, class_labels=labels))
-    return (pred.float() - noise.float()).pow(2).flatten(1).mean(1)
+    loss = (pred.float() - noise.float()).pow(2).flatten(1).mean(1)
+    if snr_gamma > 0:
+        abar = scheduler.alphas_cumprod.to(loss.device)[t]
+        snr = abar / (1 - abar)
+        loss = loss * (snr.clamp(max=snr_gamma) / snr).float()
+    return loss
 
 
 @torch.no_grad()
@@ -232,6 +242,7 @@ def per_sample_losses(
     random_t: bool = False,
     seed: int = 0,
     batch_size: int = 256,
+    reduce: str = "mean",
 ) -> Tensor:
     """Per-sample denoising loss of a frozen model, the input of InvDiff's group inference.
 
@@ -240,16 +251,19 @@ def per_sample_losses(
     ``reference="x0"`` reproduces the official grouper's quirk: MSE of the noise prediction to
     the *clean* image (with ``n_timesteps=1, random_t=True`` as shipped). Noise is drawn from a
     private generator seeded with ``seed``, so the losses are a deterministic function of the
-    model and the data. Returns ``(B,)``.
+    model and the data. Returns ``(B,)``, or ``(n_timesteps, B)`` (one row per timestep) with
+    ``reduce="none"``.
     """
     _check_batch(x0, labels)
     check_int(n_timesteps, "n_timesteps")
     check_int(batch_size, "batch_size")
     if reference not in ("eps", "x0"):
         raise ValueError(f"reference must be 'eps' or 'x0', got {reference!r}")
+    if reduce not in ("mean", "none"):
+        raise ValueError(f"reduce must be 'mean' or 'none', got {reduce!r}")
     n_t = scheduler.config.num_train_timesteps
     g = torch.Generator().manual_seed(seed)
-    out = torch.zeros(x0.shape[0], dtype=torch.float64)
+    out = torch.zeros(n_timesteps, x0.shape[0], dtype=torch.float64)
     for k in range(n_timesteps):
         for i in range(0, x0.shape[0], batch_size):
             xb, cb = x0[i : i + batch_size], labels[i : i + batch_size]
@@ -261,8 +275,8 @@ def per_sample_losses(
             t = t.to(xb.device)
             pred = noise_prediction(model(scheduler.add_noise(xb, noise, t), t, class_labels=cb))
             ref = noise if reference == "eps" else xb
-            out[i : i + batch_size] += (pred - ref).double().pow(2).flatten(1).mean(1).cpu()
-    return (out / n_timesteps).float()
+            out[k, i : i + batch_size] = (pred - ref).double().pow(2).flatten(1).mean(1).cpu()
+    return out.float() if reduce == "none" else (out.sum(0) / n_timesteps).float()
 
 
 @torch.no_grad()
