@@ -43,7 +43,8 @@ from invariance.sequence.dask import (
     inject_knowledge,
     mask_pivots,
 )
-from invariance.sequence.recipes.dask import DASKRecipe, build_dask_data, dask_arms
+from invariance.sequence.recipes._dask_experiments import dask_arms
+from invariance.sequence.recipes.dask import DASKRecipe, build_dask_data
 from invariance.sequence.text.domains import (
     DOMAINS,
     FILLERS,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from invariance.core.testing import collect_entry_points, fuzz_bad_inputs, fuzz_table
+from invariance.core.testing import bad_input_summary, fuzz_bad_inputs
 from invariance.sequence import (
     ConvNAT,
     EISLLoss,
@@ -173,16 +173,8 @@ def test_sequence_rejects_bad_inputs(case):
 def test_bad_input_summary():
     """These cases plus the ``ENTRY_POINTS`` the methods' own test files declare."""
     here = Path(__file__)
-    reports = [fuzz_bad_inputs(fn, kw, name=n, accept=acc) for n, fn, kw, acc in _cases()]
-    reports += [
-        fuzz_bad_inputs(fn, kw, name=n, **opts)
-        for n, (fn, kw, opts) in sorted(
-            collect_entry_points(here.parent, exclude=(here.name,)).items()
-        )
-    ]
-    print()
-    print(fuzz_table(reports, markdown=True))
-    assert all(r.ok for r in reports)
+    extra = {n: (fn, kw, {"accept": acc}) for n, fn, kw, acc in _cases()}
+    bad_input_summary(here.parent, extra=extra, exclude=(here.name,), markdown=True)
 
 
 def test_sequence_specific_bad_inputs():

@@ -1,5 +1,6 @@
 """UniMTS: our ST-GCN equals the official ``ST_GCN_18`` (golden values recorded by running the
-official ``model.py``), the official loss, zero-shot scoring, the recipe's declared check with its
+official ``model.py``), its joints-first graph convolution equals the official order, the fixed
+test clips, the official loss, zero-shot scoring, the recipe's declared check with its
 negative control, the registry contract and a learning test."""
 
 import zlib
@@ -8,6 +9,7 @@ import pytest
 import torch
 
 from invariance.core import get_method, make_config
+from invariance.core.recipe import ConfigError
 from invariance.core.testing import run_contract, with_package
 from invariance.sequence.motion import N_JOINTS, STGCN, load_official_state_dict
 from invariance.sequence.recipes.unimts import UniMTSRecipe
@@ -90,6 +92,36 @@ def test_stgcn_matches_official_golden_values():
     with torch.no_grad():
         y0 = _golden_model(edge_importance=False)(_golden_input())
     assert not torch.allclose(y0.sum(1), torch.tensor(GOLDEN["sum"]), rtol=1e-3)
+
+
+def test_graph_conv_joints_first_equals_the_official_order():
+    """``graph_conv`` contracts the joints first; the official block runs the 1x1 conv to K x C
+    channels, then ``einsum('nkctv,kvw->nctw')``. Same map (with bias, random edge masks)."""
+    from invariance.sequence.motion.stgcn import STGCNBlock, spatial_partitions
+
+    g = torch.Generator().manual_seed(0)
+    A = spatial_partitions() * (1 + 0.3 * torch.randn(3, N_JOINTS, N_JOINTS, generator=g))
+    for ci, co in ((3, 8), (16, 16), (8, 32)):
+        with torch.random.fork_rng():
+            torch.manual_seed(ci * co)
+            blk = STGCNBlock(ci, co, 3)
+            torch.nn.init.normal_(blk.gcn.conv.bias)
+        x = torch.randn(2, ci, 7, N_JOINTS, generator=g)
+        y = blk.gcn.conv(x)
+        ref = torch.einsum("nkctv,kvw->nctw", y.view(2, 3, co, 7, N_JOINTS), A)
+        out = blk.graph_conv(x, A)
+        assert torch.allclose(out, ref, rtol=1e-5, atol=1e-5), (ci, co)
+        # control: without the bias term the two differ
+        assert not torch.allclose(out - blk.gcn.conv.bias.view(3, co).T.mm(A.sum(1))[:, None], ref)
+
+
+def test_unimts_test_clips_are_fixed_across_seeds():
+    r = UniMTSRecipe()
+    a, b = (make_config(r, "tiny", seed=s, n_per_class=1, n_test_per_class=1) for s in (0, 1))
+    assert torch.equal(r.make_data(a, "test").d["x"], r.make_data(b, "test").d["x"])
+    assert not torch.equal(r.make_data(a, "train").d["x"], r.make_data(b, "train").d["x"])
+    with pytest.raises(ConfigError, match="seed"):
+        make_config(r, "tiny", seed=10_000)
 
 
 def test_unimts_loss_is_imu_to_text_ce_over_temperature():

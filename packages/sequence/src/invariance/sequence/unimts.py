@@ -267,9 +267,15 @@ def zero_shot_logits(model: nn.Module, x: Tensor, class_emb: Tensor) -> Tensor:
         class_emb = class_emb.unsqueeze(1)
     if class_emb.dim() != 3:
         raise ValueError(f"class_emb must be 2-D or 3-D, got shape {tuple(class_emb.shape)}")
+    return model.encode_imu(x) @ _class_features(model, class_emb).T
+
+
+def _class_features(model: nn.Module, class_emb: Tensor) -> Tensor:
+    """Normalised class text features ``(n_classes, dim)`` of ``(n_classes, n_prompts,
+    text_dim)`` embeddings (projected, averaged over prompts, re-normalised)."""
     c, p, d = class_emb.shape
     t = model.encode_text(class_emb.reshape(c * p, d)).reshape(c, p, -1).mean(1)
-    return model.encode_imu(x) @ nn.functional.normalize(t, dim=-1).T
+    return nn.functional.normalize(t, dim=-1)
 
 
 class FewShotClassifier(nn.Module):

@@ -132,7 +132,6 @@ def mask_joints(
     B = x.shape[0]
     k = torch.randint(1, max_joints + 1, (B,), generator=generator)
     order = torch.rand(B, N_JOINTS, generator=generator).argsort(1)
-    mask = torch.zeros(B, N_JOINTS, dtype=x.dtype)
-    for b in range(B):
-        mask[b, order[b, : int(k[b])]] = 1
+    keep = (torch.arange(N_JOINTS)[None, :] < k[:, None]).to(x.dtype)  # the first k of order
+    mask = torch.zeros(B, N_JOINTS, dtype=x.dtype).scatter_(1, order, keep)
     return x * mask[:, None, :, None], mask

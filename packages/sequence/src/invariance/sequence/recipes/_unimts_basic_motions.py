@@ -64,7 +64,7 @@ def reproduce_basic_motions(
     class_emb = torch.stack([emb(t) for t in basic_motions_texts()])  # (4, templates, 384)
     shots = _ints(cfg.shots)
     epochs = max(1, cfg.ft_epochs // 2) if quick else cfg.ft_epochs
-    seeds = [0, 1, 2]
+    seeds = [cfg.seed + k for k in range(3)]
     zs: dict[str, list[float]] = {"unimts": [], "no_rot_aug": [], "cnn_wrist": []}
     zr: dict[str, list[float]] = {"unimts": [], "no_rot_aug": [], "cnn_wrist": []}
     fs: dict[str, dict[int, list[float]]] = {a: {k: [] for k in shots} for a in ARM_NAMES}
