@@ -4,7 +4,13 @@ import torch
 from invariance.core.recipe import make_config
 from invariance.core.testing import fuzz_bad_inputs
 from invariance.vision.data.lightbox import make_lightbox
-from invariance.vision.prelude import DepthUNet, PredNet, PreludeNet, prediction_error_loss
+from invariance.vision.prelude import (
+    ConvLSTMCell,
+    DepthUNet,
+    PredNet,
+    PreludeNet,
+    prediction_error_loss,
+)
 from invariance.vision.recipes.preludenet import PreludeNetRecipe, depth_metrics
 
 
@@ -42,6 +48,22 @@ def test_causality_exact():
     assert torch.equal(a["depth"][:, :3], b["depth"][:, :3])
     assert torch.equal(a["prediction"][:, :4], b["prediction"][:, :4])  # prediction of t uses < t
     assert (a["depth"][:, 3:] - b["depth"][:, 3:]).abs().max() > 1e-6
+
+
+def test_fast_paths_are_the_same_function():
+    # no state == zero state (the gate conv skips the zero h half), exactly
+    torch.manual_seed(0)
+    cell = ConvLSTMCell(5, 4).double()
+    x = torch.randn(2, 5, 8, 8, dtype=torch.float64) * 3
+    z = torch.zeros(2, 4, 8, 8, dtype=torch.float64)
+    for a, b in zip(cell(x, None), cell(x, (z, z))):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    # channels-last frames == contiguous frames
+    net = PreludeNet((3, 4, 8), (4, 4, 8)).double()
+    x = torch.rand(2, 3, 3, 16, 16, dtype=torch.float64)
+    a = net(x)["depth"]
+    net.encoder.channels_last = False
+    torch.testing.assert_close(net(x)["depth"], a, rtol=1e-12, atol=1e-12)
 
 
 def test_hybrid_mode_keeps_the_depth_gradient_out_of_the_encoder():

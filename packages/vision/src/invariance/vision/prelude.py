@@ -29,8 +29,11 @@ Tested properties: error units are non-negative and vanish when the prediction e
 the first frame does not enter the loss; the network is causal (outputs at ``t`` do not change
 when later frames change); in hybrid mode the depth loss leaves the encoder's gradients at zero.
 
-Deviations: sizes are CPU-sized (channels ``(3, 16, 32)``, 32-64 px clips); the decoder design
-is ours (see above).
+Deviations: sizes are CPU-sized (the recipe's presets: channels ``(3, 8, 16)`` or
+``(3, 12, 24)``, 4 frames of 24 px); the decoder design is ours (see above).
+
+Speed (same function): one conv per ConvLSTM cell over ``[inputs, h]`` for all four gates, the
+conv over the input channels only while the state is zero, channels-last frames on CPU.
 """
 
 from __future__ import annotations
@@ -49,8 +52,16 @@ def _hard_sigmoid(x: Tensor) -> Tensor:
     return (0.2 * x + 0.5).clamp(0, 1)
 
 
+def _up2(x: Tensor) -> Tensor:
+    """Nearest-neighbour 2x upsampling."""
+    return F.interpolate(x, scale_factor=2.0, mode="nearest")
+
+
 class ConvLSTMCell(nn.Module):
-    """A convolutional LSTM cell (one conv over ``[input, h]`` for the four gates)."""
+    """A convolutional LSTM cell: one conv over ``[inputs..., h]`` gives all four gates (fused),
+    input/forget/output gates through one (hard) sigmoid call. ``x`` is a tensor or a list of
+    tensors concatenated along channels (one copy). With no state (``h = c = 0``) the conv runs
+    over the input channels only, which is the same function without the zero half."""
 
     def __init__(self, in_channels: int, hidden: int, kernel: int = 3, hard: bool = True) -> None:
         super().__init__()
@@ -60,27 +71,38 @@ class ConvLSTMCell(nn.Module):
         self.hidden, self.hard = hidden, hard
         self.conv = nn.Conv2d(in_channels + hidden, 4 * hidden, kernel, padding=kernel // 2)
 
-    def forward(self, x: Tensor, state: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, x: Tensor | list[Tensor], state: tuple[Tensor, Tensor] | None
+    ) -> tuple[Tensor, Tensor]:
+        xs = list(x) if isinstance(x, (list, tuple)) else [x]
         if state is None:
-            z = x.new_zeros(x.shape[0], self.hidden, *x.shape[-2:])
-            state = (z, z)
-        h, c = state
-        i, f, o, g = self.conv(torch.cat([x, h], 1)).chunk(4, 1)
-        sig = _hard_sigmoid if self.hard else torch.sigmoid
-        c = sig(f) * c + sig(i) * torch.tanh(g)
-        h = sig(o) * torch.tanh(c)
-        return h, c
+            inp = xs[0] if len(xs) == 1 else torch.cat(xs, 1)
+            w = self.conv.weight[:, : inp.shape[1]]
+            z = F.conv2d(inp, w, self.conv.bias, padding=self.conv.padding)
+        else:
+            z = self.conv(torch.cat([*xs, state[0]], 1))
+        k = 3 * self.hidden
+        gates = _hard_sigmoid(z[:, :k]) if self.hard else torch.sigmoid(z[:, :k])
+        i, f, o = gates.chunk(3, 1)
+        ig = i * torch.tanh(z[:, k:])
+        c = ig if state is None else torch.addcmul(ig, f, state[1])
+        return o * torch.tanh(c), c
 
 
 class PredNet(nn.Module):
     """PredNet with ``channels = (C_0, C_1, ...)`` for ``A``/``Â`` and ``r_channels`` for ``R``
     (default: the same). Input ``(B, T, C_0, H, W)`` with ``H, W`` divisible by
-    ``2^(L-1)``."""
+    ``2^(L-1)``. ``channels_last``: run the recurrence on channels-last frames (the same
+    function; about 10 % faster convolutions on CPU)."""
 
     def __init__(
-        self, channels: tuple[int, ...] = (3, 16, 32), r_channels: tuple[int, ...] | None = None
+        self,
+        channels: tuple[int, ...] = (3, 16, 32),
+        r_channels: tuple[int, ...] | None = None,
+        channels_last: bool = True,
     ) -> None:
         super().__init__()
+        self.channels_last = bool(channels_last)
         if len(channels) < 1 or any(isinstance(c, bool) or int(c) < 1 for c in channels):
             raise ValueError(f"channels must be positive ints, got {channels}")
         r_channels = tuple(channels) if r_channels is None else tuple(r_channels)
@@ -111,6 +133,7 @@ class PredNet(nn.Module):
         f = 2 ** (self.L - 1)
         if h % f or w % f:
             raise ValueError(f"x's height and width must be divisible by {f}, got {(h, w)}")
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         states: list[tuple[Tensor, Tensor] | None] = [None] * self.L
         errs: list[Tensor | None] = [None] * self.L
         out_e, out_r, preds = [], [], []
@@ -120,21 +143,22 @@ class PredNet(nn.Module):
                 s = (h // 2**l, w // 2**l)
                 e_prev = errs[l]
                 if e_prev is None:
-                    e_prev = x.new_zeros(b, 2 * self.channels[l], *s)
+                    e_prev = x.new_zeros(b, 2 * self.channels[l], *s).contiguous(memory_format=fmt)
                 inp = [e_prev]
                 if l + 1 < self.L:
-                    inp.append(F.interpolate(r_t[l + 1], size=s, mode="nearest"))
-                hc = self.cells[l](torch.cat(inp, 1), states[l])
+                    inp.append(_up2(r_t[l + 1]))
+                hc = self.cells[l](inp, states[l])
                 states[l] = hc
                 r_t[l] = hc[0]
-            a = x[:, t]
+            a = x[:, t].contiguous(memory_format=fmt)
             e_t = []
             for l in range(self.L):
                 ahat = F.relu(self.ahat[l](r_t[l]))
                 if l == 0:
                     ahat = ahat.clamp_max(1.0)
                     preds.append(ahat)
-                e = torch.cat([F.relu(a - ahat), F.relu(ahat - a)], 1)
+                d = a - ahat
+                e = torch.cat([F.relu(d), F.relu(-d)], 1)
                 e_t.append(e)
                 if l + 1 < self.L:
                     a = F.max_pool2d(F.relu(self.a_up[l](e)), 2)
@@ -199,11 +223,11 @@ class PreludeNet(nn.Module):
         for r_t, e_t in zip(enc["R"], enc["errors"]):
             d_up = None
             for l in reversed(range(L)):
-                lat = torch.cat([r_t[l], e_t[l]], 1)
+                lat = [r_t[l], e_t[l]]
                 if self.mode == "hybrid":
-                    lat = lat.detach()
-                inp = [lat] if d_up is None else [lat, F.interpolate(d_up, size=lat.shape[-2:])]
-                states[l] = self.dec[l](torch.cat(inp, 1), states[l])
+                    lat = [v.detach() for v in lat]
+                inp = lat if d_up is None else [*lat, _up2(d_up)]
+                states[l] = self.dec[l](inp, states[l])
                 d_up = states[l][0]
             depths.append(F.softplus(self.head(d_up)))
         return {**enc, "depth": torch.stack(depths, 1)}
