@@ -231,7 +231,7 @@ def test_matching_metrics_of_perfect_matches():
 
 @pytest.mark.parametrize("quick", [True, False])
 def test_reproduce_reports_three_seeds_per_arm(monkeypatch, quick):
-    import invariance.vision.recipes.minima as rm
+    import invariance.core.train as core_train
 
     calls = []
 
@@ -249,8 +249,9 @@ def test_reproduce_reports_three_seeds_per_arm(monkeypatch, quick):
         ]
         return {**{k: base + 0.01 * cfg.seed for k in keys}, "match_change_unseen": 0.5}
 
-    monkeypatch.setattr(rm, "fit_recipe", fake_fit)
-    monkeypatch.setattr(rm, "evaluate", fake_eval)
+    # the reproduce loop is core's train_arms: patch the training and evaluation it calls
+    monkeypatch.setattr(core_train, "fit_recipe", fake_fit)
+    monkeypatch.setattr(core_train, "evaluate", fake_eval)
     r = MinimaRecipe()
     res = r.reproduce(make_config(r), None, quick=quick)
     assert res.seeds == [0, 1, 2] and len(res.method_values) == len(res.baseline_values) == 3

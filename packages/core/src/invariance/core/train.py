@@ -465,12 +465,16 @@ def train_arms(
     *,
     run: RunDir | None = None,
     split: str = "test",
+    measure: Callable[[Any, Any, Any], dict] | None = None,
 ) -> dict[str, list[dict]]:
     """The usual reproduce loop: for every seed and arm, train a fresh recipe on ``cfg`` with
     ``seed`` and the arm's field overrides, evaluate it on ``split`` and log ``{"arm", "seed",
     ...metrics, "seconds"}`` to ``run`` as soon as that run ends (a killed reproduce keeps its
     finished runs). ``seconds`` is the run's training + evaluation wall time. Returns
-    ``{arm: [metrics per seed]}``, each with ``seconds``."""
+    ``{arm: [metrics per seed]}``, each with ``seconds``.
+
+    ``measure(recipe, model, cfg) -> metrics`` replaces the evaluation on ``split`` (several
+    splits, or something kept from the trained model)."""
     import dataclasses
 
     res: dict[str, list[dict]] = {a: [] for a in arms}
@@ -480,7 +484,7 @@ def train_arms(
             r = type(recipe)()
             t0 = time.perf_counter()
             model, _ = fit_recipe(r, c, progress=False)
-            mt = dict(evaluate(r, model, c, split))
+            mt = dict(evaluate(r, model, c, split) if measure is None else measure(r, model, c))
             mt["seconds"] = round(time.perf_counter() - t0, 3)
             res[arm].append(mt)
             if run is not None:

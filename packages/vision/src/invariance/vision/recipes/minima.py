@@ -7,7 +7,6 @@ The mechanism is in :mod:`invariance.vision.minima`, the data engine in
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from invariance.core.groups import Group
 from invariance.core.recipe import CheckResult, Recipe, ReproduceResult, TrainConfig
 from invariance.core.registry import register
 from invariance.core.testing import check_equivariant, check_not_invariant
-from invariance.core.train import evaluate, fit_recipe
+from invariance.core.train import train_arms
 from invariance.vision.data.minima_pairs import (
     MODALITIES,
     TEST_CLASSES,
@@ -276,18 +275,7 @@ class MinimaRecipe(Recipe):
         t0 = time.perf_counter()
         seeds = [cfg.seed, cfg.seed + 1, cfg.seed + 2]
         arms = ("minima", "rgb")
-        res: dict[str, list[dict]] = {a: [] for a in arms}
-        for s in seeds:
-            for arm in arms:
-                c = dataclasses.replace(cfg, seed=s, arm=arm)
-                r = MinimaRecipe()
-                t1 = time.perf_counter()
-                model, _ = fit_recipe(r, c, progress=False)
-                mt = dict(evaluate(r, model, c, "test"))
-                mt["seconds"] = round(time.perf_counter() - t1, 3)
-                res[arm].append(mt)
-                if run is not None:
-                    run.log_metrics({"arm": arm, "seed": s, **mt})
+        res = train_arms(self, cfg, {a: {"arm": a} for a in arms}, seeds, run=run)
 
         def ms(a: str, k: str) -> str:
             m, sd = mean_sd([x[k] for x in res[a]])

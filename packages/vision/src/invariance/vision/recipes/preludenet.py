@@ -6,7 +6,6 @@ videos in :mod:`invariance.vision.data.lightbox`.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import time
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from torch import Tensor, nn
 
 from invariance.core.recipe import CheckResult, Recipe, ReproduceResult, TrainConfig
 from invariance.core.registry import register
-from invariance.core.train import evaluate, fit_recipe
+from invariance.core.train import evaluate, train_arms
 from invariance.vision._checks import check_tensor
 from invariance.vision.data.lightbox import make_lightbox
 from invariance.vision.prelude import DepthUNet, PreludeNet, prediction_error_loss
@@ -202,26 +201,21 @@ class PreludeNetRecipe(Recipe):
         # quick compares the method with the verdict's baseline only (the supervised arm, the
         # PredNet-style control, costs as much as the method and runs in the full preset)
         arms = ("hybrid", "unet") if quick else ("hybrid", "supervised", "unet")
-        res: dict[str, list[dict]] = {a: [] for a in arms}
-        for s in seeds:
-            for arm in arms:
-                c = dataclasses.replace(cfg, seed=s, model=arm)
-                r = PreludeNetRecipe()
-                t1 = time.perf_counter()
-                model, _ = fit_recipe(r, c, progress=False)
-                bright = evaluate(r, model, c, "test")
-                dim = evaluate(r, model, c, "test_dim")
-                mt = {
-                    "abs_rel_bright": bright["abs_rel"],
-                    "abs_rel_dim": dim["abs_rel"],
-                    "rmse_bright": bright["rmse"],
-                    "rmse_dim": dim["rmse"],
-                    "degradation": dim["abs_rel"] - bright["abs_rel"],
-                    "seconds": round(time.perf_counter() - t1, 3),
-                }
-                res[arm].append(mt)
-                if run is not None:
-                    run.log_metrics({"arm": arm, "seed": s, **mt})
+
+        def measure(r: PreludeNetRecipe, model: nn.Module, c: PreludeNetConfig) -> dict:
+            bright = evaluate(r, model, c, "test")
+            dim = evaluate(r, model, c, "test_dim")
+            return {
+                "abs_rel_bright": bright["abs_rel"],
+                "abs_rel_dim": dim["abs_rel"],
+                "rmse_bright": bright["rmse"],
+                "rmse_dim": dim["rmse"],
+                "degradation": dim["abs_rel"] - bright["abs_rel"],
+            }
+
+        res = train_arms(
+            self, cfg, {a: {"model": a} for a in arms}, seeds, run=run, measure=measure
+        )
         named = {"hybrid": res["hybrid"], "unet": res["unet"]}
         if "supervised" in res:
             named["PreludeNet, fully supervised"] = res["supervised"]

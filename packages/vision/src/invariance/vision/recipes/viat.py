@@ -6,7 +6,6 @@ the renderer in :mod:`invariance.vision.render`.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ from torch import Tensor, nn
 
 from invariance.core.recipe import CheckResult, Recipe, ReproduceResult, TrainConfig
 from invariance.core.registry import register
-from invariance.core.train import evaluate, fit_recipe
+from invariance.core.train import evaluate, train_arms
 from invariance.vision.data.prim3d import make_prim3d
 from invariance.vision.recipes._common import reproduce_config
 from invariance.vision.recipes._viat_support import _plot_pool, _roll_checks, bench_viat_nes
@@ -269,21 +268,14 @@ class VIATRecipe(Recipe):
         t0 = time.perf_counter()
         seeds = [cfg.seed, cfg.seed + 1, cfg.seed + 2]
         arms = ("viat", "random", "natural")
-        res: dict[str, list[dict]] = {a: [] for a in arms}
         pools = []
-        for s in seeds:
-            for arm in arms:
-                c = dataclasses.replace(cfg, seed=s, arm=arm)
-                r = VIATRecipe()
-                t1 = time.perf_counter()
-                model, _ = fit_recipe(r, c, progress=False)
-                mt = dict(evaluate(r, model, c, "test"))
-                mt["seconds"] = round(time.perf_counter() - t1, 3)
-                res[arm].append(mt)
-                if run is not None:
-                    run.log_metrics({"arm": arm, "seed": s, **mt})
-                if arm == "viat" and model.viat["pool"] is not None:
-                    pools.append(model.viat["pool"])
+
+        def measure(r: VIATRecipe, model: nn.Module, c: VIATConfig) -> dict:
+            if c.arm == "viat" and model.viat["pool"] is not None:
+                pools.append(model.viat["pool"])
+            return evaluate(r, model, c, "test")
+
+        res = train_arms(self, cfg, {a: {"arm": a} for a in arms}, seeds, run=run, measure=measure)
         plots = []
         if run is not None and getattr(run, "path", None) is not None and pools:
             plots.append(str(_plot_pool(pools[0], Path(run.path) / "viat-viewpoints.png")))
