@@ -205,8 +205,9 @@ def test_parenet_descriptors_are_se3_invariant_and_the_twin_is_not():
     pos = make_pair(0, n_points=128, dtype=torch.float64).src
     for key in ("coarse_in", "fine", "match"):
         assert_invariant(lambda p, k=key: net.encode(p)[k], (pos,), G.SE3(), ("points",), tol=1e-8)
-    assert_equivariant(lambda p: net.encode(p)["eq0"], (pos,), G.SO3(), ("points",), "vector",
-                       tol=1e-8)  # fmt: skip
+    for key in ("eq0", "eq0_enc"):
+        assert_equivariant(lambda p, k=key: net.encode(p)[k], (pos,), G.SO3(), ("points",),
+                           "vector", tol=1e-8)  # fmt: skip
     assert_not_equivariant(
         lambda p: twin.encode(p)["coarse_in"], (pos,), G.SO3(), ("points",), None
     )
@@ -221,6 +222,26 @@ def test_parenet_registration_is_equivariant():
     R1 = _rot(4)
     res2, c2 = net.register(p.src @ R1.T, p.tgt)
     assert torch.equal(c["src_idx"], c2["src_idx"]) and torch.equal(c["tgt_idx"], c2["tgt_idx"])
+    assert torch.allclose(res2.R, res.R @ R1.T, atol=1e-8)
+    assert torch.allclose(res2.t, res.t, atol=1e-8)
+
+
+def test_parenet_encoder_hypotheses_are_equivariant_and_the_option_is_checked():
+    from invariance.geometry.pare_net import PARENet
+    from invariance.geometry.registration import make_pair
+
+    with pytest.raises(ValueError, match="hypothesis_features"):
+        PARENet(hypothesis_features="both")
+    net = _small_net()
+    enc = _small_net()
+    enc.hypothesis_features = "encoder"
+    assert (net.hypothesis_key, enc.hypothesis_key) == ("eq0", "eq0_enc")
+    p = make_pair(1, n_points=128, dtype=torch.float64)
+    res, c = enc.register(p.src, p.tgt)
+    res_dec, c_dec = net.register(p.src, p.tgt)
+    assert torch.equal(c["src_idx"], c_dec["src_idx"])  # same matches, other rotations
+    R1 = _rot(4)
+    res2, c2 = enc.register(p.src @ R1.T, p.tgt)
     assert torch.allclose(res2.R, res.R @ R1.T, atol=1e-8)
     assert torch.allclose(res2.t, res.t, atol=1e-8)
 
