@@ -148,7 +148,7 @@ class RoITrRecipe(Recipe):
         "tiny": {},
         "full": {  # ~1.5 CPU-minutes per seed (measured; 2 shared cores)
             "split": "full",
-            "test_splits": "full,normal",
+            "test_splits": "full,normal,low",
             "n_train": 48,
             "n_test": 8,
             "steps": 300,
