@@ -77,3 +77,27 @@ def test_reproduce_keeps_a_recipe_written_results_json(tmp_path):
     old.write_results({"stale": True})
     _keep_recipe_results(old, time.time() + 60)
     assert not (old.path / "recipe_results.json").exists()
+
+
+def test_reproduce_details_prints_per_seed_values_and_tables(tmp_path, capsys):
+    from invariance.core.recipe import ReproduceResult
+    from invariance.core.report import reproduce_details
+
+    res = ReproduceResult(
+        task="t", metric="m", method="A", baseline="B", method_values=[0.123456, 0.5, 1.0],
+        baseline_values=[0.1, 0.2, 0.3], arms={"C": [1.0, 2.0, 3.0]}, seeds=[0, 1, 2],
+        details={"grid": {"A x": {"rr": "0.5 ± 0.1", "ir": 0.25}, "B x": {"rr": "0 ± 0"}},
+                 "seconds": {"A": 0.5}, "steps": 3},
+    )  # fmt: skip
+    text = reproduce_details(res)
+    assert "A: [0.1235, 0.5, 1]" in text and "C: [1, 2, 3]" in text
+    lines = text.splitlines()
+    head = next(i for i, s in enumerate(lines) if s.startswith("grid:"))
+    assert lines[head + 1].split() == ["rr", "ir"]  # a dict of dicts is a table
+    assert lines[head + 3].split()[:4] == ["A", "x", "0.5", "±"]
+    assert "  A: 0.5" in lines and "steps: 3" in lines
+    register_toy()
+    main = build_cli("coretoy")
+    assert main(["reproduce", "toy_norm", "--quick", "--details", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "(baseline): [" in out and "seeds: [" in out

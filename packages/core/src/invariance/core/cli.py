@@ -6,7 +6,7 @@
     train <method> [--size tiny|full] [--cfg.<field> V] [--config run/config.yaml] [--resume]
     eval <method> --ckpt RUN_DIR           metrics of a trained run on the test split
     check <method> [--ckpt RUN_DIR]        the declared symmetry checks (exit 1 on failure)
-    reproduce <method> [--quick]           the paper-analog experiment: method vs baseline
+    reproduce <method> [--quick] [--details]  the paper-analog experiment: method vs baseline
     bench <name> [--<arg> V]               a registered benchmark
 
 with the global flags ``--seed``, ``--device auto|cpu|cuda``, ``--out`` and ``--quiet``. Every run
@@ -28,6 +28,7 @@ from invariance.core.report import (
     _ensure_plot,
     _keep_recipe_results,
     _relpath,
+    _reproduce_details,
     _reproduce_table,
     _strip_config_key,
     _write_reproduce,
@@ -60,7 +61,7 @@ def _usage(prog: str) -> str:
         f"  {prog} train METHOD [--size tiny|full] [--cfg.FIELD VALUE] [--config FILE] [--resume]\n"
         f"  {prog} eval METHOD --ckpt RUN_DIR\n"
         f"  {prog} check METHOD [--ckpt RUN_DIR]\n"
-        f"  {prog} reproduce METHOD [--quick] [--out DIR]\n"
+        f"  {prog} reproduce METHOD [--quick] [--details] [--out DIR]\n"
         f"  {prog} bench NAME [--ARG VALUE]\n"
         f"  global options: --seed N --device auto|cpu|cuda --out DIR --quiet"
     )
@@ -116,6 +117,9 @@ def _method_parser(prog: str, command: str, info: Any, size: str, base_cfg: dict
         p.add_argument("--ckpt", type=str | None, default=None, help="run or checkpoint directory")
     if command == "reproduce":
         p.add_argument("--quick", type=bool, default=False, help="the tiny analog (< ~1 min)")
+        p.add_argument(
+            "--details", type=bool, default=False, help="also print per-seed values and details"
+        )
     return p
 
 
@@ -283,7 +287,7 @@ def _run_method_command(domain: str, prog: str, command: str, method: str, rest:
                 f"--ckpt {ckpt_arg} is a run of method {saved_method!r}, not {method!r}"
             )
     parser = _method_parser(prog, command, info, _presize(rest), base_cfg)
-    ns = parser.parse_args(_flagify(rest, ("--quiet", "--resume", "--quick")))
+    ns = parser.parse_args(_flagify(rest, ("--quiet", "--resume", "--quick", "--details")))
     if ns.method != method:
         raise UsageError(f"this config is for method {ns.method!r}, not {method!r}")
     _check_device(ns.device)
@@ -381,6 +385,8 @@ def _run_method_command(domain: str, prog: str, command: str, method: str, rest:
         res.plots = [_relpath(p, run.path) for p in res.plots]
         _write_reproduce(run, [(domain, method, res)], title=f"{domain} / {method}")
         _print(ns.quiet, _reproduce_table([(domain, method, res)]))
+        if ns.details:
+            _print(ns.quiet, "\n" + _reproduce_details(res) + "\n")
         _print(ns.quiet, f"report: {run.path / 'REPORT.md'}")
         return 0
     raise UsageError(f"unknown command {command!r}")

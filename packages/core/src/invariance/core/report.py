@@ -141,6 +141,40 @@ def _write_reproduce(run: Any, items: list[tuple], *, title: str) -> None:
     run.write_report("\n".join(md) + "\n")
 
 
+def _reproduce_details(res: Any) -> str:
+    """The per-seed values of every arm and the result's details as text (what ``reproduce
+    --details`` prints under the summary row): a dict of dicts becomes a table, a dict of values
+    ``key: value`` lines."""
+    from invariance.core._table import fmt, format_table
+
+    def txt(v: Any) -> str:
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(txt(x) for x in v) + "]"
+        return str(fmt(v)) if isinstance(v, float) else str(_cell(v))
+
+    out = [
+        f"{res.method}: {txt(res.method_values)}",
+        f"{res.baseline} (baseline): {txt(res.baseline_values)}",
+    ]
+    out += [f"{arm}: {txt(vals)}" for arm, vals in res.arms.items()]
+    if res.seeds is not None:
+        out.append(f"seeds: {res.seeds}")
+    if res.not_showable:
+        out.append(f"not shown at this size: {res.not_showable}")
+    for k, v in res.details.items():
+        if isinstance(v, dict) and v and all(isinstance(x, dict) for x in v.values()):
+            heads: list[str] = []
+            for x in v.values():
+                heads += [h for h in x if h not in heads]
+            rows = [[name, *(txt(x.get(h, "")) for h in heads)] for name, x in v.items()]
+            out += ["", f"{k}:", format_table(rows, ["", *heads]), ""]
+        elif isinstance(v, dict):
+            out += [f"{k}:", *(f"  {a}: {txt(b)}" for a, b in v.items())]
+        else:
+            out.append(f"{k}: {txt(v)}")
+    return "\n".join(out).strip()
+
+
 def _is_rows(v: Any) -> bool:
     return isinstance(v, list) and bool(v) and all(isinstance(r, dict) for r in v)
 
@@ -186,4 +220,5 @@ def _bench_text(result: dict, prefix: str = "") -> str:
 # public aliases
 reproduce_table = _reproduce_table
 write_reproduce = _write_reproduce
+reproduce_details = _reproduce_details
 bench_text = _bench_text
