@@ -25,6 +25,8 @@ from typing import Any
 
 from invariance.core.report import (
     _bench_text,
+    _check_rows,
+    _check_table,
     _ensure_plot,
     _keep_recipe_results,
     _relpath,
@@ -246,26 +248,6 @@ def _config_from_ns(info: Any, ns: Any):
             f"invalid config: optimizer {opt!r} is unknown; choose from {known_optimizers()}"
         )
     return cfg
-
-
-def _check_table(rows: list[tuple]) -> str:
-    from invariance.core._table import format_table
-
-    return format_table(rows, ["method", "check", "error", "tol", "kind", "status"])
-
-
-def _check_rows(name: str, results: list) -> list[tuple]:
-    return [
-        (
-            name,
-            r.name,
-            r.error,
-            r.tol,
-            "negative control" if r.negative_control else "symmetry",
-            "ok" if r.passed else "FAIL",
-        )
-        for r in results
-    ]
 
 
 def _run_method_command(domain: str, prog: str, command: str, method: str, rest: list[str]) -> int:

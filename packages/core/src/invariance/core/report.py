@@ -175,6 +175,26 @@ def _reproduce_details(res: Any) -> str:
     return "\n".join(out).strip()
 
 
+def _check_table(rows: list[tuple]) -> str:
+    from invariance.core._table import format_table
+
+    return format_table(rows, ["method", "check", "error", "tol", "kind", "status"])
+
+
+def _check_rows(name: str, results: list) -> list[tuple]:
+    return [
+        (
+            name,
+            r.name,
+            r.error,
+            r.tol,
+            "negative control" if r.negative_control else "symmetry",
+            "ok" if r.passed else "FAIL",
+        )
+        for r in results
+    ]
+
+
 def _is_rows(v: Any) -> bool:
     return isinstance(v, list) and bool(v) and all(isinstance(r, dict) for r in v)
 

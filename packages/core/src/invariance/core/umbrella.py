@@ -10,13 +10,18 @@ from collections.abc import Sequence
 
 from invariance.core.cli import (
     UsageError,
-    _check_rows,
-    _check_table,
     _flagify,
     _list,
     _quiet_third_party_warnings,
 )
-from invariance.core.report import _ensure_plot, _relpath, _reproduce_table, _write_reproduce
+from invariance.core.report import (
+    _check_rows,
+    _check_table,
+    _ensure_plot,
+    _relpath,
+    _reproduce_table,
+    _write_reproduce,
+)
 
 __all__ = ["main", "umbrella_main"]
 
