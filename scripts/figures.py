@@ -29,6 +29,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -200,6 +201,7 @@ def domain_table(results: list[dict], domain: str) -> str:
 def quick_results(path: str | None, timeout: int) -> tuple[list[dict], str]:
     if path is None:
         out = ROOT / "runs" / "figures-quick"
+        shutil.rmtree(out, ignore_errors=True)  # no cached cells: every row is measured now
         cmd = f"uv run invariance reproduce --quick --quiet --out {shlex.quote(str(out))}"
         print(f"$ {cmd}", flush=True)
         try:
