@@ -96,20 +96,23 @@ def fpfh_ransac(
     a, b = _cloud(o3d, src, "src", normal_radius), _cloud(o3d, tgt, "tgt", normal_radius)
     param = o3d.geometry.KDTreeSearchParamHybrid(radius=feature_radius, max_nn=100)
     fa, fb = reg.compute_fpfh_feature(a, param), reg.compute_fpfh_feature(b, param)
-    res = reg.registration_ransac_based_on_feature_matching(
-        a,
-        b,
-        fa,
-        fb,
-        True,
-        distance,
-        reg.TransformationEstimationPointToPoint(False),
-        3,
-        [
-            reg.CorrespondenceCheckerBasedOnEdgeLength(0.9),
-            reg.CorrespondenceCheckerBasedOnDistance(distance),
-        ],
-        reg.RANSACConvergenceCriteria(iterations, confidence),
-    )
+    # open3d warns on stdout when mutual filtering leaves few matches (it then falls back to all
+    # matches, which is what we want): silence its logger for this call only
+    with o3d.utility.VerbosityContextManager(o3d.utility.VerbosityLevel.Error):
+        res = reg.registration_ransac_based_on_feature_matching(
+            a,
+            b,
+            fa,
+            fb,
+            True,
+            distance,
+            reg.TransformationEstimationPointToPoint(False),
+            3,
+            [
+                reg.CorrespondenceCheckerBasedOnEdgeLength(0.9),
+                reg.CorrespondenceCheckerBasedOnDistance(distance),
+            ],
+            reg.RANSACConvergenceCriteria(iterations, confidence),
+        )
     T = torch.from_numpy(np.asarray(res.transformation).copy()).to(src.dtype)
     return FPFHResult(T[:3, :3].contiguous(), T[:3, 3].contiguous(), res.fitness, res.inlier_rmse)
