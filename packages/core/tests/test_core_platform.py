@@ -197,6 +197,35 @@ def test_result_cache(tmp_path):
     assert len(calls) == 1 and len(c) == 1
 
 
+def test_result_cache_sources_key_cells_by_code(tmp_path, monkeypatch):
+    import sys
+
+    from invariance.core import cache as cache_mod
+
+    pkg = tmp_path / "src" / "cachedpkg"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "src"))
+    monkeypatch.delitem(sys.modules, "cachedpkg", raising=False)
+    cache_mod.source_fingerprint.cache_clear()
+    calls = []
+    f = lambda: calls.append(1) or {"acc": len(calls)}
+    c = ResultCache(tmp_path / "c", sources=("cachedpkg",))
+    assert c.get_or_compute({"arm": "a"}, f) == {"acc": 1}
+    assert ResultCache(tmp_path / "c", sources="cachedpkg").get({"arm": "a"}) == {"acc": 1}
+    # the package's code changes: the old cell is not served, a new one is computed
+    (pkg / "__init__.py").write_text("X = 2\n")
+    cache_mod.source_fingerprint.cache_clear()
+    c2 = ResultCache(tmp_path / "c", sources=("cachedpkg",))
+    assert c2.get({"arm": "a"}) is None
+    assert c2.get_or_compute({"arm": "a"}, f) == {"acc": 2} and len(c2) == 2
+    # a cache without sources keys by the dict alone
+    assert ResultCache(tmp_path / "c").get({"arm": "a"}) is None
+    with pytest.raises(TypeError, match="package"):
+        cache_mod.source_fingerprint("")
+    cache_mod.source_fingerprint.cache_clear()
+
+
 # --------------------------------------------------------------------------- checkpoints, runs
 
 

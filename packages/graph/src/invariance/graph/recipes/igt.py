@@ -190,7 +190,11 @@ def run_graph_reproduce(
     share the grid train it once. ``progress(cell, cached)`` is called per cell.
     Rows hold ``[mean, sd]`` over seeds and the per-seed values.
     """
-    cache = ResultCache(cache_dir) if cache_dir else None
+    cache = (
+        ResultCache(cache_dir, sources=("invariance.graph", "invariance.core"))
+        if cache_dir
+        else None
+    )
     rows: dict = {}
     for ds in datasets:
         for bias in biases if ds == "spmotif" else [cfg.bias]:

@@ -70,7 +70,10 @@ def reproduce_delay(
     dts = {"httyh": rule, "misset": MISSET}
     cache = None
     if run is not None and getattr(run, "enabled", False):
-        cache = ResultCache(Path(run.path).parent / ".cache" / "sequence-delay")
+        cache = ResultCache(
+            Path(run.path).parent / ".cache" / "sequence-delay",
+            sources=("invariance.sequence", "invariance.core"),
+        )
     results: dict[str, list[float]] = {}
     method_model: nn.Module | None = None
     method_cfg = cfg

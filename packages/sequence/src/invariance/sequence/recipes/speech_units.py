@@ -389,7 +389,10 @@ def _reproduce(
     if run is not None and getattr(run, "enabled", False):
         from invariance.core.cache import ResultCache
 
-        cache = ResultCache(run.path.parent / ".cache" / "sequence-speech-units")
+        cache = ResultCache(
+            run.path.parent / ".cache" / "sequence-speech-units",
+            sources=("invariance.sequence", "invariance.core"),
+        )
     per: dict[str, list[dict[str, float]]] = {"base": []}
     inv_err = None
     for s in seeds:

@@ -28,11 +28,15 @@ def cached_train_arms(
 ) -> dict[str, list[dict]]:
     """:func:`invariance.core.train.train_arms`, one (arm, seed) cell at a time, each cell kept
     in a :class:`~invariance.core.cache.ResultCache` under ``<run>/../vision-cache/<tag>`` (key:
-    tag, arm, seed and the arm's full config), so recipes sharing cells train them once. Without
+    tag, arm, seed, the arm's full config and the fingerprint of the vision and core code), so
+    recipes sharing cells train them once and a code change never serves an old cell. Without
     ``run`` nothing is cached."""
     cache = None
     if run is not None and getattr(run, "path", None) is not None:
-        cache = ResultCache(Path(run.path).resolve().parent / "vision-cache" / tag)
+        cache = ResultCache(
+            Path(run.path).resolve().parent / "vision-cache" / tag,
+            sources=("invariance.vision", "invariance.core"),
+        )
     out: dict[str, list[dict]] = {a: [] for a in arms}
     for s in seeds:
         for arm, over in arms.items():

@@ -302,7 +302,8 @@ class ICLSelectRecipe(Recipe):
                 cfg = dataclasses.replace(cfg, backbone="tiny")
         if run is not None and getattr(run, "path", None) is not None:
             _FEATURE_CACHE[0] = ResultCache(
-                Path(run.path).resolve().parent / "vision-cache" / "icl_select-features"
+                Path(run.path).resolve().parent / "vision-cache" / "icl_select-features",
+                sources=("invariance.vision", "invariance.core"),
             )
         try:
             trained = cached_train_arms(
