@@ -68,8 +68,10 @@ def _commit() -> str:
     sha = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
     ).stdout.strip()
+    # a figure block this script has just rewritten (an edited README) does not change what
+    # the next command measures: only changes to other files mark the commit as modified
     dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"],
+        ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!*.md"],
         cwd=ROOT,
         capture_output=True,
         text=True,

