@@ -439,6 +439,8 @@ def _reproduce(cfg: MarlRBCConfig, run: Any, *, quick: bool) -> ReproduceResult:
             f"pipeline"
         )
     base_nu = vals["uncontrolled"][0]
+    if run is not None:  # the training curves (long) go to recipe_results.json and the plot
+        run.write_results({"episode_nu": vals, "training_episode_nu": curves})
     return ReproduceResult(
         task=(
             f"Rayleigh-Benard control, Ra {setup.ra:g}, grid {setup.nx}x{setup.ny}, "
@@ -463,7 +465,7 @@ def _reproduce(cfg: MarlRBCConfig, run: Any, *, quick: bool) -> ReproduceResult:
             "reduction_vs_uncontrolled": {
                 a: 1 - sum(v) / len(v) / base_nu for a, v in vals.items() if a != "uncontrolled"
             },
-            "training_episode_nu": curves,
+            "training_curves": "recipe_results.json (training_episode_nu), marl_rbc_nusselt.png",
             "invariance_error_is": (
                 "max relative |A(roll(s, k segments)) - roll(A(s), k)| of the trained MARL policy "
                 "(float64 copy), k = 1..n_seg-1, over 4 developed states"

@@ -487,8 +487,12 @@ class HEIRecipe(Recipe):
         if run is not None:
             run.write_results({"rows": rows, "details": details})
         return ReproduceResult(
-            task="CSBM-mixture HGSS (train homophilic, test heterophilic), "
-            "low-homophily test nodes; hyper-parameters selected on validation",
+            task="CSBM-mixture HGSS (train homophilic, test heterophilic), low-homophily test "
+            + (
+                "nodes; hyper-parameters selected on validation"
+                if cfg.select
+                else "nodes; the config's hyper-parameters"
+            ),
             metric="accuracy (low-hom test)",
             method=f"HEI ({hei['grid_point']})",
             baseline=f"ERM LINKX ({erm['grid_point']})",
