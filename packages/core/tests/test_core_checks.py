@@ -87,6 +87,30 @@ def test_check_tensor():
     assert check_tensor("w", w, floating=True) is w
 
 
+def test_all_finite_matches_elementwise_isfinite():
+    from invariance.core.checks import all_finite
+
+    g = torch.Generator().manual_seed(0)
+    big = torch.finfo(torch.float32).max
+    cases = [
+        torch.randn(100, 3, generator=g),
+        torch.tensor([1.0, float("nan")]),
+        torch.tensor([float("inf"), -float("inf")]),  # the sum is NaN
+        torch.tensor([-float("inf"), 2.0]),
+        torch.tensor([big, big, -big]),  # finite values whose sum overflows: still finite
+        torch.tensor([big, float("nan")]).half().float(),
+        torch.tensor([1.0, 2.0], dtype=torch.float16),
+        torch.tensor([65504.0, 65504.0], dtype=torch.float16),  # half max: the sum overflows
+        torch.tensor([1 + 2j, complex(float("inf"), 0)]),
+        torch.tensor([1, 2, 3]),  # integers are always finite
+        torch.randn(4, requires_grad=True),
+    ]
+    for x in cases:
+        want = bool(torch.isfinite(x.detach()).all())
+        assert all_finite(x) is want, x
+    assert [all_finite(c) for c in cases[:5]] == [True, False, False, False, True]
+
+
 def test_collect_entry_points(tmp_path):
     from invariance.core.testing import collect_entry_points
 

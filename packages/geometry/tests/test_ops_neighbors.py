@@ -145,3 +145,19 @@ def test_knn_duplicates_at_the_kth_neighbour_take_the_lowest_index():
     x = torch.cat([torch.zeros(1, 3), torch.ones(6, 3)]).double()
     idx, dist = knn(x, 3, x[:1], method="brute")
     assert idx.tolist() == [[0, 1, 2]]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fps_numpy_cpu_path_equals_torch_loop(dtype):
+    """The CPU path (NumPy) picks exactly the torch loop's indices, duplicates and ties included."""
+    from invariance.geometry.ops.neighbors import _fps_numpy, _fps_torch
+
+    g = torch.Generator().manual_seed(5)
+    for n_pts, n in ((300, 300), (1000, 128)):
+        x = torch.randn(3, n_pts, 3, generator=g, dtype=dtype)
+        x[1, ::7] = x[1, 3]  # duplicated points: exact ties in the running distances
+        x[2] = (x[2] * 2).round()  # integer grid: many equal distances
+        cur = torch.randint(0, n_pts, (3,), generator=g)
+        a, b = _fps_numpy(x, n, cur), _fps_torch(x, n, cur)
+        assert a.dtype == b.dtype == torch.long
+        assert torch.equal(a, b)

@@ -269,11 +269,11 @@ def bench_registration(
     idx = knn(x, k, method="brute")[0]
     pi, pj = x[:, None].expand(-1, k, -1), x[idx]
     ni, nj = nrm[:, None].expand(-1, k, -1), nrm[idx]
-    fns = {"ours": lambda: point_pair_features(pi, pj, ni, nj)}
+    a, b, c, d = (t.reshape(-1, 3) for t in (pi, pj, ni, nj))  # the same (E, 3) pairs for both
+    fns = {"ours": lambda: point_pair_features(a, b, c, d)}
     try:
         from torch_geometric.nn.conv.ppf_conv import point_pair_features as pyg_ppf
 
-        a, b, c, d = (t.reshape(-1, 3) for t in (pi, pj, ni, nj))
         fns = {"pyg": lambda: pyg_ppf(a, b, c, d), **fns}
         diff = (pyg_ppf(a, b, c, d) - point_pair_features(a, b, c, d)).abs().max()
         out["ppf_max_abs_diff_vs_pyg"] = float(diff)

@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from invariance.core.checks import all_finite
+
 
 def check_points(
     x: Tensor, name: str = "pos", *, dim: int | None = 3, min_points: int = 1
@@ -55,7 +57,7 @@ def check_tensor(
         raise ValueError(f"{name} must have last dimension {last}, got shape {tuple(x.shape)}")
     if x.numel() == 0:
         raise ValueError(f"{name} is empty (shape {tuple(x.shape)})")
-    if finite and x.is_floating_point() and not torch.isfinite(x).all():
+    if finite and x.is_floating_point() and not all_finite(x):
         raise ValueError(f"{name} contains NaN or Inf values")
     return x
 
