@@ -10,6 +10,18 @@ import pytest
 import torch
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _single_thread_session():
+    """One torch thread for the whole session too, so that module- and session-scoped fixtures
+    (built before the per-test fixture below runs) compute under the same thread count as the
+    tests that compare against them: a CPU result can depend on the thread count in its last
+    bits."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _seed_threads_and_guard_dtype():
     random.seed(0)
