@@ -463,7 +463,7 @@ def reid_map_cmc(
         raise ValueError("no query has a valid gallery match (q_pids / g_pids)")
     # Only the ranks of the true matches enter AP and CMC, so instead of sorting every gallery row
     # the matches' distances are sorted (top-k, k = most matches of a query) and every other kept
-    # entry is bucketed among them; 2-3x faster than a full row sort on the CPU.
+    # entry is bucketed among them: about 2x faster than a full row sort on the CPU.
     k = int(npos.max())
     dp = torch.where(hit, d, torch.full_like(d, float("inf"))).topk(k, 1, largest=False).values
     other = keep & ~hit
