@@ -121,7 +121,12 @@ def reproduce_dask(
         seeds=seeds,
         invariance_error=max(max(v["flattening_error"]) for k, v in per.items() if "|dask" in k),
         arms=extra,
-        details={"pairs_table": table, "setup": _fields(c)},
+        details={
+            "pairs_table": table,
+            "setup (the DASK arm; seeds and pairs as above)": {
+                k: v for k, v in _fields(c).items() if k not in ("seed", "source", "target")
+            },
+        },
         plots=_plot(table, pairs, list(arms), run),
     )
 

@@ -464,7 +464,10 @@ def _reproduce(recipe: CITRecipe, cfg: CITConfig, run: Any, *, quick: bool) -> R
         seeds=seeds,
         arms=arms,
         not_showable=why,
-        details={"mean_table": table, "setup": {**_fields(c), "lam": lam}},
+        details={
+            "mean_table": table,
+            "setup": {**{k: v for k, v in _fields(c).items() if k != "seed"}, "lam": lam},
+        },
         plots=_plot(table, run),
     )
 
