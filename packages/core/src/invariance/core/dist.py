@@ -121,8 +121,12 @@ class Runtime:
             print(*args, **kwargs)
 
     def close(self) -> None:
-        """Destroy the process group if this runtime created it."""
+        """Destroy the process group if this runtime created it, after a barrier: no rank tears
+        the group down while another still has collectives in flight (a gloo rank was seen to
+        abort at exit, once, without it)."""
         if self.initialized_here and tdist.is_initialized():
+            if tdist.get_world_size() > 1:
+                tdist.barrier()
             tdist.destroy_process_group()
             self.initialized_here = False
 
