@@ -11,6 +11,9 @@ interleaved, repeats, median and spread), so every row is flat.
 
 from __future__ import annotations
 
+import contextlib
+import io
+
 import torch
 import torch.nn.functional as F
 from torch_geometric.data import Batch
@@ -240,21 +243,23 @@ def bench_pard(
             n_head=4,
         )
         bm = task.PredictBlockProperties(2, 3, max(nbl) + 3, len(isz), mbd, **kw)
-        om = task.AutoregressiveDiffusion(
-            2,
-            3,
-            max(nbl) + 3,
-            len(isz),
-            mbd,
-            use_input=True,
-            coeff_ce=0.1,
-            num_diffusion_steps=ours.num_steps,
-            node_marginal_distribution=nd,
-            edge_marginal_distribution=ed,
-            initial_blocksize_distribution=isz,
-            blocksize_model=bm,
-            **kw,
-        )
+        # the official constructor prints its noise marginals; keep them out of the bench table
+        with contextlib.redirect_stdout(io.StringIO()):
+            om = task.AutoregressiveDiffusion(
+                2,
+                3,
+                max(nbl) + 3,
+                len(isz),
+                mbd,
+                use_input=True,
+                coeff_ce=0.1,
+                num_diffusion_steps=ours.num_steps,
+                node_marginal_distribution=nd,
+                edge_marginal_distribution=ed,
+                initial_blocksize_distribution=isz,
+                blocksize_model=bm,
+                **kw,
+            )
         om.load_state_dict(_ours_to_official(ours.net.state_dict(), om.state_dict()), strict=False)
         bm.load_state_dict(
             _ours_to_official(ours.block_model.state_dict(), bm.state_dict()), strict=False
