@@ -488,10 +488,11 @@ class HEIRecipe(Recipe):
             run.write_results({"rows": rows, "details": details})
         return ReproduceResult(
             task="CSBM-mixture HGSS (train homophilic, test heterophilic), low-homophily test "
+            "nodes; "
             + (
-                "nodes; hyper-parameters selected on validation"
+                "hyper-parameters selected on validation"
                 if cfg.select
-                else "nodes; the config's hyper-parameters"
+                else "the config's hyper-parameters"
             ),
             metric="accuracy (low-hom test)",
             method=f"HEI ({hei['grid_point']})",
